@@ -1,0 +1,317 @@
+"""Typed configs, one per script. A field's name is its command-line flag and its YAML key.
+
+``parse(TrainConfig, argv)`` reads ``--config file.yaml`` first (its keys become defaults), then the flags, which win.
+Unknown keys and bad values are errors that name the valid choices. Flags keep the reference M3-S names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__version__ = "0.1.0"
+
+ROOT = Path(__file__).resolve().parent
+DATASET_NAMES = ("Memento10k", "VideoMem", "LaMem", "demo", "folder")
+RAW_FEATURES = ("hog", "brightness", "contrast", "blurriness", "size_orig", "meanOF")
+CSN_ARCHS = ("ip_csn_152", "ir_csn_152")
+LOSSES = ("mse", "l1", "mse_tails", "spearman", "mse_to_spearman")
+SIMILARITY_METHODS = ("dbscan", "kde", "cosine_mean", "cosine_threshold0.4", "cosine_threshold0.5",
+                      "cosine_threshold0.7", "fractional_mean")  # fmt: skip
+SIMILARITY_FEATURES = ("hrnet", "ip_csn_152", "ir_csn_152")
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout (recorded in stores and checkpoints)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message says what is valid."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, short: str | None = None, flag: str | None = None):  # noqa: A002, ANN201
+    """A config field with its help text, valid choices and optional short / alternative flag."""
+    meta = {"help": help, "choices": choices, "short": short, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_data_dir() -> str:
+    return os.environ.get("M3S_DATA_DIR", "data")
+
+
+@dataclass
+class Paths:
+    """Where datasets, feature stores and runs live (roots come from flags or environment, never from code)."""
+
+    data_dir: str = opt("", "root holding the datasets (<data_dir>/<dataset>/...); default $M3S_DATA_DIR or ./data")
+    features_dir: str = opt("", "root of the feature stores; default <data_dir>/features")
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir or default_data_dir())
+
+    def resolved_features_dir(self) -> Path:
+        return Path(self.features_dir) if self.features_dir else self.resolved_data_dir() / "features"
+
+
+@dataclass
+class ModuleConfig(Paths):
+    """Which modules (tiers) feed the model, and how their features are prepared. Shared by train and evaluate."""
+
+    dataset: str = opt("Memento10k", "dataset to train on", DATASET_NAMES)
+    use_raw: bool = opt(False, "use the raw (low-level) tier")
+    raw_features: list[str] = opt(list(RAW_FEATURES), "raw features, in input order", RAW_FEATURES)
+    normalize_raw: bool = opt(True, "standardise raw features with train-split mean/std")
+    use_temporal_std: bool = opt(False, "append the temporal std of per-frame raw features after their mean")
+    use_hrnet: bool = opt(False, "use the hrnet (scene semantics) tier")
+    hrnet_frames: int = opt(1, "HRNet frames averaged per video", (1, 5, 9))
+    use_csn: bool = opt(False, "use the csn (actions) tier")
+    csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
+    use_similarity: bool = opt(False, "use the similarity (distinctiveness) tier")
+    similarity_features: list[str] = opt(["hrnet", "ip_csn_152"], "feature spaces for similarity", SIMILARITY_FEATURES)
+    similarity_methods: list[str] = opt(["dbscan"], "similarity methods", SIMILARITY_METHODS)
+    normalize_similarity: bool = opt(True, "standardise similarity scores with train-split mean/std")
+    extra_features: list[str] = opt([], "imported feature stores to use as extra modules (gen_features.py --import)")
+    normalize_extra: bool = opt(False, "standardise imported features with train-split mean/std")
+    fixed_features: bool = opt(True, "train on pre-computed features (the only mode implemented)")
+
+    def modules(self) -> list[str]:
+        """The chosen modules, in the model's fixed input order."""
+        chosen = [m for m, on in (("raw", self.use_raw), ("hrnet", self.use_hrnet), ("csn", self.use_csn),
+                                  ("similarity", self.use_similarity)) if on]  # fmt: skip
+        return chosen + list(self.extra_features)
+
+
+@dataclass
+class TrainConfig(ModuleConfig):
+    name: str = opt("", "run name (run directory runs/<name>); default: dataset, modules and time", short="-n")
+    save: bool = opt(False, "save best.pt and last.pt in the run directory", short="-s")
+    log: bool = opt(False, "log the run to wandb", short="-l")
+    seed: int | None = opt(None, "random seed; unset draws one and records it")
+    group: str = opt("", "wandb group")
+    tags: list[str] = opt([], "wandb tags")
+    project: str = opt("m3s", "wandb project")
+    runs_dir: str = opt("runs", "parent of the run directories")
+    data_augmentation: bool = opt(False, "augment videos during training (needs end-to-end training; not implemented)")
+    compute_raw: bool = opt(False, "compute raw features on the fly (reference flag; use gen_features.py instead)")
+    hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
+    batch_size: int = opt(32, "batch size")
+    loss: str = opt("mse", "training loss", LOSSES)
+    mse_tails_pow: float = opt(4.0, "exponent p of the mse_tails weights 1 + c|m - mean|^p")
+    mse_tails_mult_fact: float = opt(2.0, "factor c of the mse_tails weights")
+    lr: float = opt(1e-3, "learning rate")
+    epochs: int = opt(20, "number of epochs")
+    optimizer: str = opt("adam", "optimizer", ("adam", "adamw", "sgd"))
+    momentum: float = opt(0.9, "momentum (sgd only)")
+    weight_decay: float = opt(1e-5, "weight decay")
+    scheduler: str = opt("step", "learning-rate schedule (stepped once per epoch)", ("step", "cosine", "none"))
+    scheduler_gamma: float = opt(0.2, "StepLR gamma")
+    scheduler_step_size: int = opt(5, "StepLR step size, in epochs")
+    checkpoint_local: str = opt("", "resume from this checkpoint file (best.pt / last.pt)")
+    checkpoint_run_id: str = opt("", "resume from the checkpoint artifact of this wandb run (entity/project/id or id)")
+    checkpoint_epoch: int | None = opt(None, "epoch of the wandb checkpoint artifact to fetch (default: latest)")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto (a GPU when present)")
+
+    def check(self) -> None:
+        if not self.modules():
+            raise ConfigError(
+                "no module selected: pass at least one of --use_raw, --use_hrnet, --use_csn, --use_similarity "
+                "or --extra_features NAME"
+            )
+        refused = {
+            "data_augmentation": "augmentation needs end-to-end training over videos, which m3s does not do yet; "
+            "train on pre-computed features without --data_augmentation",
+            "compute_raw": "raw features are computed offline: run `python gen_features.py --dataset "
+            f"{self.dataset} --features raw`, then train without --compute_raw",
+        }
+        for name, why in refused.items():
+            if getattr(self, name):
+                raise ConfigError(f"--{name} is not supported: {why}")
+        if not self.fixed_features:
+            raise ConfigError(
+                "--no-fixed_features (features computed inside the training step) is not implemented; "
+                "m3s trains on pre-computed features from gen_features.py"
+            )
+        if self.epochs < 1 or self.batch_size < 1 or not self.hidden_channels or min(self.hidden_channels) < 1:
+            raise ConfigError("--epochs, --batch_size and every --hidden_channels width must be >= 1")
+        if self.checkpoint_epoch is not None and not self.checkpoint_run_id:
+            raise ConfigError("--checkpoint_epoch needs --checkpoint_run_id")
+
+
+@dataclass
+class EvalConfig(Paths):
+    checkpoint: str = opt("", "checkpoint to score (best.pt / last.pt of a run)")
+    dataset: str = opt("", "dataset to score on; default: the checkpoint's", ("",) + DATASET_NAMES)
+    split: str = opt("val", "split to score", ("train", "val", "test", "all"))
+    out_dir: str = opt("", "where metrics and predictions go; default: the checkpoint's directory")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+
+    def check(self) -> None:
+        if not self.checkpoint:
+            raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
+
+
+@dataclass
+class GenConfig(Paths):
+    dataset: str = opt("Memento10k", "dataset whose videos are processed", DATASET_NAMES)
+    features: list[str] = opt(["raw"], "feature families to compute (raw, hrnet, csn)")
+    workers: int = opt(0, "decoding worker processes (0: one per available core)")
+    batch_size: int = opt(8, "videos per extraction batch")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    hrnet_frames: int = opt(1, "HRNet frames averaged per video", (1, 5, 9))
+    csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
+    weights_dir: str = opt("weights", "folder holding the official backbone checkpoints (see weights/README.md)")
+    smoke_random_weights: bool = opt(False, "run the deep backbones with RANDOM weights (pipeline tests only)")
+    retry_failed: bool = opt(False, "try again the videos recorded as failed")
+    limit: int = opt(0, "process at most this many videos (0: all)")
+    import_path: str = opt("", "import your own features from .npy/.npz/.h5/.csv instead", flag="--import")
+    name: str = opt("", "name of the imported feature (becomes the module --extra_features NAME)")
+    ids: str = opt("", "text file of video ids, one per line, matching the rows of an imported .npy")
+    id_column: str = opt("", "id column (CSV) or dataset (npz/h5) of an import; default: 'id' / 'ids'")
+
+    def check(self) -> None:
+        if self.import_path and not self.name:
+            raise ConfigError("--import needs --name NAME (the module name you will pass to --extra_features)")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(element type, is_list) of an annotation such as ``int | None`` or ``list[str]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+_ALIASES = {"StepLR": "step", "CosineAnnealingLR": "cosine", "Adam": "adam", "AdamW": "adamw", "SGD": "sgd"}
+
+
+def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    """Convert a YAML / flag value to the field's type and check its choices."""
+    tp, is_list = _base_type(hints[f.name])
+    if value is None:
+        return None
+    items = value if is_list else [value]
+    if is_list and not isinstance(value, list):
+        raise ConfigError(f"{f.name}: expected a list, got {value!r}")
+    out = []
+    for item in items:
+        item = _ALIASES.get(item, item) if isinstance(item, str) else item
+        try:
+            if tp is bool and not isinstance(item, bool):
+                raise TypeError
+            item = tp(item) if not isinstance(item, tp) else item
+        except (TypeError, ValueError):
+            raise ConfigError(f"{f.name}: {item!r} is not a valid {tp.__name__}") from None
+        choices = f.metadata.get("choices")
+        if choices and item not in choices:
+            raise ConfigError(f"{f.name}: {item!r} is not one of {', '.join(map(str, choices))}")
+        out.append(item)
+    return out if is_list else out[0]
+
+
+def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, is_list = _base_type(hints[f.name])
+        names = [f.metadata.get("flag") or f"--{f.name}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = str if tp is str else tp
+            if is_list:
+                kwargs["nargs"] = "+" if f.name not in ("tags", "extra_features") else "*"
+        choices = f.metadata.get("choices")
+        if choices:
+            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of flag names to values")
+    return data
+
+
+def from_dict(cls: type, values: dict, source: str = "config") -> Any:
+    """Build a config from a mapping, refusing unknown keys and bad values."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    cfg = cls(**{k: _coerce(fields[k], v, hints) for k, v in values.items()})
+    return cfg
+
+
+def _explain_similarity(argv: list[str]) -> None:
+    """The reference README passes ``--similarity_methods`` twice, the second time with feature names."""
+    flagged = [i for i, a in enumerate(argv) if a == "--similarity_methods"]
+    if len(flagged) > 1:
+        raise ConfigError(
+            "--similarity_methods was given twice; the second occurrence replaces the first. The reference README's "
+            "`--similarity_methods dbscan --similarity_methods hrnet ip_csn_152` means "
+            "`--similarity_methods dbscan --similarity_features hrnet ip_csn_152`."
+        )
+
+
+def parse(cls: type, argv: list[str] | None = None, description: str = "") -> Any:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``cls``: YAML defaults, then flags; then ``check()``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _explain_similarity(argv)
+    parser = build_parser(cls, description)
+    args = vars(parser.parse_args(argv))
+    values = load_yaml(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    values.update(args)
+    cfg = from_dict(cls, values, source="--config" if values else "flags")
+    check = getattr(cfg, "check", None)
+    if check:
+        check()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def main_guard(fn: typing.Callable[[], None]) -> None:
+    """Run a script's main, turning the errors we raise on purpose into one clear line and exit status 2."""
+    from features.store import StoreError
+
+    try:
+        fn()
+    except (ConfigError, StoreError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Make the project's virtual environment from nothing: bash envs/setup.sh [VENV_DIR]   (default .venv)
+# Idempotent: a venv that already has every pinned package and torchsort is left as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+if ! "$py" -c "import torchsort, torch, h5py, cv2, av, sklearn, wandb, yaml, tqdm, matplotlib" 2>/dev/null; then
+  "$py" -m pip install -q --disable-pip-version-check -r envs/requirements.txt
+  # torchsort compiles a C++ extension against the installed torch: no build isolation. Its setup.py also builds a
+  # CUDA extension whenever nvcc is on PATH, which fails with a CPU torch, so hide nvcc in that case.
+  (
+    if "$py" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
+      PATH="$(printf %s "$PATH" | tr : '\n' | while read -r d; do [ -x "$d/nvcc" ] || printf '%s:' "$d"; done)"
+    fi
+    "$py" -m pip install -q --disable-pip-version-check --no-build-isolation torchsort==0.1.10
+  )
+fi
+"$py" -c "import torch, torchsort; print('env ok: torch', torch.__version__)"

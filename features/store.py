@@ -1,0 +1,246 @@
+"""The feature store: one HDF5 file per (dataset, feature family).
+
+Layout of ``<features_dir>/<dataset>/<family>.h5``::
+
+    /ids                     (N,) utf-8 strings, sorted
+    /features/<name>         (N, D) float32, one matrix per feature
+    /failures/ids, reasons   videos that could not be processed, and why
+    /transforms/<name>/<arr> fitted transforms (HOG PCA, ...) as plain arrays; attrs["info"] = JSON
+    attrs["meta"]            JSON: family, dataset, settings, dims, code version, smoke flag
+
+Writes never touch a file a reader may hold: an extraction appends *part* files next to the store
+(``<family>.parts/<shard>-<seq>.h5``), each written to a temporary name and renamed, and ``compact`` folds the
+parts into a new main file, again written aside and renamed. A reader sees the main file plus every finished part,
+so it can read while another process appends, and a killed run leaves at most a temporary file behind, which is
+ignored and cleaned up. Rows are sorted by id on compaction, so the file does not depend on the order videos were
+processed in, nor on how many processes shared the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+STORE_FORMAT = 1
+_STR = h5py.string_dtype("utf-8")
+
+
+class StoreError(RuntimeError):
+    """A store is missing, corrupt, or does not match what the caller expects."""
+
+
+@dataclass
+class Transform:
+    """A fitted transform: named float arrays plus JSON-able info (what it was fitted on, its settings)."""
+
+    arrays: dict[str, np.ndarray]
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class StoredFeatures:
+    """Everything in a store, in memory. ``features[name]`` rows follow ``ids``."""
+
+    ids: list[str]
+    features: dict[str, np.ndarray]
+    meta: dict
+    failures: dict[str, str] = field(default_factory=dict)
+    transforms: dict[str, Transform] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: int(m.shape[1]) for name, m in self.features.items()}
+
+
+def atomic_path(path: Path) -> Path:
+    """A temporary sibling of ``path``: same directory (so ``os.replace`` is atomic), name ignored by readers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _write_h5(path: Path, data: StoredFeatures) -> None:
+    """Write ``data`` to ``path`` atomically and deterministically (no timestamps: same data, same bytes)."""
+    tmp = atomic_path(path)
+    try:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            f.attrs["meta"] = json.dumps(data.meta, sort_keys=True)
+            _dataset(f, "ids", np.array(data.ids, dtype=object), _STR)
+            for name, matrix in sorted(data.features.items()):
+                _dataset(f, f"features/{name}", np.ascontiguousarray(matrix, dtype=np.float32))
+            failed = sorted(data.failures)
+            _dataset(f, "failures/ids", np.array(failed, dtype=object), _STR)
+            _dataset(f, "failures/reasons", np.array([data.failures[i] for i in failed], dtype=object), _STR)
+            for tname, transform in sorted(data.transforms.items()):
+                group = f.require_group(f"transforms/{tname}")
+                group.attrs["info"] = json.dumps(transform.info, sort_keys=True)
+                for aname, arr in sorted(transform.arrays.items()):
+                    _dataset(f, f"transforms/{tname}/{aname}", np.asarray(arr))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _dataset(f: h5py.File, name: str, arr: np.ndarray, dtype=None) -> None:  # noqa: ANN001
+    f.create_dataset(name, data=arr, dtype=dtype, track_times=False)
+
+
+def _read_h5(path: Path) -> StoredFeatures:
+    try:
+        with h5py.File(path, "r") as f:
+            meta = json.loads(f.attrs["meta"])
+            ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+            features = {name: f["features"][name][()] for name in f.get("features", {})}
+            fids = [s.decode() if isinstance(s, bytes) else s for s in f["failures/ids"][()]]
+            reasons = [s.decode() if isinstance(s, bytes) else s for s in f["failures/reasons"][()]]
+            transforms = {
+                tname: Transform({a: g[a][()] for a in g}, json.loads(g.attrs["info"]))
+                for tname, g in f.get("transforms", {}).items()
+            }
+    except (OSError, KeyError, ValueError) as err:
+        raise StoreError(f"{path} is not a readable m3s feature store ({err}); delete it and extract again") from err
+    return StoredFeatures(ids, features, meta, dict(zip(fids, reasons)), transforms)
+
+
+class FeatureStore:
+    """One family's features for one dataset. See the module docstring for the file layout."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.parts_dir = self.path.with_suffix(".parts")
+
+    @classmethod
+    def at(cls, features_dir: Path | str, dataset: str, family: str) -> FeatureStore:
+        return cls(Path(features_dir) / dataset / f"{family}.h5")
+
+    def exists(self) -> bool:
+        return self.path.exists() or bool(self._parts())
+
+    def _parts(self) -> list[Path]:
+        if not self.parts_dir.is_dir():
+            return []
+        return sorted(p for p in self.parts_dir.glob("*.h5") if not p.name.startswith("."))
+
+    def read(self) -> StoredFeatures:
+        """The main file plus every finished part. Retries if a concurrent ``compact`` removes a part under us."""
+        if not self.exists():
+            raise StoreError(f"no feature store at {self.path}")
+        for attempt in range(5):
+            try:
+                return self._merge([_read_h5(p) for p in ([self.path] if self.path.exists() else []) + self._parts()])
+            except (FileNotFoundError, StoreError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def meta(self) -> dict:
+        """Metadata only (cheap: no matrices are read)."""
+        for p in ([self.path] if self.path.exists() else []) + self._parts():
+            with h5py.File(p, "r") as f:
+                return json.loads(f.attrs["meta"])
+        raise StoreError(f"no feature store at {self.path}")
+
+    def done_ids(self) -> set[str]:
+        """Ids already stored or already failed: an extraction skips them, which is how a killed run resumes."""
+        if not self.exists():
+            return set()
+        data = self.read()
+        return set(data.ids) | set(data.failures)
+
+    def append(
+        self,
+        ids: list[str],
+        features: dict[str, np.ndarray],
+        meta: dict,
+        failures: dict[str, str] | None = None,
+        shard: str = "0",
+    ) -> Path:
+        """Add rows (and failures) as one new part file; refuses rows whose settings or dims differ from the store."""
+        features = {k: np.asarray(v, dtype=np.float32).reshape(len(ids), -1) for k, v in features.items()}
+        if self.exists():
+            check_compatible(self.meta(), meta, str(self.path))
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        seq = len(list(self.parts_dir.glob(f"{shard}-*.h5")))
+        part = self.parts_dir / f"{shard}-{seq:06d}.h5"
+        _write_h5(part, StoredFeatures(list(ids), features, meta, dict(failures or {})))
+        return part
+
+    def compact(self) -> StoredFeatures:
+        """Fold all parts into the main file (sorted by id), atomically, then delete the parts."""
+        parts = self._parts()
+        data = self.read()
+        if parts or not self.path.exists():
+            _write_h5(self.path, data)
+            for p in parts:
+                p.unlink(missing_ok=True)
+        self._clean_parts_dir()
+        return data
+
+    def write(self, data: StoredFeatures) -> None:
+        """Replace the whole store atomically (imports, fitted transforms)."""
+        _write_h5(self.path, self._merge([data]))
+        for p in self._parts():
+            p.unlink(missing_ok=True)
+        self._clean_parts_dir()
+
+    def set_transform(self, name: str, transform: Transform) -> None:
+        data = self.compact()
+        data.transforms[name] = transform
+        self.write(data)
+
+    def _clean_parts_dir(self) -> None:
+        if self.parts_dir.is_dir():
+            for tmp in self.parts_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            if not any(self.parts_dir.iterdir()):
+                self.parts_dir.rmdir()
+
+    @staticmethod
+    def _merge(pieces: list[StoredFeatures]) -> StoredFeatures:
+        """Concatenate pieces; a later piece wins for a repeated id; rows sorted by id; failures that later
+        succeeded are dropped."""
+        meta = dict(pieces[0].meta)
+        rows: dict[str, dict[str, np.ndarray]] = {}
+        failures: dict[str, str] = {}
+        transforms: dict[str, Transform] = {}
+        names = sorted({n for p in pieces for n in p.features})
+        for piece in pieces:
+            for i, vid in enumerate(piece.ids):
+                rows[vid] = {n: piece.features[n][i] for n in piece.features}
+            failures.update(piece.failures)
+            transforms.update(piece.transforms)
+        ids = sorted(rows)
+        dims = dict(meta.get("dims", {}))
+        features = {}
+        for n in names:
+            dim = dims.get(n) or next(p.features[n].shape[1] for p in pieces if n in p.features)
+            features[n] = np.stack([rows[i][n] for i in ids]) if ids else np.zeros((0, dim), np.float32)
+            dims[n] = int(dim)
+        meta["dims"] = dims
+        failures = {k: v for k, v in failures.items() if k not in rows}
+        return StoredFeatures(ids, features, meta, failures, transforms)
+
+
+def check_compatible(have: dict, want: dict, where: str) -> None:
+    """Refuse to mix features computed with different settings or dimensions; say exactly what differs."""
+    diffs = []
+    for key in ("family", "settings", "smoke"):
+        if have.get(key) != want.get(key):
+            diffs.append(f"{key}: store has {have.get(key)!r}, requested {want.get(key)!r}")
+    for name, dim in want.get("dims", {}).items():
+        if name in have.get("dims", {}) and have["dims"][name] != dim:
+            diffs.append(f"dim of {name}: store has {have['dims'][name]}, requested {dim}")
+    if diffs:
+        raise StoreError(
+            f"{where} was computed with other settings:\n  " + "\n  ".join(diffs) + "\n"
+            "Use a different --features_dir, or delete the store to recompute it."
+        )
