@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
-if ! "$py" -c "import torchsort, torch, h5py, cv2, av, sklearn, wandb, yaml, tqdm, matplotlib" 2>/dev/null; then
+if ! "$py" -c "import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, yaml, tqdm, matplotlib" 2>/dev/null; then
   "$py" -m pip install -q --disable-pip-version-check -r envs/requirements.txt
   # torchsort compiles a C++ extension against the installed torch: no build isolation. Its setup.py also builds a
   # CUDA extension whenever nvcc is on PATH, which fails with a CPU torch, so hide nvcc in that case.

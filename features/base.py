@@ -53,6 +53,13 @@ class Extractor(ABC):
         self.cfg = cfg
         self.device = device
 
+    #: True when the outputs are not real features (random backbone weights): recorded in the store metadata.
+    smoke: bool = False
+
+    def store_name(self) -> str:
+        """File name (without .h5) of this family's store; a variant that changes the numbers gets its own file."""
+        return self.family
+
     def settings(self) -> dict:
         """Everything that changes the numbers; written into the store metadata and checked on every append."""
         return {}
