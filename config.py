@@ -26,8 +26,15 @@ DATASET_NAMES = ("Memento10k", "VideoMem", "LaMem", "demo", "folder")
 RAW_FEATURES = ("hog", "brightness", "contrast", "blurriness", "size_orig", "meanOF")
 CSN_ARCHS = ("ip_csn_152", "ir_csn_152")
 LOSSES = ("mse", "l1", "mse_tails", "spearman", "mse_to_spearman")
-SIMILARITY_METHODS = ("dbscan", "kde", "cosine_mean", "cosine_threshold0.4", "cosine_threshold0.5",
-                      "cosine_threshold0.7", "fractional_mean")  # fmt: skip
+SIMILARITY_METHODS = (
+    "dbscan",
+    "kde",
+    "cosine_mean",
+    "cosine_threshold0.4",
+    "cosine_threshold0.5",
+    "cosine_threshold0.7",
+    "fractional_mean",
+)
 SIMILARITY_FEATURES = ("hrnet", "ip_csn_152", "ir_csn_152")
 
 
@@ -46,7 +53,7 @@ class ConfigError(ValueError):
     """A bad config value or key; the message says what is valid."""
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, short: str | None = None, flag: str | None = None):  # noqa: A002, ANN201
+def opt(default: Any, help: str, choices: tuple | None = None, short: str | None = None, flag: str | None = None):
     """A config field with its help text, valid choices and optional short / alternative flag."""
     meta = {"help": help, "choices": choices, "short": short, "flag": flag}
     if isinstance(default, list):
@@ -95,8 +102,16 @@ class ModuleConfig(Paths):
 
     def modules(self) -> list[str]:
         """The chosen modules, in the model's fixed input order."""
-        chosen = [m for m, on in (("raw", self.use_raw), ("hrnet", self.use_hrnet), ("csn", self.use_csn),
-                                  ("similarity", self.use_similarity)) if on]  # fmt: skip
+        chosen = [
+            m
+            for m, on in (
+                ("raw", self.use_raw),
+                ("hrnet", self.use_hrnet),
+                ("csn", self.use_csn),
+                ("similarity", self.use_similarity),
+            )
+            if on
+        ]
         return chosen + list(self.extra_features)
 
 

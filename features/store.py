@@ -89,7 +89,7 @@ def _write_h5(path: Path, data: StoredFeatures) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _dataset(f: h5py.File, name: str, arr: np.ndarray, dtype=None) -> None:  # noqa: ANN001
+def _dataset(f: h5py.File, name: str, arr: np.ndarray, dtype=None) -> None:
     f.create_dataset(name, data=arr, dtype=dtype, track_times=False)
 
 
@@ -107,7 +107,7 @@ def _read_h5(path: Path) -> StoredFeatures:
             }
     except (OSError, KeyError, ValueError) as err:
         raise StoreError(f"{path} is not a readable m3s feature store ({err}); delete it and extract again") from err
-    return StoredFeatures(ids, features, meta, dict(zip(fids, reasons)), transforms)
+    return StoredFeatures(ids, features, meta, dict(zip(fids, reasons, strict=True)), transforms)
 
 
 class FeatureStore:

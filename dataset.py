@@ -1,0 +1,387 @@
+"""Datasets (official on-disk formats) and the in-memory feature table that training runs on.
+
+``DATASETS`` maps a name to an adapter whose ``index(root)`` returns one ``VideoRecord`` per video, every split.
+``FeatureTable.build`` joins those records with the feature stores and holds each split as one float32 matrix on
+the training device. Training needs only annotation files and feature stores, never the videos.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config import ConfigError, ModuleConfig, Paths
+from features.store import FeatureStore, StoredFeatures, atomic_path
+
+SPLITS = ("train", "val", "test")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".npy")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class VideoRecord:
+    """One video: ``score`` is None where the dataset withholds it; ``extras`` holds alpha, captions, labels..."""
+
+    id: str
+    path: Path | None
+    split: str
+    score: float | None
+    extras: dict = field(default_factory=dict)
+
+
+def video_id(name: str) -> str:
+    """The id of a video or image file name: its name without a media suffix (``video10.webm`` -> ``video10``)."""
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES else name
+
+
+def _missing(path: Path, how: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{path} does not exist. {how}")
+
+
+class Dataset(ABC):
+    """An adapter: where a dataset lives and how its official files are read."""
+
+    name: str = ""
+    crop: str = "squash"  # how videos are fitted to 256x256 for the deep tiers ("center" for VideoMem's resized_mp4)
+    how_to_get: str = ""
+
+    @abstractmethod
+    def index(self, root: Path) -> list[VideoRecord]:
+        """Every video of every split present under ``root``."""
+
+
+class Memento10k(Dataset):
+    """``memento_{train,val,test}_data.json`` + ``videos/<filename>`` (or M3-S's ``videos_npy/<stem>.npy``)."""
+
+    name = "Memento10k"
+    how_to_get = (
+        "Request Memento10k from http://memento.csail.mit.edu/ and unpack it there "
+        "(memento_{train,val,test}_data.json and videos/), or point --data_dir / $M3S_DATA_DIR at its parent."
+    )
+
+    def index(self, root: Path) -> list[VideoRecord]:
+        records = []
+        for split in SPLITS:
+            path = root / f"memento_{split}_data.json"
+            if not path.is_file():
+                if split == "test":  # the unlabelled test split is optional
+                    continue
+                raise _missing(path, self.how_to_get)
+            for item in json.loads(path.read_text(encoding="utf-8")):
+                vid = video_id(item["filename"])
+                score = item.get("mem_score") if split != "test" else None
+                extras = {
+                    k: item[k] for k in ("url", "alpha", "captions", "action_labels", "audio_description") if k in item
+                }
+                records.append(VideoRecord(vid, self._video(root, item["filename"]), split, score, extras))
+        return records
+
+    @staticmethod
+    def _video(root: Path, filename: str) -> Path:
+        original, npy = root / "videos" / filename, root / "videos_npy" / f"{video_id(filename)}.npy"
+        return npy if npy.exists() and not original.exists() else original
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """The official split pickle holds only lists/tuples of strings: refuse anything else (no code execution)."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a split file")
+
+
+class VideoMem(Dataset):
+    """``ground-truth_dev-set.csv`` (BOM, CRLF) + M3-S's ``train_test_split_videomem.pkl`` (train, val names)."""
+
+    name = "VideoMem"
+    crop = "center"
+    split_seed = 0
+    val_fraction = 0.2
+    how_to_get = (
+        "Get the VideoMem dev-set (MediaEval 2018/2019 Predicting Media Memorability) and put "
+        "ground-truth_dev-set.csv and resized_mp4/ (or sources/*.webm) there."
+    )
+
+    def index(self, root: Path) -> list[VideoRecord]:
+        candidates = (root / "ground-truth_dev-set.csv", root / "dev-set/ground-truth/ground-truth_dev-set.csv")
+        gt = next((p for p in candidates if p.is_file()), None)
+        if gt is None:
+            raise _missing(root / "ground-truth_dev-set.csv", self.how_to_get)
+        with gt.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+        splits = self._splits(root, [r["video"] for r in rows])
+        records = []
+        for r in rows:
+            extras = {
+                "nb_short": int(r["nb_short-term_annotations"]),
+                "long_term": float(r["long-term_memorability"]),
+                "nb_long": int(r["nb_long-term_annotations"]),
+            }
+            vid = video_id(r["video"])
+            score = float(r["short-term_memorability"])
+            records.append(VideoRecord(vid, self._video(root, vid), splits[r["video"]], score, extras))
+        return records
+
+    @staticmethod
+    def _video(root: Path, vid: str) -> Path:
+        for p in (
+            root / "resized_mp4" / f"{vid}.mp4",
+            root / "sources" / f"{vid}.webm",
+            root / "dev-set/sources" / f"{vid}.webm",
+        ):
+            if p.exists():
+                return p
+        return root / "resized_mp4" / f"{vid}.mp4"
+
+    def _splits(self, root: Path, names: list[str]) -> dict[str, str]:
+        """M3-S's pickle when present; else a seeded split written next to the data once, reused ever after."""
+        official, ours = root / "train_test_split_videomem.pkl", root / "m3s_split_videomem.json"
+        if official.is_file():
+            with official.open("rb") as f:
+                train, val = _RestrictedUnpickler(f).load()[:2]
+        elif ours.is_file():
+            saved = json.loads(ours.read_text())
+            train, val = saved["train"], saved["val"]
+        else:
+            shuffled = sorted(names)
+            random.Random(self.split_seed).shuffle(shuffled)
+            n_val = round(len(shuffled) * self.val_fraction)
+            val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+            tmp = atomic_path(ours)
+            tmp.write_text(json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0))
+            os.replace(tmp, ours)
+        split = {n: "train" for n in train} | {n: "val" for n in val}
+        missing = [n for n in names if n not in split]
+        if missing:
+            raise ConfigError(f"{len(missing)} videos of the ground truth are in no split (first: {missing[:3]})")
+        return split
+
+
+class LaMem(Dataset):
+    """Images: ``splits/{train,val,test}_{fold}.txt`` lines ``<image> <score>``, images in ``images/``."""
+
+    name = "LaMem"
+    fold = 1
+    how_to_get = "Download lamem.tar.gz from http://memorability.csail.mit.edu/ and unpack it there."
+
+    def index(self, root: Path) -> list[VideoRecord]:
+        records = []
+        for split in SPLITS:
+            path = root / "splits" / f"{split}_{self.fold}.txt"
+            if not path.is_file():
+                raise _missing(path, self.how_to_get)
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    name, score = line.split()[:2]
+                    records.append(VideoRecord(video_id(name), root / "images" / name, split, float(score)))
+        return records
+
+
+class Demo(Memento10k):
+    """The built-in synthetic corpus, generated on first use in the Memento10k layout."""
+
+    name = "demo"
+    how_to_get = "It is generated automatically."
+
+    def index(self, root: Path) -> list[VideoRecord]:
+        from features.demo import ensure_demo_corpus
+
+        ensure_demo_corpus(root)
+        return super().index(root)
+
+
+class Folder(Dataset):
+    """Your own videos: every video file in ``--data_dir`` (recursively), unscored, split ``test``."""
+
+    name = "folder"
+
+    def index(self, root: Path) -> list[VideoRecord]:
+        if not root.is_dir():
+            raise _missing(root, "Pass --data_dir pointing at a folder of videos.")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        return [VideoRecord(video_id(p.name), p, "test", None) for p in files if "features" not in p.parts]
+
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (Memento10k(), VideoMem(), LaMem(), Demo(), Folder())}
+
+
+def dataset_root(name: str, paths: Paths) -> Path:
+    """``<data_dir>/<name>`` (the folder dataset is ``<data_dir>`` itself)."""
+    data_dir = paths.resolved_data_dir()
+    return data_dir if name == "folder" else data_dir / name
+
+
+def load_records(name: str, paths: Paths) -> list[VideoRecord]:
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name].index(dataset_root(name, paths))
+
+
+# --------------------------------------------------------------------------- feature table
+
+
+def module_sources(cfg: ModuleConfig, stores: dict[str, StoredFeatures] | None = None) -> dict[str, tuple[str, list]]:
+    """``{module: (store name, feature names)}`` in the model's input order.
+
+    Raw features come in ``--raw_features`` order, each followed by its temporal std with ``--use_temporal_std``
+    (per-frame features only; per-video ones such as ``meanOF`` have none). An imported module uses every feature
+    of its store.
+    """
+    sources: dict[str, tuple[str, list]] = {}
+    for module in cfg.modules():
+        if module == "raw":
+            names = []
+            for f in cfg.raw_features:
+                names.append(f)
+                std = f"{f}_std"
+                if cfg.use_temporal_std and (stores is None or std in stores["raw"].features):
+                    names.append(std)
+            sources["raw"] = ("raw", names)
+        elif module == "hrnet":
+            sources["hrnet"] = (f"hrnet_f{cfg.hrnet_frames}", ["hrnet"])
+        elif module == "csn":
+            sources["csn"] = (cfg.csn_arch, ["csn"])
+        elif module == "similarity":
+            raise ConfigError(
+                "the similarity tier is not implemented yet in m3s; train without --use_similarity "
+                "(or import your own distinctiveness scores with gen_features.py --import and --extra_features)"
+            )
+        else:
+            sources[module] = (module, [] if stores is None else sorted(stores[module].features))
+    return sources
+
+
+def _gen_command(store_name: str, dataset: str) -> str:
+    if store_name == "raw":
+        return f"python gen_features.py --dataset {dataset} --features raw"
+    if store_name.startswith("hrnet_f"):
+        return f"python gen_features.py --dataset {dataset} --features hrnet --hrnet_frames {store_name[7:]}"
+    if store_name.endswith("csn_152"):
+        return f"python gen_features.py --dataset {dataset} --features csn --csn_arch {store_name}"
+    return f"python gen_features.py --dataset {dataset} --import FILE --name {store_name}"
+
+
+NORMALIZED = {"raw": "normalize_raw", "similarity": "normalize_similarity"}
+
+
+@dataclass
+class SplitData:
+    ids: list[str]
+    x: torch.Tensor  # (N, in_dim) float32, modules concatenated in input order
+    y: torch.Tensor  # (N,) float32 memorability
+
+
+@dataclass
+class FeatureTable:
+    """The chosen modules' features for each split, in memory on one device, normalised with train statistics."""
+
+    modules: list[str]
+    dims: dict[str, int]
+    splits: dict[str, SplitData]
+    stats: dict[str, dict[str, torch.Tensor]]
+    sources: dict[str, dict]  # store name -> {"features", "settings", "smoke", "dims"}: what the features were
+
+    @property
+    def in_dim(self) -> int:
+        return sum(self.dims.values())
+
+    @classmethod
+    def build(
+        cls,
+        cfg: ModuleConfig,
+        records: list[VideoRecord],
+        device: torch.device | str = "cpu",
+        stats: dict[str, dict[str, torch.Tensor]] | None = None,
+        splits: tuple[str, ...] = SPLITS,
+    ) -> FeatureTable:
+        """Join ``records`` (scored ones, in ``splits``) with the stores. ``stats`` from a checkpoint are reused;
+        otherwise normalisation statistics are fitted on the train split."""
+        features_dir = cfg.resolved_features_dir()
+        stores: dict[str, StoredFeatures] = {}
+        for module, (store_name, _) in module_sources(cfg).items():
+            store = FeatureStore.at(features_dir, cfg.dataset, store_name)
+            if not store.exists():
+                raise FileNotFoundError(
+                    f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
+                    f"Compute them with: {_gen_command(store_name, cfg.dataset)}"
+                )
+            stores[module] = store.read()
+        sources = module_sources(cfg, stores)
+        scored = [r for r in records if r.score is not None and r.split in splits]
+        failed = {i: s.failures[i] for s in stores.values() for i in s.failures}
+        skipped = [r for r in scored if r.id in failed]
+        if skipped:
+            print(
+                f"warning: {len(skipped)} videos failed extraction and are left out, e.g. "
+                f"{skipped[0].id}: {failed[skipped[0].id]}"
+            )
+            scored = [r for r in scored if r.id not in failed]
+
+        blocks: dict[str, np.ndarray] = {}  # module -> (N, D) over `scored`
+        for module, (store_name, names) in sources.items():
+            data = stores[module]
+            row = {vid: i for i, vid in enumerate(data.ids)}
+            missing = [r.id for r in scored if r.id not in row]
+            if missing:
+                raise ConfigError(
+                    f"{len(missing)} of {len(scored)} videos have no {module} features in "
+                    f"{FeatureStore.at(features_dir, cfg.dataset, store_name).path} (first: {', '.join(missing[:5])}). "
+                    f"Compute them with: {_gen_command(store_name, cfg.dataset)}"
+                )
+            absent = [n for n in names if n not in data.features]
+            if absent:
+                have = sorted(data.features)
+                raise ConfigError(f"{module} store {store_name} has no feature(s) {absent}; it has {have}")
+            idx = np.array([row[r.id] for r in scored], dtype=np.int64)
+            block = np.concatenate([data.features[n][idx].reshape(len(idx), -1) for n in names], axis=1)
+            bad = ~np.isfinite(block).all(axis=1)
+            if bad.any():
+                ids = [scored[i].id for i in np.flatnonzero(bad)[:5]]
+                raise ConfigError(f"{int(bad.sum())} videos have NaN or inf {module} features (first: {ids})")
+            blocks[module] = block.astype(np.float32)
+
+        is_train = np.array([r.split == "train" for r in scored])
+        if stats is None:
+            stats = {}
+            for module in blocks:
+                flag = NORMALIZED.get(module, "normalize_extra" if module in cfg.extra_features else None)
+                if flag and getattr(cfg, flag):
+                    if not is_train.any():
+                        raise ConfigError(f"cannot fit {module} normalisation: no scored train videos")
+                    train = blocks[module][is_train].astype(np.float64)
+                    std = train.std(axis=0)
+                    std[std < 1e-12] = 1.0  # a constant dimension stays constant instead of dividing by zero
+                    stats[module] = {
+                        "mean": torch.tensor(train.mean(axis=0), dtype=torch.float32),
+                        "std": torch.tensor(std, dtype=torch.float32),
+                    }
+        for module, s in stats.items():
+            blocks[module] = (blocks[module] - s["mean"].numpy()) / s["std"].numpy()
+
+        x_all = torch.from_numpy(np.concatenate([blocks[m] for m in sources], axis=1))  # (N, in_dim)
+        y_all = torch.tensor([r.score for r in scored], dtype=torch.float32)
+        split_data = {}
+        for split in splits:
+            sel = np.flatnonzero([r.split == split for r in scored])
+            if len(sel):
+                split_data[split] = SplitData([scored[i].id for i in sel], x_all[sel].to(device), y_all[sel].to(device))
+        dims = {m: blocks[m].shape[1] for m in sources}
+        provenance = {
+            store_name: {
+                "features": names,
+                "settings": stores[m].meta.get("settings", {}),
+                "smoke": bool(stores[m].meta.get("smoke", False)),
+                "dims": {n: stores[m].dims[n] for n in names},
+            }
+            for m, (store_name, names) in sources.items()
+        }
+        return cls(list(sources), dims, split_data, stats, provenance)
