@@ -195,6 +195,8 @@ class GenConfig(Paths):
     csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
     weights_dir: str = opt("weights", "folder holding the official backbone checkpoints (see weights/README.md)")
     smoke_random_weights: bool = opt(False, "run the deep backbones with RANDOM weights (pipeline tests only)")
+    deep_dtype: str = opt("auto", "hrnet/csn compute dtype on CUDA (auto: bf16 where supported, else fp16); "
+                          "CPU always runs fp32", ("auto", "bf16", "fp16", "fp32"))  # fmt: skip
     retry_failed: bool = opt(False, "try again the videos recorded as failed")
     limit: int = opt(0, "process at most this many videos (0: all)")
     import_path: str = opt("", "import your own features from .npy/.npz/.h5/.csv instead", flag="--import")
@@ -293,28 +295,38 @@ def from_dict(cls: type, values: dict, source: str = "config") -> Any:
 def _explain_similarity(argv: list[str]) -> None:
     """The reference README passes ``--similarity_methods`` twice, the second time with feature names."""
     flagged = [i for i, a in enumerate(argv) if a == "--similarity_methods"]
-    if len(flagged) > 1:
+    feature_names = [a for i in flagged for a in argv[i + 1 :][:3] if a in SIMILARITY_FEATURES]
+    if len(flagged) > 1 or feature_names:
         raise ConfigError(
-            "--similarity_methods was given twice; the second occurrence replaces the first. The reference README's "
+            "--similarity_methods takes methods, not feature names, and given twice the second occurrence replaces the "
+            f"first (methods: {', '.join(SIMILARITY_METHODS)}). The reference README's "
             "`--similarity_methods dbscan --similarity_methods hrnet ip_csn_152` means "
             "`--similarity_methods dbscan --similarity_features hrnet ip_csn_152`."
         )
 
 
-def parse(cls: type, argv: list[str] | None = None, description: str = "") -> Any:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into ``cls``: YAML defaults, then flags; then ``check()``."""
+def parse_explicit(
+    cls: type, argv: list[str] | None = None, description: str = "", check: bool = True
+) -> tuple[Any, dict]:
+    """Like ``parse``, also returning the values set explicitly (YAML file and flags, not defaults).
+
+    ``check=False`` leaves ``cfg.check()`` to the caller (train.py checks after merging a resumed checkpoint's config).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     _explain_similarity(argv)
     parser = build_parser(cls, description)
     args = vars(parser.parse_args(argv))
-    values = load_yaml(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
-    values.update(args)
-    cfg = from_dict(cls, values, source="--config" if values else "flags")
-    check = getattr(cfg, "check", None)
-    if check:
-        check()
-    return cfg
+    path = args.pop("config", None)
+    values = (load_yaml(path) if path else {}) | args
+    cfg = from_dict(cls, values, source=f"--config {path}" if path else "flags")
+    if check and hasattr(cfg, "check"):
+        cfg.check()
+    return cfg, values
+
+
+def parse(cls: type, argv: list[str] | None = None, description: str = "") -> Any:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``cls``: YAML defaults, then flags; then ``check()``."""
+    return parse_explicit(cls, argv, description)[0]
 
 
 def to_dict(cfg: Any) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pickle
 import random
@@ -302,9 +303,10 @@ class FeatureTable:
         device: torch.device | str = "cpu",
         stats: dict[str, dict[str, torch.Tensor]] | None = None,
         splits: tuple[str, ...] = SPLITS,
+        scored_only: bool = True,
     ) -> FeatureTable:
-        """Join ``records`` (scored ones, in ``splits``) with the stores. ``stats`` from a checkpoint are reused;
-        otherwise normalisation statistics are fitted on the train split."""
+        """Join ``records`` in ``splits`` (only scored ones unless ``scored_only`` is False; y is NaN where unknown)
+        with the stores. ``stats`` from a checkpoint are reused; otherwise they are fitted on the train split."""
         features_dir = cfg.resolved_features_dir()
         stores: dict[str, StoredFeatures] = {}
         for module, (store_name, _) in module_sources(cfg).items():
@@ -316,7 +318,7 @@ class FeatureTable:
                 )
             stores[module] = store.read()
         sources = module_sources(cfg, stores)
-        scored = [r for r in records if r.score is not None and r.split in splits]
+        scored = [r for r in records if r.split in splits and (r.score is not None or not scored_only)]
         failed = {i: s.failures[i] for s in stores.values() for i in s.failures}
         skipped = [r for r in scored if r.id in failed]
         if skipped:
@@ -349,15 +351,16 @@ class FeatureTable:
                 raise ConfigError(f"{int(bad.sum())} videos have NaN or inf {module} features (first: {ids})")
             blocks[module] = block.astype(np.float32)
 
-        is_train = np.array([r.split == "train" for r in scored])
+        is_train = np.array([r.split == "train" for r in scored], dtype=bool)
+        scored_mask = np.array([r.score is not None for r in scored], dtype=bool)
         if stats is None:
             stats = {}
             for module in blocks:
                 flag = NORMALIZED.get(module, "normalize_extra" if module in cfg.extra_features else None)
                 if flag and getattr(cfg, flag):
-                    if not is_train.any():
+                    if not (is_train & scored_mask).any():
                         raise ConfigError(f"cannot fit {module} normalisation: no scored train videos")
-                    train = blocks[module][is_train].astype(np.float64)
+                    train = blocks[module][is_train & scored_mask].astype(np.float64)
                     std = train.std(axis=0)
                     std[std < 1e-12] = 1.0  # a constant dimension stays constant instead of dividing by zero
                     stats[module] = {
@@ -368,7 +371,7 @@ class FeatureTable:
             blocks[module] = (blocks[module] - s["mean"].numpy()) / s["std"].numpy()
 
         x_all = torch.from_numpy(np.concatenate([blocks[m] for m in sources], axis=1))  # (N, in_dim)
-        y_all = torch.tensor([r.score for r in scored], dtype=torch.float32)
+        y_all = torch.tensor([math.nan if r.score is None else r.score for r in scored], dtype=torch.float32)
         split_data = {}
         for split in splits:
             sel = np.flatnonzero([r.split == split for r in scored])

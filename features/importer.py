@@ -1,0 +1,134 @@
+"""Bring your own features: import a table (CLIP, captions, audio...) into the store as a new module.
+
+``python gen_features.py --dataset Memento10k --import clip.npz --name clip`` then
+``python train.py --dataset Memento10k --extra_features clip [--use_raw ...]``.
+
+Accepted files: ``.npy`` (N, D) with ``--ids ids.txt`` (one id per line, row order); ``.npz`` with an id array
+(``ids`` or ``id``, or ``--id_column``) and one or more (N, D) arrays; ``.h5`` likewise with datasets; ``.csv`` with
+an id column (``id``, ``video``, ``filename`` or ``--id_column``) and numeric columns. Ids may carry a media suffix
+(``video10.webm``): it is dropped, as the dataset adapters do.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from config import ConfigError, GenConfig, code_version
+from features.store import FeatureStore, StoredFeatures
+
+ID_KEYS = ("ids", "id", "video", "video_id", "filename")
+
+
+def _ids_of(values: object) -> list[str]:
+    from dataset import video_id
+
+    out = []
+    for v in np.asarray(values).reshape(-1):
+        out.append(video_id(v.decode() if isinstance(v, bytes) else str(v)))
+    return out
+
+
+def _pick_id_key(keys: list[str], wanted: str, path: Path) -> str:
+    if wanted:
+        if wanted not in keys:
+            raise ConfigError(f"{path}: no id column {wanted!r}; it has {keys}")
+        return wanted
+    for k in ID_KEYS:
+        if k in keys:
+            return k
+    raise ConfigError(f"{path}: no id column found (looked for {', '.join(ID_KEYS)}); name it with --id_column")
+
+
+def read_table(
+    path: Path, name: str, ids_file: str = "", id_column: str = ""
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """``(ids, {feature name: (N, D) float32})`` from a user's file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if not ids_file:
+            raise ConfigError(f"{path}: a .npy holds no ids; pass --ids FILE (one video id per line, in row order)")
+        ids = _ids_of(
+            [line.strip() for line in Path(ids_file).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        )
+        return ids, {name: np.load(path, allow_pickle=False)}
+    if suffix in (".npz", ".h5", ".hdf5"):
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        else:
+            with h5py.File(path, "r") as f:
+                arrays = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+        key = _pick_id_key(list(arrays), id_column, path)
+        ids = _ids_of(arrays.pop(key))
+        feats = {k: v for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.number)}
+        if not feats:
+            raise ConfigError(f"{path}: no numeric array besides the ids {key!r}")
+        return ids, ({name: next(iter(feats.values()))} if len(feats) == 1 else feats)
+    if suffix == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise ConfigError(f"{path}: no rows")
+        key = _pick_id_key(list(rows[0]), id_column, path)
+        cols = [c for c in rows[0] if c != key]
+        try:
+            matrix = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float64)
+        except ValueError as err:
+            raise ConfigError(f"{path}: every column but the id {key!r} must be numeric ({err})") from err
+        return _ids_of([r[key] for r in rows]), {name: matrix}
+    raise ConfigError(f"{path}: unsupported format {suffix!r}; use .npy (+ --ids), .npz, .h5 or .csv")
+
+
+def import_features(cfg: GenConfig) -> StoredFeatures:
+    """Validate a user's table against the dataset and write it as the store ``<features_dir>/<dataset>/<name>.h5``."""
+    from dataset import load_records
+
+    reserved = {"raw", "hrnet", "csn", "similarity", "ip_csn_152", "ir_csn_152", "hrnet_f1", "hrnet_f5", "hrnet_f9"}
+    if cfg.name in reserved:
+        raise ConfigError(f"--name {cfg.name!r} is a built-in module; choose another name for imported features")
+    path = Path(cfg.import_path)
+    ids, feats = read_table(path, cfg.name, cfg.ids, cfg.id_column)
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ConfigError(f"{path}: repeated ids (first: {dup})")
+    for fname, m in feats.items():
+        m = np.asarray(m, dtype=np.float32)
+        if m.ndim == 1:
+            m = m[:, None]
+        if m.ndim != 2 or len(m) != len(ids):
+            raise ConfigError(f"{path}: {fname} has shape {m.shape}; expected ({len(ids)}, D), one row per id")
+        bad = ~np.isfinite(m).all(axis=1)
+        if bad.any():
+            raise ConfigError(
+                f"{path}: {int(bad.sum())} rows of {fname} hold NaN or inf (first id {ids[int(np.argmax(bad))]})"
+            )
+        feats[fname] = m
+    known = {r.id for r in load_records(cfg.dataset, cfg)}
+    unknown = [i for i in ids if i not in known]
+    if len(unknown) == len(ids):
+        raise ConfigError(f"none of the {len(ids)} ids of {path} is a {cfg.dataset} video (first: {ids[:3]})")
+    if unknown:
+        print(
+            f"warning: {len(unknown)} ids are not {cfg.dataset} videos and are kept but unused (first: {unknown[:3]})"
+        )
+    meta = {
+        "family": "import",
+        "dataset": cfg.dataset,
+        "settings": {"source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+        "smoke": False,
+        "code_version": code_version(),
+    }
+    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, cfg.name)
+    data = StoredFeatures(ids, feats, meta)
+    store.write(data)
+    covered = len(known & set(ids))
+    dims = {k: v.shape[1] for k, v in feats.items()}
+    print(f"imported {len(ids)} rows {dims} into {store.path}; {covered}/{len(known)} {cfg.dataset} videos covered")
+    return data

@@ -1,0 +1,189 @@
+"""What a run leaves behind: the run directory (config, metrics, predictions, plots, checkpoints) and wandb."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from config import ConfigError, TrainConfig
+from model.metrics import HIST_BINS, histogram
+
+PLOTS = ("scatter_val.png", "histograms_val.png", "learning_curves.png")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_torch(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, columns: dict[str, np.ndarray]) -> None:
+    """CSV ``id, score, <prediction columns>`` (score empty where unknown)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "score", *columns])
+        for i, vid in enumerate(ids):
+            score = "" if true is None else f"{true[i]:.6f}"
+            w.writerow([vid, score, *(f"{c[i]:.6f}" for c in columns.values())])
+    os.replace(tmp, path)
+
+
+def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndarray, title: str) -> list[Path]:
+    """Predicted-vs-true scatter, the two score histograms, and learning curves, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [run_dir / name for name in PLOTS]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, pred, s=6, alpha=0.5)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="true memorability", ylabel="predicted", title=title)
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    edges = np.linspace(0, 1, HIST_BINS + 1)
+    ax.stairs(histogram(true), edges, label="truth", fill=True, alpha=0.5)
+    ax.stairs(histogram(pred), edges, label="prediction", fill=True, alpha=0.5)
+    ax.set(xlabel="memorability", ylabel="fraction of videos", title="val score distributions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    a1.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    a1.set(xlabel="epoch", title="loss")
+    a1.legend()
+    a2.plot(epochs, [h["val_spearman"] for h in history], label="val Spearman")
+    a2.plot(epochs, [h["val_kendall"] for h in history], label="val Kendall")
+    a2.set(xlabel="epoch", title="rank correlation")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+class RunLogger:
+    """Writes ``runs/<name>/`` and, with ``cfg.log``, mirrors it to wandb. Use as a context manager."""
+
+    def __init__(self, cfg: TrainConfig, resume_epoch: int = 0) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.wandb = None
+        write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
+        kept = []
+        if resume_epoch and self.metrics_path.exists():
+            kept = [
+                line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["epoch"] < resume_epoch
+            ]
+        write_atomic(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        if cfg.log:
+            self._init_wandb()
+
+    def _init_wandb(self) -> None:
+        import wandb
+
+        self.wandb = wandb.init(
+            project=self.cfg.project,
+            name=self.cfg.name,
+            group=self.cfg.group or None,
+            tags=self.cfg.tags or None,
+            config=asdict(self.cfg),
+            dir=str(self.run_dir),
+        )
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=0 if exc[0] is None else 1)
+
+    def epoch(self, row: dict, pred: np.ndarray, true: np.ndarray) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            import wandb
+
+            log = {k: v for k, v in row.items() if k != "epoch"}
+            log |= {"val_pred_hist": wandb.Histogram(pred), "val_true_hist": wandb.Histogram(true)}
+            self.wandb.log(log, step=row["epoch"])
+
+    def save_checkpoint(self, state: dict, name: str, aliases: list[str]) -> Path:
+        path = self.run_dir / name
+        save_torch(state, path)
+        if self.wandb is not None and name == "best.pt":
+            import wandb
+
+            art = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata={"epoch": state["epoch"]})
+            art.add_file(str(path), name="checkpoint.pt")
+            self.wandb.log_artifact(art, aliases=aliases)
+        return path
+
+    def finish(self, history: list[dict], best: dict, val, best_pred: np.ndarray, last_pred: np.ndarray) -> None:  # noqa: ANN001
+        true = val.y.cpu().numpy()
+        write_predictions(
+            self.run_dir / "predictions_val.csv", val.ids, true, {"pred_best": best_pred, "pred_last": last_pred}
+        )
+        write_json(self.run_dir / "summary.json", {"best": best, "last": history[-1]})
+        plot_run(self.run_dir, history, true, best_pred, f"{self.cfg.name}: best epoch {best['epoch']}")
+        if self.wandb is not None:
+            if self.cfg.save and (self.run_dir / "last.pt").exists():
+                import wandb
+
+                art = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata={"epoch": history[-1]["epoch"]})
+                art.add_file(str(self.run_dir / "last.pt"), name="checkpoint.pt")
+                self.wandb.log_artifact(art, aliases=["latest", f"epoch-{history[-1]['epoch']}"])
+            self.wandb.summary["best_spearman"] = best["val_spearman"]
+            self.wandb.summary["best_epoch"] = best["epoch"]
+            self.wandb.summary["last_spearman"] = history[-1]["val_spearman"]
+
+
+def fetch_wandb_checkpoint(run_id: str, epoch: int | None, project: str) -> Path:
+    """Download the checkpoint artifact of a wandb run (alias ``epoch-N`` or ``latest``); needs network access.
+
+    Artifacts exist for the epochs that were best when logged (alias ``best``) and for the last epoch."""
+    import wandb
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        raise ConfigError(
+            f"--checkpoint_run_id needs wandb online (WANDB_MODE={os.environ['WANDB_MODE']}); "
+            "use --checkpoint_local runs/<name>/last.pt instead"
+        )
+    parts = run_id.split("/")
+    prefix = "/".join(parts[:-1]) if len(parts) > 1 else project
+    alias = f"epoch-{epoch}" if epoch is not None else "latest"
+    try:
+        art = wandb.Api().artifact(f"{prefix}/model-{parts[-1]}:{alias}", type="model")
+    except Exception as err:  # wandb raises several error types for a missing run or alias
+        raise ConfigError(f"cannot fetch checkpoint {prefix}/model-{parts[-1]}:{alias} from wandb: {err}") from err
+    return Path(art.download()) / "checkpoint.pt"

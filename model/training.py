@@ -1,0 +1,311 @@
+"""The training loop over an in-memory feature table, checkpoints, and scoring.
+
+Every split is one tensor on the training device; a batch is an index into it, so an epoch reads no file.
+Seeded runs are reproducible: the shuffling generator and every RNG state travel in the checkpoint, so a resumed
+run continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import ConfigError, EvalConfig, TrainConfig, code_version, from_dict
+from dataset import SPLITS, FeatureTable, SplitData, load_records
+from model.losses import LOSSES, LossContext
+from model.metrics import compute_metrics
+from model.mlp import ModularMLP
+from model.report import RunLogger, write_json, write_predictions
+
+CHECKPOINT_FORMAT = 1
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy seeds must fit in 32 bits (the reference overflowed here)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:  # noqa: ANN001 - an iterable of parameters
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.scheduler_step_size, gamma=cfg.scheduler_gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@torch.inference_mode()
+def predict(model: ModularMLP, x: torch.Tensor, batch: int = 8192) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().cpu().numpy()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train.py --save writes best.pt and last.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not an m3s checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> ModularMLP:
+    model = ModularMLP(ckpt["dims"], ckpt["config"]["hidden_channels"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def stats_from_checkpoint(ckpt: dict) -> dict[str, dict[str, torch.Tensor]]:
+    return {m: {k: v.float() for k, v in s.items()} for m, s in ckpt["stats"].items()}
+
+
+def check_sources(want: dict, have: dict) -> None:
+    """Refuse features whose dims or extraction settings differ from those a checkpoint was trained on."""
+    diffs = []
+    for store, w in want.items():
+        h = have.get(store)
+        if h is None:
+            diffs.append(f"{store}: the checkpoint needs it, it is not selected")
+            continue
+        for key in ("features", "dims", "settings", "smoke"):
+            if w.get(key) != h.get(key):
+                diffs.append(f"{store} {key}: checkpoint {w.get(key)!r}, feature store {h.get(key)!r}")
+    if diffs:
+        raise ConfigError("the feature stores differ from the checkpoint's:\n  " + "\n  ".join(diffs))
+
+
+class Trainer:
+    """Fits a ``ModularMLP`` on a ``FeatureTable``; writes the run directory; logs to wandb with ``-l``."""
+
+    def __init__(self, cfg: TrainConfig, table: FeatureTable, device: torch.device, resume: dict | None = None):
+        if "train" not in table.splits or "val" not in table.splits:
+            raise ConfigError(f"{cfg.dataset} needs scored train and val videos; found splits {sorted(table.splits)}")
+        self.cfg, self.table, self.device = cfg, table, device
+        if cfg.seed is None:
+            cfg.seed = int.from_bytes(os.urandom(4), "little")  # recorded in config.yaml and the checkpoint
+        seed_everything(cfg.seed)
+        self.model = ModularMLP(table.dims, cfg.hidden_channels).to(device)
+        self.opt = make_optimizer(cfg, self.model.parameters())
+        self.sched = make_scheduler(cfg, self.opt)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.loss_fn = LOSSES[cfg.loss]
+        train_y = table.splits["train"].y
+        self.ctx = LossContext(
+            0, cfg.epochs, float(train_y.double().mean()), cfg.mse_tails_pow, cfg.mse_tails_mult_fact
+        )
+        self.history: list[dict] = []
+        self.best: dict | None = None  # the val row of the best epoch so far
+        self.best_model: dict[str, torch.Tensor] = {}  # its weights, kept to predict with the best model at the end
+        self.start_epoch = 0
+        if resume is not None:
+            self._restore(resume)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self, epoch: int, metrics: dict) -> dict:
+        """A self-describing checkpoint: only tensors and plain Python values, so ``weights_only=True`` loads it."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "code_version": code_version(),
+            "config": asdict(self.cfg),
+            "modules": self.table.modules,
+            "dims": self.table.dims,
+            "stats": self.table.stats,
+            "sources": self.table.sources,
+            "train_mean": self.ctx.train_mean,
+            "epoch": epoch,
+            "metrics": metrics,
+            "history": self.history,
+            "best": self.best,
+            "best_model": self.best_model,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        if ckpt["dims"] != self.table.dims:
+            raise ConfigError(f"checkpoint dims {ckpt['dims']} differ from the feature table's {self.table.dims}")
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.shuffle.set_state(ckpt["rng"]["shuffle"])
+        self.history = list(ckpt["history"])
+        self.best = ckpt["best"]
+        self.best_model = ckpt["best_model"]
+        self.start_epoch = ckpt["epoch"] + 1
+
+    # ----------------------------------------------------------------- loop
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        data = self.table.splits["train"]
+        self.ctx.epoch = epoch
+        order = torch.randperm(len(data.y), generator=self.shuffle).to(self.device)
+        total, count = 0.0, 0
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            loss = self.loss_fn(self.model(data.x[idx]), data.y[idx], self.ctx)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach() * len(idx)
+            count += len(idx)
+        self.sched.step()
+        return float(total) / count
+
+    def evaluate(self, split: SplitData) -> tuple[dict, np.ndarray]:
+        pred = predict(self.model, split.x)
+        metrics = compute_metrics(pred, split.y.cpu().numpy())
+        with torch.no_grad():
+            metrics["loss"] = float(self.loss_fn(torch.from_numpy(pred), split.y.cpu(), self.ctx))
+        return metrics, pred
+
+    def fit(self, logger: RunLogger) -> dict:
+        """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each)."""
+        cfg, val = self.cfg, self.table.splits["val"]
+        last_pred = None
+        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="epochs", unit="ep", disable=None)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            lr = self.opt.param_groups[0]["lr"]
+            train_loss = self.train_epoch(epoch)
+            metrics, last_pred = self.evaluate(val)
+            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - t0}
+            row |= {f"val_{k}": v for k, v in metrics.items()}
+            self.history.append(row)
+            improved = self.best is None or metrics["spearman"] > self.best["val_spearman"]
+            if improved:
+                self.best = dict(row)
+                self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_spearman=f"{metrics['spearman']:.4f}")
+            logger.epoch(row, last_pred, val.y.cpu().numpy())
+            if cfg.save:
+                state = self.state(epoch, row)
+                logger.save_checkpoint(state, "last.pt", aliases=["latest", f"epoch-{epoch}"])
+                if improved:
+                    logger.save_checkpoint(state, "best.pt", aliases=["best", f"epoch-{epoch}"])
+        if last_pred is None:  # resumed at or past the last epoch: nothing left to train
+            last_pred = self.evaluate(val)[1]
+        best_net = ModularMLP(self.table.dims, cfg.hidden_channels).to(self.device)
+        best_net.load_state_dict(self.best_model)
+        best_pred = predict(best_net, val.x)
+        last = self.history[-1]
+        logger.finish(self.history, self.best, val, best_pred, last_pred)
+        return {"best": self.best, "last": last}
+
+
+def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict | None]:
+    """With ``--checkpoint_local`` / ``--checkpoint_run_id``, the checkpoint's config is the base and only the
+    flags given explicitly now override it (typically ``--epochs``)."""
+    if not (cfg.checkpoint_local or cfg.checkpoint_run_id):
+        return cfg, None
+    from model.report import fetch_wandb_checkpoint
+
+    path = cfg.checkpoint_local or fetch_wandb_checkpoint(cfg.checkpoint_run_id, cfg.checkpoint_epoch, cfg.project)
+    ckpt = load_checkpoint(path)
+    values = dict(ckpt["config"]) | explicit
+    values |= {"checkpoint_local": str(path), "checkpoint_run_id": cfg.checkpoint_run_id}
+    resumed = from_dict(TrainConfig, values, source=f"checkpoint {path}")
+    if not explicit.get("name"):
+        resumed.name = Path(path).resolve().parent.name
+        resumed.runs_dir = str(Path(path).resolve().parent.parent)
+    return resumed, ckpt
+
+
+def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
+    """Everything ``train.py`` does: resolve, build the table, train, write the run directory."""
+    cfg, ckpt = resolve_resume(cfg, explicit or {})
+    cfg.check()
+    device = pick_device(cfg.device)
+    records = load_records(cfg.dataset, cfg)
+    table = FeatureTable.build(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
+    if ckpt:
+        check_sources(ckpt["sources"], table.sources)
+    if not cfg.name:
+        cfg.name = f"{cfg.dataset}_{'+'.join(table.modules)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = Trainer(cfg, table, device, resume=ckpt)
+    n = {s: len(d.y) for s, d in table.splits.items()}
+    print(f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; seed {cfg.seed}")
+    with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+        result = trainer.fit(logger)
+        result["run_dir"] = str(logger.run_dir)
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    best, last = result["best"], result["last"]
+
+    def fmt(row: dict) -> str:
+        return ", ".join(f"{k} {row[f'val_{k}']:.4f}" for k in ("spearman", "kendall", "mse", "mae"))
+
+    lines = [
+        f"best epoch {best['epoch']} (selected on val, so optimistic): {fmt(best)}",
+        f"last epoch {last['epoch']}: {fmt(last)}",
+        f"run directory: {result['run_dir']}",
+    ]
+    if math.isnan(best["val_spearman"]):
+        lines.insert(0, "warning: val Spearman is NaN")
+    return lines
+
+
+def run_evaluation(cfg: EvalConfig) -> dict:
+    """Score a checkpoint on a split: metrics (where scores are known) and predictions, written next to it."""
+    ckpt = load_checkpoint(cfg.checkpoint)
+    values = dict(ckpt["config"])
+    for key in ("data_dir", "features_dir", "dataset"):
+        if getattr(cfg, key):
+            values[key] = getattr(cfg, key)
+    train_cfg = from_dict(TrainConfig, values, source=f"checkpoint {cfg.checkpoint}")
+    device = pick_device(cfg.device)
+    splits = SPLITS if cfg.split == "all" else (cfg.split,)
+    records = load_records(train_cfg.dataset, train_cfg)
+    table = FeatureTable.build(
+        train_cfg, records, device, stats=stats_from_checkpoint(ckpt), splits=splits, scored_only=False
+    )
+    check_sources(ckpt["sources"], table.sources)
+    if not table.splits:
+        raise ConfigError(f"{train_cfg.dataset} has no videos in split {cfg.split!r}")
+    model = model_from_checkpoint(ckpt).to(device)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"checkpoint": str(cfg.checkpoint), "epoch": ckpt["epoch"], "dataset": train_cfg.dataset}
+    for split, data in table.splits.items():
+        pred = predict(model, data.x)
+        true = data.y.cpu().numpy()
+        known = ~np.isnan(true)
+        tag = f"{train_cfg.dataset}_{split}"
+        write_predictions(
+            out_dir / f"predictions_{tag}.csv", data.ids, None if not known.any() else true, {"pred": pred}
+        )
+        metrics = compute_metrics(pred[known], true[known]) if known.sum() > 1 else {}
+        result[split] = {"n": len(pred), "n_scored": int(known.sum()), **metrics}
+    write_json(out_dir / f"metrics_{train_cfg.dataset}_{cfg.split}.json", result)
+    result["out_dir"] = str(out_dir)
+    return result
