@@ -95,14 +95,13 @@ class CSN(nn.Module):
                 layer.append(Bottleneck(c_in, planes, stride if i == 0 else 1, separable))
                 c_in = planes * Bottleneck.expansion
             self.add_module(f"layer{n}", nn.Sequential(*layer))
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(FEATURE_DIM, N_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, T, H, W) normalised RGB -> (B, 2048)."""
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, T', H/32, W/32)
-        return self.avgpool(x).flatten(1)
+        return x.float().mean(dim=(2, 3, 4))  # global average pool, in fp32 under autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))

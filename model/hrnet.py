@@ -188,5 +188,5 @@ class HRNetV2(nn.Module):
         return torch.cat(ups, dim=1)  # (B, 48+96+192+384, H/4, W/4)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 720): the encoder map, globally average-pooled."""
-        return self.forward(x).mean(dim=(2, 3))
+        """(B, 3, H, W) -> (B, 720): the encoder map, globally average-pooled (in fp32 under autocast)."""
+        return self.forward(x).float().mean(dim=(2, 3))

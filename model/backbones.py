@@ -1,0 +1,147 @@
+"""The pretrained backbones of the hrnet and csn tiers: a registry, and loading of the official checkpoint files.
+
+``load_backbone(name, weights_dir)`` builds the model, reads ``<weights_dir>/<file>`` with
+``torch.load(weights_only=True)``, checks every key and shape against the model (errors name the key and the file)
+and returns it in eval mode. A missing file is a ``FileNotFoundError`` that says how to get it (``weights/README.md``,
+``weights/download.sh``). Random weights only with ``smoke_random_weights=True``, for pipeline tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from config import ConfigError
+from model.csn import ip_csn_152, ir_csn_152
+from model.hrnet import HRNetV2
+
+# Buffers that synchronised batch norm adds to every BN (the CSAIL HRNet file has them); no plain BN reads them.
+SYNC_BN_EXTRAS = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
+SMOKE_SEED = 0  # random weights are seeded, so every process (torchrun shard) builds the same smoke model
+
+
+class WeightsError(ConfigError):
+    """A checkpoint file does not fit its model (missing, unexpected or misshapen keys, or not a state dict)."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One pretrained backbone: how to build it and which official file holds its weights."""
+
+    build: Callable[[], nn.Module]
+    file: str  # path under the weights folder, spelled as published
+    url: str
+    feature_dim: int
+    n_params: int  # learnable parameters (the SPEC's count), checked by the tests
+    min_bytes: int  # sum of the tensors' sizes: a complete file is at least this big (download.sh checks it)
+    ignorable_suffixes: tuple[str, ...] = ()  # BN buffers present in the file but not in the model
+
+
+BACKBONES: dict[str, Backbone] = {
+    "hrnetv2_w48": Backbone(
+        build=HRNetV2,
+        file="ade20k-hrnetv2-c1/encoder_epoch_30.pth",
+        url="http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-hrnetv2-c1/encoder_epoch_30.pth",
+        feature_dim=720,
+        n_params=65_325_120,
+        min_bytes=261_976_908,
+        ignorable_suffixes=SYNC_BN_EXTRAS,
+    ),
+    "ip_csn_152": Backbone(
+        build=ip_csn_152,
+        file="ipCSN_152_ft_kinetics_from_ig65m_f133090949.pth",
+        url="https://github.com/bjuncek/VMZ/releases/download/test_models/ipCSN_152_ft_kinetics_from_ig65m_f133090949.pth",
+        feature_dim=2048,
+        n_params=33_016_592,
+        min_bytes=132_769_448,
+    ),
+    "ir_csn_152": Backbone(
+        build=ir_csn_152,
+        file="irCSN_152_ft_kinetics_from_ig65m_f126851907.pth",
+        url="https://github.com/bjuncek/VMZ/releases/download/test_models/irCSN_152_ft_kinetics_from_ig65m_f126851907.pth",
+        feature_dim=2048,
+        n_params=29_703_568,
+        min_bytes=119_421_208,
+    ),
+}
+
+
+def weights_path(name: str, weights_dir: str | Path) -> Path:
+    return Path(weights_dir) / BACKBONES[name].file
+
+
+def build_random(name: str) -> nn.Module:
+    """The backbone with seeded random weights, in eval mode (smoke runs, benchmarks, tests)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SMOKE_SEED)
+        return BACKBONES[name].build().eval()
+
+
+def _listing(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict(
+    model: nn.Module, state: dict, source: str, ignorable_suffixes: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """``state`` restricted to the model's keys, after checking it supplies every one of them with the right shape.
+
+    Keys ending in one of ``ignorable_suffixes`` are dropped only where they sit on a batch-norm module of the model
+    (the SyncBN extras); any other key the model lacks is an error, as is a missing or misshapen key.
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{source}: expected a plain state dict (parameter name -> tensor), got {type(state)}")
+    expected = model.state_dict()
+    bn_modules = {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    def ignorable(key: str) -> bool:
+        module, _, buffer = key.rpartition(".")
+        return buffer in ignorable_suffixes and module in bn_modules
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and not ignorable(k)]
+    misshapen = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{what} key(s): {_listing(keys)}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
+        if keys
+    ]
+    if problems:
+        raise WeightsError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    return {k: state[k] for k in expected}
+
+
+def load_weights(model: nn.Module, path: Path, ignorable_suffixes: tuple[str, ...] = ()) -> nn.Module:
+    """Load ``path`` into ``model`` after ``check_state_dict``; every model key comes from the file."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(check_state_dict(model, state, str(path), ignorable_suffixes), strict=True)
+    return model
+
+
+def load_backbone(name: str, weights_dir: str | Path, smoke_random_weights: bool = False) -> nn.Module:
+    """The backbone ``name`` with its official weights, in eval mode on the CPU.
+
+    ``smoke_random_weights`` gives seeded random weights instead (the caller must mark its outputs as smoke).
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+    if smoke_random_weights:
+        return build_random(name)
+    spec = BACKBONES[name]
+    path = weights_path(name, weights_dir)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{name} weights not found at {path}. Run `bash weights/download.sh {weights_dir}` (or download "
+            f"{spec.url} to that path by hand; see weights/README.md). To test the pipeline without weights, pass "
+            "--smoke_random_weights (random features, marked as smoke in the store)."
+        )
+    return load_weights(spec.build(), path, spec.ignorable_suffixes).eval()
