@@ -89,6 +89,12 @@ def _write_h5(path: Path, data: StoredFeatures) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _as_rows(values: np.ndarray, n: int) -> np.ndarray:
+    """(n, D) float32; a vector per row becomes a column, an empty batch keeps its width."""
+    arr = np.asarray(values, dtype=np.float32)
+    return arr.reshape(n, -1) if n else arr.reshape(0, arr.shape[-1] if arr.ndim > 1 else 1)
+
+
 def _dataset(f: h5py.File, name: str, arr: np.ndarray, dtype=None) -> None:
     f.create_dataset(name, data=arr, dtype=dtype, track_times=False)
 
@@ -165,7 +171,7 @@ class FeatureStore:
         shard: str = "0",
     ) -> Path:
         """Add rows (and failures) as one new part file; refuses rows whose settings or dims differ from the store."""
-        features = {k: np.asarray(v, dtype=np.float32).reshape(len(ids), -1) for k, v in features.items()}
+        features = {k: _as_rows(v, len(ids)) for k, v in features.items()}
         if self.exists():
             check_compatible(self.meta(), meta, str(self.path))
         self.parts_dir.mkdir(parents=True, exist_ok=True)

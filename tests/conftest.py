@@ -54,8 +54,8 @@ def memento(tmp_path: Path) -> Path:
 
 def signal_features(data_dir: Path, dim: int = 6, noise: float = 0.05, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Ids and a (N, dim) matrix whose first column tracks the memorability score (test videos: random)."""
-    from dataset import load_records
     from config import Paths
+    from dataset import load_records
 
     rng = np.random.default_rng(seed)
     records = load_records("Memento10k", Paths(data_dir=str(data_dir)))

@@ -1,0 +1,120 @@
+"""Config parsing: reference flags, YAML defaults, errors that name the fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+import config
+from config import ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
+
+REFERENCE_FLAGS = (
+    "-n --name -s --save -l --log --seed --group --tags --use_raw --raw_features --normalize_raw --use_temporal_std "
+    "--use_hrnet --use_csn --hrnet_frames --csn_arch --use_similarity --similarity_features --similarity_methods "
+    "--normalize_similarity --hidden_channels --dataset --batch_size --loss --mse_tails_pow --mse_tails_mult_fact "
+    "--lr --epochs --optimizer --weight_decay --scheduler --scheduler_gamma --scheduler_step_size --checkpoint_local "
+    "--checkpoint_run_id --checkpoint_epoch --fixed_features --data_augmentation --compute_raw --extra_features"
+).split()
+
+
+def test_help_lists_every_reference_flag():
+    out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=config.ROOT)
+    assert out.returncode == 0
+    missing = [f for f in REFERENCE_FLAGS if f"{f} " not in out.stdout and f"{f}\n" not in out.stdout]
+    assert not missing, missing
+
+
+def test_reference_defaults_and_short_flags():
+    cfg = parse(TrainConfig, ["--use_raw", "-n", "x", "-s", "-l", "--seed", "3"])
+    assert (cfg.name, cfg.save, cfg.log, cfg.seed) == ("x", True, True, 3)
+    assert cfg.raw_features == ["hog", "brightness", "contrast", "blurriness", "size_orig", "meanOF"]
+    assert (cfg.hrnet_frames, cfg.csn_arch, cfg.similarity_methods, cfg.hidden_channels) == (
+        1,
+        "ip_csn_152",
+        ["dbscan"],
+        [512, 64],
+    )
+    assert (cfg.batch_size, cfg.loss, cfg.mse_tails_pow, cfg.mse_tails_mult_fact, cfg.lr, cfg.epochs) == (
+        32,
+        "mse",
+        4.0,
+        2.0,
+        1e-3,
+        20,
+    )
+    assert (cfg.optimizer, cfg.weight_decay, cfg.scheduler, cfg.scheduler_gamma, cfg.scheduler_step_size) == (
+        "adam",
+        1e-5,
+        "step",
+        0.2,
+        5,
+    )
+    assert cfg.normalize_raw and cfg.fixed_features
+    assert not parse(TrainConfig, ["--use_raw", "--no-normalize_raw"]).normalize_raw
+
+
+def test_yaml_sets_defaults_and_flags_win(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("use_raw: true\nlr: 0.0004\nepochs: 7\nloss: mse_to_spearman\nscheduler: StepLR\n")
+    cfg = parse(TrainConfig, ["--config", str(path), "--epochs", "3"])
+    assert (cfg.use_raw, cfg.lr, cfg.epochs, cfg.loss, cfg.scheduler) == (True, 0.0004, 3, "mse_to_spearman", "step")
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("use_raw: true\nlearning_rate: 0.1\n", "unknown key(s) learning_rate; valid keys:"),
+        ("use_raw: true\nloss: huber\n", "'huber' is not one of mse, l1, mse_tails, spearman, mse_to_spearman"),
+        ("use_raw: true\nhrnet_frames: 3\n", "3 is not one of 1, 5, 9"),
+        ("use_raw: true\nepochs: many\n", "'many' is not a valid int"),
+        ("use_raw: yes-please\n", "is not a valid bool"),
+    ],
+)
+def test_bad_yaml_names_the_valid_choices(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(TrainConfig, ["--config", str(path)])
+
+
+def test_reference_readme_similarity_command_is_explained():
+    argv = ["--use_similarity", "--similarity_methods", "dbscan", "--similarity_methods", "hrnet", "ip_csn_152"]
+    with pytest.raises(ConfigError, match="--similarity_features hrnet ip_csn_152"):
+        parse(TrainConfig, argv)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "no module selected"),
+        (["--use_raw", "--data_augmentation"], "--data_augmentation is not supported"),
+        (["--use_raw", "--compute_raw"], "gen_features.py"),
+        (["--use_raw", "--no-fixed_features"], "not implemented"),
+        (["--use_raw", "--checkpoint_epoch", "3"], "needs --checkpoint_run_id"),
+    ],
+)
+def test_flags_we_cannot_honour_are_refused(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(TrainConfig, argv)
+
+
+def test_bad_flag_values_name_the_choices(capsys):
+    with pytest.raises(ConfigError, match="'r3d' is not one of ip_csn_152, ir_csn_152"):
+        parse(TrainConfig, ["--use_raw", "--csn_arch", "r3d"])
+    with pytest.raises(SystemExit):
+        parse(TrainConfig, ["--use_raw", "--epochs", "ten"])
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_explicit_values_are_only_those_given():
+    _, explicit = parse_explicit(TrainConfig, ["--epochs", "9"], check=False)
+    assert explicit == {"epochs": 9}
+
+
+def test_other_scripts_configs():
+    gen = parse(GenConfig, ["--dataset", "VideoMem", "--features", "raw", "hrnet", "--import", "f.npz", "--name", "c"])
+    assert (gen.import_path, gen.features) == ("f.npz", ["raw", "hrnet"])
+    with pytest.raises(ConfigError, match="--import needs --name"):
+        parse(GenConfig, ["--import", "f.npz"])
+    with pytest.raises(ConfigError, match="--checkpoint PATH is required"):
+        parse(EvalConfig, [])

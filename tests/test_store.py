@@ -1,0 +1,119 @@
+"""The HDF5 feature store: parts, compaction, atomicity, determinism, refusals."""
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from features.store import FeatureStore, StoredFeatures, StoreError, Transform
+
+META = {"family": "raw", "dataset": "demo", "settings": {"size": 256}, "smoke": False, "code_version": "t"}
+
+
+def _rows(ids, dim=3):
+    return {
+        "a": np.array([[hash(i) % 97 + k for k in range(dim)] for i in ids], np.float32),
+        "b": np.ones((len(ids), 1)),
+    }
+
+
+def test_append_read_compact_roundtrip(tmp_path):
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    assert not store.exists() and store.done_ids() == set()
+    store.append(["v2", "v1"], _rows(["v2", "v1"]), META, failures={"bad": "truncated file"}, shard="rank0")
+    store.append(["v3"], _rows(["v3"]), META, shard="rank1")
+    data = store.read()  # readable before compaction: main file + finished parts
+    assert data.ids == ["v1", "v2", "v3"]
+    assert data.dims == {"a": 3, "b": 1}
+    np.testing.assert_array_equal(data.features["a"], _rows(["v1", "v2", "v3"])["a"])
+    assert data.failures == {"bad": "truncated file"}
+    assert store.done_ids() == {"v1", "v2", "v3", "bad"}
+    store.compact()
+    assert store.path.exists() and not store.parts_dir.exists()
+    again = store.read()
+    assert again.ids == data.ids and again.meta["dims"] == {"a": 3, "b": 1}
+    assert again.features["a"].dtype == np.float32
+
+
+def test_compaction_is_deterministic_whatever_the_order(tmp_path):
+    ids = [f"v{i}" for i in range(10)]
+    digests = []
+    for order, name in ((ids, "x"), (ids[::-1], "y")):
+        store = FeatureStore.at(tmp_path / name, "demo", "raw")
+        for k in range(0, 10, 3):
+            chunk = order[k : k + 3]
+            store.append(chunk, _rows(chunk), META, shard=f"rank{k % 2}")
+        store.compact()
+        digests.append(hashlib.sha256(store.path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_later_success_clears_failure_and_transforms_persist(tmp_path):
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append([], {"a": np.zeros((0, 3))}, META, failures={"v1": "decoder error"})
+    store.append(["v1"], _rows(["v1"]), META)
+    store.set_transform("hog_pca", Transform({"components": np.eye(3)}, {"fitted_on": 1}))
+    data = store.read()
+    assert data.failures == {} and data.ids == ["v1"]
+    assert data.transforms["hog_pca"].info == {"fitted_on": 1}
+    np.testing.assert_array_equal(data.transforms["hog_pca"].arrays["components"], np.eye(3))
+
+
+def test_refuses_other_settings_and_dims(tmp_path):
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v1"], _rows(["v1"]), META | {"dims": {"a": 3}})
+    with pytest.raises(StoreError, match=r"settings: store has \{'size': 256\}, requested \{'size': 128\}"):
+        store.append(["v2"], _rows(["v2"]), META | {"settings": {"size": 128}})
+    with pytest.raises(StoreError, match="dim of a: store has 3, requested 5"):
+        store.append(["v2"], _rows(["v2"], 5), META | {"dims": {"a": 5}})
+
+
+def test_corrupt_file_is_reported_with_its_path(tmp_path):
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.path.parent.mkdir(parents=True)
+    store.path.write_bytes(b"not an hdf5 file")
+    with pytest.raises(StoreError, match="raw.h5 is not a readable m3s feature store"):
+        store.read()
+
+
+def test_temporary_files_are_ignored_by_readers(tmp_path):
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v1"], _rows(["v1"]), META)
+    (store.parts_dir / ".0-000001.h5.abc.tmp").write_bytes(b"half-written")  # what a killed writer leaves
+    assert store.read().ids == ["v1"]
+    store.compact()
+    assert not store.parts_dir.exists()
+
+
+def test_reader_in_another_process_while_appending(tmp_path):
+    """A second process reads in a loop while this one appends and compacts: it never sees a broken store."""
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v0"], _rows(["v0"]), META)
+    reader = textwrap.dedent(f"""
+        import sys, time; sys.path.insert(0, {str(__import__("config").ROOT)!r})
+        from features.store import FeatureStore
+        s = FeatureStore({str(store.path)!r}); seen = 0; t = time.time()
+        while time.time() - t < 3:
+            d = s.read(); assert len(d.ids) == len(d.features["a"]); seen = max(seen, len(d.ids))
+        print(seen)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, text=True)
+    for i in range(1, 40):
+        store.append([f"v{i}"], _rows([f"v{i}"]), META)
+        if i % 10 == 0:
+            store.compact()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and int(out) >= 1
+
+
+def test_written_file_layout(tmp_path):
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.write(StoredFeatures(["b", "a"], {"f": np.array([[2.0], [1.0]])}, META, {"c": "why"}))
+    with h5py.File(store.path) as f:
+        assert [s.decode() for s in f["ids"][()]] == ["a", "b"]
+        assert f["features/f"].dtype == np.float32 and f["features/f"][()].ravel().tolist() == [1.0, 2.0]
+        assert [s.decode() for s in f["failures/reasons"][()]] == ["why"]

@@ -1,0 +1,200 @@
+"""End to end over an imported feature table of an official-format dataset: import, train, resume, evaluate."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
+from features.importer import import_features
+from features.store import FeatureStore
+from model.training import run_evaluation, run_training
+from tests.conftest import signal_features
+
+
+def _import(data_dir, tmp_path, fmt="npz", name="clip"):
+    ids, x = signal_features(data_dir)
+    path = tmp_path / f"{name}.{fmt}"
+    extra = []
+    if fmt == "npz":
+        np.savez(path, ids=np.array([f"{i}.mp4" for i in ids]), emb=x)
+    elif fmt == "npy":
+        np.save(path, x)
+        (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+        extra = ["--ids", str(tmp_path / "ids.txt")]
+    elif fmt == "h5":
+        with h5py.File(path, "w") as f:
+            f["video"] = np.array(ids, dtype=object).astype("S")
+            f["emb"] = x
+    elif fmt == "csv":
+        lines = ["filename," + ",".join(f"d{k}" for k in range(x.shape[1]))]
+        lines += [f"{i}.mp4," + ",".join(f"{v:.8g}" for v in row) for i, row in zip(ids, x, strict=True)]
+        path.write_text("\n".join(lines))
+    argv = ["--dataset", "Memento10k", "--data_dir", str(data_dir), "--import", str(path), "--name", name, *extra]
+    import_features(parse(GenConfig, argv))
+    return ids, x
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy", "h5", "csv"])
+def test_import_formats(memento, tmp_path, fmt):
+    ids, x = _import(memento, tmp_path, fmt)
+    data = FeatureStore.at(memento / "features", "Memento10k", "clip").read()
+    order = np.argsort(ids)
+    assert data.ids == sorted(ids) and data.dims == {"clip": x.shape[1]}
+    np.testing.assert_allclose(data.features["clip"], x[order], rtol=1e-6)
+    assert data.meta["family"] == "import" and len(data.meta["settings"]["sha256"]) == 64
+
+
+def test_import_refusals(memento, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    base = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "clip", "--import"]
+    with pytest.raises(ConfigError, match="pass --ids FILE"):
+        import_features(parse(GenConfig, [*base, str(tmp_path / "x.npy")]))
+    np.savez(tmp_path / "y.npz", ids=np.array(["a", "b"]), emb=np.zeros((2, 2)))
+    with pytest.raises(ConfigError, match="none of the 2 ids"):
+        import_features(parse(GenConfig, [*base, str(tmp_path / "y.npz")]))
+    with pytest.raises(ConfigError, match="built-in module"):
+        import_features(parse(GenConfig, [*base[:-3], "--name", "raw", "--import", str(tmp_path / "y.npz")]))
+
+
+def _train(memento, tmp_path, *extra):
+    argv = [
+        "--data_dir",
+        str(memento),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--extra_features",
+        "clip",
+        "--seed",
+        "3",
+        "--epochs",
+        "4",
+        "--hidden_channels",
+        "32",
+        "8",
+        "--lr",
+        "0.01",
+        "--batch_size",
+        "8",
+        *extra,
+    ]
+    cfg, explicit = parse_explicit(TrainConfig, argv, check=False)
+    return run_training(cfg, explicit)
+
+
+def test_train_learns_writes_run_dir_and_is_reproducible(memento, tmp_path):
+    _import(memento, tmp_path)
+    a = _train(memento, tmp_path, "-n", "a", "-s")
+    _train(memento, tmp_path, "-n", "b")
+    assert a["best"]["val_spearman"] > 0.5  # the first column carries the score
+    rows = [json.loads(line) for line in (tmp_path / "runs/a/metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (tmp_path / "runs/b/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in rows_b]  # bit for bit
+    run = tmp_path / "runs/a"
+    for name in (
+        "config.yaml",
+        "predictions_val.csv",
+        "summary.json",
+        "best.pt",
+        "last.pt",
+        "scatter_val.png",
+        "histograms_val.png",
+        "learning_curves.png",
+    ):
+        assert (run / name).is_file(), name
+    assert not (tmp_path / "runs/b/best.pt").exists()  # no --save, no checkpoint
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["dims"] == {"clip": 6} and ckpt["modules"] == ["clip"] and ckpt["config"]["seed"] == 3
+    assert ckpt["epoch"] == a["best"]["epoch"] and ckpt["metrics"]["val_spearman"] == a["best"]["val_spearman"]
+    assert ckpt["sources"]["clip"]["dims"] == {"clip": 6} and ckpt["code_version"]
+    header = (run / "predictions_val.csv").read_text().splitlines()[0]
+    assert header == "id,score,pred_best,pred_last"
+
+
+def test_resume_continues_exactly(memento, tmp_path):
+    _import(memento, tmp_path)
+    straight = _train(memento, tmp_path, "-n", "straight", "--epochs", "4")
+    _train(memento, tmp_path, "-n", "split", "--epochs", "2", "-s")
+    cfg, explicit = parse_explicit(
+        TrainConfig, ["--checkpoint_local", str(tmp_path / "runs/split/last.pt"), "--epochs", "4"], check=False
+    )
+    resumed = run_training(cfg, explicit)
+    assert resumed["run_dir"] == str(tmp_path / "runs/split")
+    assert resumed["last"]["epoch"] == 3
+    for key in ("val_spearman", "val_mse", "train_loss"):
+        assert resumed["last"][key] == straight["last"][key]
+    lines = (tmp_path / "runs/split/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+
+
+def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
+    _import(memento, tmp_path)
+    result = _train(memento, tmp_path, "-n", "e", "-s")
+    out = run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt"), "--split", "all"]))
+    assert out["val"]["spearman"] == pytest.approx(result["best"]["val_spearman"], abs=1e-6)
+    assert out["test"] == {"n": 10, "n_scored": 0}  # unlabelled test videos are scored, not measured
+    assert (tmp_path / "runs/e/predictions_Memento10k_test.csv").is_file()
+    assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all.json").read_text())["val"]["n"] == 20
+    ids, _ = signal_features(memento)
+    np.savez(tmp_path / "wide.npz", ids=np.array(ids), emb=np.zeros((len(ids), 9)))
+    import_features(
+        parse(
+            GenConfig,
+            [
+                "--dataset",
+                "Memento10k",
+                "--data_dir",
+                str(memento),
+                "--import",
+                str(tmp_path / "wide.npz"),
+                "--name",
+                "clip",
+            ],
+        )
+    )
+    with pytest.raises(ConfigError, match=r"clip dims: checkpoint \{'clip': 6\}, feature store \{'clip': 9\}"):
+        run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt")]))
+
+
+def test_wandb_offline_logging(memento, tmp_path, monkeypatch):
+    import wandb
+
+    logged = []
+    real_log = wandb.sdk.wandb_run.Run.log
+
+    def spy(self, data, *args, **kwargs):
+        logged.append(dict(data))
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "w", "-l", "-s", "--group", "g1", "--tags", "t1", "t2", "--epochs", "2")
+    expected = {"train_loss", "lr", "val_spearman", "val_kendall", "val_loss", "val_mse", "val_mae", "val_kl", "val_js"}
+    assert len(logged) == 2 and all(expected <= set(row) for row in logged)
+    assert isinstance(logged[0]["val_pred_hist"], wandb.Histogram)
+    assert list((tmp_path / "runs/w/wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_cli_end_to_end_and_clear_errors(memento, tmp_path):
+    _import(memento, tmp_path)
+    run = [sys.executable, "train.py", "--data_dir", str(memento), "--runs_dir", str(tmp_path / "runs"), "-n", "cli"]
+    ok = subprocess.run(
+        [*run, "--extra_features", "clip", "--epochs", "2", "--hidden_channels", "8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "best epoch" in ok.stdout and "last epoch 1" in ok.stdout and "run directory" in ok.stdout
+    bad = subprocess.run([*run, "--use_csn"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2
+    assert (
+        "ip_csn_152.h5 does not exist" in bad.stderr
+        and "gen_features.py --dataset Memento10k --features csn" in bad.stderr
+    )
