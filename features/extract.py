@@ -1,0 +1,308 @@
+"""The extraction loop behind ``gen_features.py``: videos in, one feature store per family out.
+
+For each family in ``--features``: build the extractor from the registry, open its store
+(``<features_dir>/<dataset>/<store_name>.h5``), skip ids already stored or already failed (``--retry_failed`` tries
+failures again), decode the rest in a ``torch.utils.data.DataLoader`` (``--workers`` processes; 0 = one per
+available core) so decoding overlaps compute, append every batch as a part file, compact at the end, then run the
+extractor's ``fit`` on the train split. A killed run resumes where it stopped and, once compacted, gives the same
+bytes as an uninterrupted one (rows are sorted by id; nothing depends on batch order).
+
+- CPU-only families (``cpu_extract = True``, the raw tier) compute their features inside the decoding workers, so
+  all cores work; the others (GPU backbones) get decoded clips in the main process.
+- Families with a pre-pass (``prepare_fit``, the raw tier's HOG PCA fitted on the first frame of every training
+  video) run it first, unless the store already holds the fitted transform.
+- Decoding follows the family's ``frame_spec``; the crop comes from the dataset adapter (VideoMem: centre crop)
+  unless the family sets ``dataset_crop = False`` (raw squash-resizes on every dataset, as M3-S did).
+- A video that cannot be decoded or extracted is recorded in the store's failure list with its reason; the run goes
+  on. If a batch fails inside the extractor, its clips are retried one at a time so only the bad one is lost.
+- Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK), rank r takes every WORLD_SIZE-th video of the dataset, writes
+  its own parts (``shard=rank<r>``); after a gloo barrier rank 0 compacts and fits. Rank 0 alone runs the pre-pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from config import ConfigError, GenConfig, code_version
+from features.base import Clip, Extractor
+from features.store import FeatureStore
+from features.video import VideoError, read_clip
+
+MAX_REASONS_SHOWN = 20
+
+
+@dataclass
+class Dist:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        env = os.environ
+        return cls(
+            int(env.get("RANK", 0)),
+            int(env.get("WORLD_SIZE", 1)),
+            int(env.get("LOCAL_RANK", 0)),
+            int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", 1))),
+        )
+
+    def init(self) -> None:
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def gather(self, obj: object) -> list:
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@dataclass
+class Summary:
+    family: str
+    store: str
+    extracted: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def merge(self, other: Summary) -> None:
+        self.extracted += other.extracted
+        self.skipped = max(self.skipped, other.skipped)
+        self.failed.update(other.failed)
+        self.seconds = max(self.seconds, other.seconds)
+
+    def text(self) -> str:
+        rate = self.extracted / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"{self.family}: {self.extracted} extracted, {self.skipped} already done, {len(self.failed)} failed "
+            f"in {self.seconds:.1f} s ({rate:.2f} videos/s) -> {self.store}"
+        ]
+        for vid, reason in sorted(self.failed.items())[:MAX_REASONS_SHOWN]:
+            lines.append(f"  failed {vid}: {reason}")
+        if len(self.failed) > MAX_REASONS_SHOWN:
+            lines.append(f"  ... and {len(self.failed) - MAX_REASONS_SHOWN} more (see the store's failure list)")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- decoding workers
+
+
+class _Videos(torch.utils.data.Dataset):
+    """Item i: ``(id, payload, reason)``; payload is a Clip, the family's features (``cpu_extract``) or its
+    pre-pass item (``mode="prepare"``); reason is None, or why the video failed."""
+
+    def __init__(self, records: list, ext: Extractor, mode: str) -> None:
+        self.records, self.ext, self.mode = records, ext, mode
+        self.spec = ext.frame_spec
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[str, object, str | None]:
+        rec = self.records[i]
+        try:
+            frames = read_clip(rec.path, self.spec, first_only=self.mode == "prepare")
+            clip = Clip(rec.id, rec.path, frames, dict(rec.extras))
+            if self.mode == "prepare":
+                return rec.id, self.ext.prepare_item(clip), None
+            if getattr(self.ext, "cpu_extract", False):
+                return rec.id, self.ext.extract([clip])[0], None
+            return rec.id, clip, None
+        except VideoError as err:
+            return rec.id, None, str(err)
+        except Exception as err:  # noqa: BLE001 - one bad video must not stop the run; the reason is recorded
+            return rec.id, None, f"{rec.path}: {type(err).__name__}: {err}"
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    # one thread per worker process: the workers are the parallelism
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _loader(records: list, ext: Extractor, mode: str, cfg: GenConfig, dist: Dist) -> torch.utils.data.DataLoader:
+    workers = cfg.workers if cfg.workers > 0 else max(1, available_cores() // max(dist.local_world, 1))
+    kwargs = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers > 0 else {}
+    return torch.utils.data.DataLoader(
+        _Videos(records, ext, mode), batch_size=max(cfg.batch_size, 1), shuffle=False, num_workers=workers,
+        collate_fn=_collate, **kwargs,
+    )  # fmt: skip
+
+
+def _progress(total: int, desc: str, dist: Dist):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", disable=dist.rank != 0 or total == 0, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def resolve_device(requested: str, dist: Dist) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and dist.world > 1:
+        requested = f"cuda:{dist.local_rank % max(torch.cuda.device_count(), 1)}"
+    return torch.device(requested)
+
+
+def dataset_crop(dataset: str) -> str:
+    import dataset as datasets
+
+    adapter = datasets.DATASETS.get(dataset)
+    return getattr(adapter, "crop", "squash")
+
+
+def store_meta(ext: Extractor, cfg: GenConfig) -> dict:
+    return {
+        "family": ext.family,
+        "dataset": cfg.dataset,
+        "settings": ext.settings(),
+        "smoke": ext.smoke,
+        "code_version": code_version(),
+    }
+
+
+def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: GenConfig, dist: Dist, meta: dict) -> None:
+    """The family's pre-pass on the training videos (raw: fit the HOG PCA), once, by rank 0."""
+    train = [r for r in records if r.split == "train"]
+    train_ids = [r.id for r in train]
+    if dist.rank == 0 and not ext.load_prepared(store, train_ids):
+        items: dict[str, np.ndarray] = {}
+        with _progress(len(train), f"{ext.family} pre-pass (train)", dist) as bar:
+            for batch in _loader(train, ext, "prepare", cfg, dist):
+                for vid, item, reason in batch:
+                    if reason is None:
+                        items[vid] = item
+                bar.update(len(batch))
+        ext.prepare_fit(store, train_ids, items, meta)
+    dist.barrier()
+    if dist.rank != 0 and not ext.load_prepared(store, train_ids):
+        raise RuntimeError(f"rank {dist.rank}: rank 0 did not leave the fitted pre-pass in {store.path}")
+
+
+def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) -> Summary:
+    """Run one family over ``records`` (every split); see the module docstring."""
+    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, ext.store_name())
+    summary = Summary(ext.family, str(store.path))
+    meta = store_meta(ext, cfg)
+    if hasattr(ext, "prepare_fit"):
+        _prepare(ext, store, records, cfg, dist, meta)
+    if store.exists():
+        data = store.read()
+        done = set(data.ids) if cfg.retry_failed else set(data.ids) | set(data.failures)
+    else:
+        done = set()
+    # shard by position in the dataset, not in the to-do list: the assignment must not depend on what other ranks
+    # have already written when this rank looks
+    mine = records[dist.rank :: dist.world]
+    todo = [r for r in mine if r.id not in done]
+    summary.skipped = len(mine) - len(todo)
+    if cfg.limit > 0:
+        todo = todo[: cfg.limit]
+    shard = f"rank{dist.rank}" if dist.world > 1 else "0"
+    cpu = getattr(ext, "cpu_extract", False)
+    start = time.perf_counter()
+    with _progress(len(todo), ext.family, dist) as bar:
+        for batch in _loader(todo, ext, "extract", cfg, dist) if todo else []:
+            ok: list[tuple[str, dict]] = []
+            failed: dict[str, str] = {}
+            payloads = [(vid, p) for vid, p, reason in batch if reason is None]
+            failed.update({vid: reason for vid, _, reason in batch if reason is not None})
+            if cpu:
+                ok = payloads
+            elif payloads:
+                ok, more = _extract_clips(ext, [p for _, p in payloads])
+                failed.update(more)
+            if ok or failed:
+                ids = [vid for vid, _ in ok]
+                names = sorted(ok[0][1]) if ok else []
+                feats = {n: np.stack([f[n] for _, f in ok]) for n in names}
+                store.append(ids, feats, meta, failed, shard=shard)
+            summary.extracted += len(ok)
+            summary.failed.update(failed)
+            bar.update(len(batch))
+    summary.seconds = time.perf_counter() - start
+    for other in dist.gather(summary)[1:]:
+        summary.merge(other)
+    dist.barrier()
+    if dist.rank == 0 and store.exists():
+        store.compact()
+        ext.fit(store, [r.id for r in records if r.split == "train"])
+    return summary
+
+
+def _extract_clips(ext: Extractor, clips: list[Clip]) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """Extract a batch; if it raises, retry clip by clip so that only the bad clips fail."""
+    try:
+        return list(zip([c.id for c in clips], ext.extract(clips), strict=True)), {}
+    except Exception:  # noqa: BLE001
+        ok, failed = [], {}
+        for clip in clips:
+            try:
+                ok.append((clip.id, ext.extract([clip])[0]))
+            except Exception as err:  # noqa: BLE001
+                failed[clip.id] = f"{clip.path}: {type(err).__name__}: {err}"
+        return ok, failed
+
+
+def run(cfg: GenConfig) -> list[Summary]:
+    """Extract every family of ``cfg.features`` for ``cfg.dataset``; returns one summary per family."""
+    from dataset import load_records
+    from features import load_extractors
+
+    registry = load_extractors()
+    unknown = [f for f in cfg.features if f not in registry]
+    if unknown:
+        raise ConfigError(f"unknown feature family {', '.join(unknown)}; choose from {', '.join(sorted(registry))}")
+    dist = Dist.from_env()
+    dist.init()
+    try:
+        records = load_records(cfg.dataset, cfg)
+        device = resolve_device(cfg.device, dist)
+        summaries = []
+        for family in cfg.features:
+            ext = registry[family](cfg, device)
+            if getattr(ext, "dataset_crop", True):
+                ext.frame_spec = dataclasses.replace(ext.frame_spec, crop=dataset_crop(cfg.dataset))
+            summary = extract_family(ext, records, cfg, dist)
+            if dist.rank == 0:
+                print(summary.text(), flush=True)
+            summaries.append(summary)
+        return summaries
+    finally:
+        dist.close()

@@ -1,0 +1,376 @@
+"""The raw (low-level) tier: six features per video, one function each in ``RAW_FEATURES``.
+
+Every function takes the decoded clip (RGB uint8 ``(T, 256, 256, 3)``, squash-resized on every dataset as the
+M3-S reference did) and returns either one row per frame ``(T, d)`` (``per_frame=True``: summarised by the mean,
+stored as ``<name>``, and the standard deviation over frames (ddof 0), stored as ``<name>_std``) or one vector per
+video ``(d,)`` (no std). Stored names and dims: ``hog`` 10, ``hog_std`` 10, ``brightness``, ``brightness_std``,
+``contrast``, ``contrast_std``, ``blurriness``, ``blurriness_std``, ``meanOF``, ``size_orig`` (1 each). Nothing is
+normalised here: the training side fits the normalisation on the train split.
+
+- ``hog``: scikit-image's HOG (9 orientations, 8x8 cells, 2x2 blocks, L2-Hys, ``channel_axis=-1``: at each pixel
+  the gradient of the channel with the largest magnitude, first channel on ties), re-implemented in vectorised
+  numpy over all frames and checked against ``skimage.feature.hog`` in the tests. Orientation bins are looked up
+  in a table built with scikit-image's own float64 formula over every integer gradient pair, so the binning is
+  exact, edges included. Then PCA to 10 whitened components.
+- ``brightness``: mean of the HSV V channel (max of R, G, B), 0-255.
+- ``contrast``: standard deviation of the grey level (OpenCV's RGB2GRAY), 0-255.
+- ``blurriness``: resize to width 500 keeping the aspect (``INTER_AREA``, as ``imutils.resize``), grey, FFT, shift,
+  zero the 120x120 square around DC (frequencies -60..59 on each axis), inverse FFT, mean of ``20*ln|x|``. |x| is
+  floored at ``BLUR_FLOOR`` so that a flat frame gives a finite, precision-independent value instead of -inf.
+- ``meanOF``: mean magnitude of dense Farneback flow between consecutive sampled frames, computed on grey frames
+  downscaled to ``FLOW_SIZE`` (128x128) and expressed in pixels of the 256x256 frame (x 256/128). Half resolution
+  is a speed choice (4x faster; the reference never computed this feature for videos).
+- ``size_orig``: bytes of the original file's compressed video stream (PyAV packet sizes; audio and container
+  excluded). For a ``videos_npy/<stem>.npy`` input it is measured on ``videos/<stem>.mp4`` of the official layout;
+  when that original is absent the video FAILS with a clear reason (the .npy size is the same for every clip and
+  would be a silent constant, so we refuse it rather than store something that is not the feature).
+
+**How the HOG PCA is fitted without storing 34,596-d descriptors per frame: two passes.** The PCA must be fitted
+on the first (sampled) frame of every *training* video before ``hog``/``hog_std`` can be computed, because the
+temporal std of the projection is not a function of any small per-video statistic of the raw descriptors.
+So before extraction, ``prepare`` decodes only the first sampled frame of each training video (cheap: no other
+frame is converted), computes its descriptor, fits the PCA (exact SVD, float64) and saves it in the store as the
+fitted transform ``hog_pca`` (arrays ``mean`` (D,), ``components`` (10, D), ``scale`` (10,) = sqrt of the
+explained variance; info: settings, the number and a hash of the training ids). Extraction then projects every
+frame, ``z = (x - mean) @ components.T / scale``, and stores the mean and std of ``z`` over frames. A resumed run
+reuses the stored transform; a transform fitted on other training videos is refused. ``fit`` (after extraction)
+only checks that the stored transform matches the final training ids. Memory of the fit: ``N_train x 34,596``
+float32 (about 1 GB for Memento10k's 7000 training videos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import scipy.fft
+
+from features.base import Clip, Extractor, FrameSpec, register
+from features.store import FeatureStore, StoredFeatures, StoreError, Transform
+from features.video import VideoError, original_video, video_stream_bytes
+
+HOG_ORIENTATIONS = 9
+HOG_CELL = 8
+HOG_BLOCK = 2
+HOG_PCA_COMPONENTS = 10
+BLUR_WIDTH = 500
+BLUR_RADIUS = 60  # half-side of the zeroed square around DC
+BLUR_FLOOR = 1e-3
+FLOW_SIZE = 128
+FLOW_PARAMS = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2}
+
+# --------------------------------------------------------------------------- HOG (scikit-image compatible)
+
+
+def _orientation_table(orientations: int) -> np.ndarray:
+    """Bin of every integer gradient pair (g_row, g_col) in [-255, 255]^2, by scikit-image's float64 formula.
+
+    Index ``[g_row + 255, g_col + 255]``; the value ``orientations`` means "no bin" (an angle that rounds to 180).
+    """
+    g = np.arange(-255, 256, dtype=np.float64)
+    angle = np.rad2deg(np.arctan2(g[:, None], g[None, :])) % 180
+    table = np.full(angle.shape, orientations, dtype=np.uint8)
+    width = 180.0 / orientations
+    for i in range(orientations):
+        # scikit-image's cell_hog keeps angle in [width*i, width*(i+1)), bounds as C floats (exact here)
+        lo, hi = np.float32(width * i), np.float32(width * (i + 1))
+        table[(angle >= lo) & (angle < hi)] = i
+    return table.ravel()
+
+
+_ORIENT_TABLE = _orientation_table(HOG_ORIENTATIONS)
+
+
+def hog_descriptors(frames: np.ndarray, cell: int = HOG_CELL, block: int = HOG_BLOCK) -> np.ndarray:
+    """scikit-image ``hog(f, 9, (cell, cell), (block, block), 'L2-Hys', channel_axis=-1)`` of every frame.
+
+    ``frames`` uint8 ``(T, H, W, C)`` -> float32 ``(T, n_blocks_r * n_blocks_c * block * block * 9)``.
+    """
+    T, H, W, C = frames.shape  # noqa: N806
+    f = frames.astype(np.int16)
+    # centred differences, zero on the border rows (g_row) / columns (g_col), per channel: (T, H, W, C)
+    g_row = np.zeros_like(f)
+    g_col = np.zeros_like(f)
+    np.subtract(f[:, 2:], f[:, :-2], out=g_row[:, 1:-1])
+    np.subtract(f[:, :, 2:], f[:, :, :-2], out=g_col[:, :, 1:-1])
+    # channel with the largest magnitude; the squared magnitude is an exact integer, and the first max wins ties
+    mag2 = g_row.astype(np.int32) ** 2 + g_col.astype(np.int32) ** 2  # (T, H, W, C)
+    best = mag2.argmax(axis=-1)[..., None]  # (T, H, W, 1)
+    g_row = np.take_along_axis(g_row, best, -1)[..., 0]
+    g_col = np.take_along_axis(g_col, best, -1)[..., 0]
+    magnitude = np.sqrt(np.take_along_axis(mag2, best, -1)[..., 0].astype(np.float32))  # (T, H, W)
+    bins = _ORIENT_TABLE[(g_row.astype(np.int32) + 255) * 511 + (g_col.astype(np.int32) + 255)]  # (T, H, W)
+
+    n_cr, n_cc = H // cell, W // cell
+    n_bins = HOG_ORIENTATIONS + 1  # the last one collects angles that fall in no bin, then is dropped
+    cell_r = np.minimum(np.arange(H) // cell, n_cr)  # rows past the last full cell go to a dropped cell
+    cell_c = np.minimum(np.arange(W) // cell, n_cc)
+    cell_index = (cell_r[:, None] * (n_cc + 1) + cell_c[None, :]) * n_bins  # (H, W)
+    per_frame = (n_cr + 1) * (n_cc + 1) * n_bins
+    index = bins.astype(np.int32) + cell_index[None] + (np.arange(T, dtype=np.int32) * per_frame)[:, None, None]
+    hist = np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=T * per_frame)
+    hist = hist.reshape(T, n_cr + 1, n_cc + 1, n_bins)[:, :n_cr, :n_cc, :HOG_ORIENTATIONS] / (cell * cell)
+
+    # blocks of block x block cells, L2-Hys: (T, n_br, n_bc, block, block, 9)
+    n_br, n_bc = n_cr - block + 1, n_cc - block + 1
+    blocks = np.stack(
+        [np.stack([hist[:, r : r + n_br, c : c + n_bc] for c in range(block)], axis=3) for r in range(block)], axis=3
+    )
+    eps2 = 1e-5**2
+    blocks = blocks / np.sqrt((blocks**2).sum(axis=(3, 4, 5), keepdims=True) + eps2)
+    blocks = np.minimum(blocks, 0.2)
+    blocks = blocks / np.sqrt((blocks**2).sum(axis=(3, 4, 5), keepdims=True) + eps2)
+    return blocks.reshape(T, -1).astype(np.float32)
+
+
+@dataclass
+class HogPCA:
+    """PCA to ``k`` whitened components: ``z = (x - mean) @ components.T / scale``."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (k, D), unit rows, sign fixed so the largest-|.| entry of each row is positive
+    scale: np.ndarray  # (k,) sqrt of the explained variance (ddof 1, as scikit-learn)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, k: int = HOG_PCA_COMPONENTS) -> HogPCA:
+        """Exact PCA of ``x`` (N, D) by the eigen-decomposition of the N x N Gram matrix (N << D), in float64."""
+        n = x.shape[0]
+        if n <= k:
+            raise ValueError(f"the HOG PCA needs more than {k} training videos, found {n}")
+        mean = x.mean(axis=0, dtype=np.float64)
+        xc = x.astype(np.float64) - mean
+        eigval, eigvec = np.linalg.eigh(xc @ xc.T)  # ascending
+        eigval, eigvec = eigval[::-1][:k], eigvec[:, ::-1][:, :k]
+        if eigval[-1] <= 1e-12 * max(eigval[0], 1e-300):
+            raise ValueError(f"the training HOG descriptors span fewer than {k} dimensions: cannot whiten")
+        components = (eigvec.T @ xc) / np.sqrt(eigval)[:, None]  # (k, D), unit rows
+        signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
+        components *= signs[:, None]
+        return cls(mean, components, np.sqrt(eigval / (n - 1)))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((x.astype(np.float64) - self.mean) @ self.components.T) / self.scale
+
+    def to_transform(self, info: dict) -> Transform:
+        arrays = {"mean": self.mean, "components": self.components, "scale": self.scale}
+        return Transform({k: v.astype(np.float64) for k, v in arrays.items()}, info)
+
+    @classmethod
+    def from_transform(cls, t: Transform) -> HogPCA:
+        return cls(t.arrays["mean"], t.arrays["components"], t.arrays["scale"])
+
+
+# --------------------------------------------------------------------------- the six features
+
+
+@dataclass(frozen=True)
+class RawFeature:
+    fn: Callable[[Clip, dict], np.ndarray]  # (clip, context) -> (T, dim) if per_frame else (dim,)
+    dim: int
+    per_frame: bool
+
+
+def hog_feature(clip: Clip, ctx: dict) -> np.ndarray:
+    """(T, 10): the whitened PCA projection of every frame's HOG descriptor."""
+    pca: HogPCA | None = ctx.get("hog_pca")
+    if pca is None:
+        raise RuntimeError("the HOG PCA is not fitted: the extraction loop fits it before extract()")
+    return pca.transform(hog_descriptors(clip.frames))
+
+
+def brightness(clip: Clip, ctx: dict) -> np.ndarray:
+    """(T, 1): mean of HSV V = max(R, G, B)."""
+    f = clip.frames
+    v = np.maximum(np.maximum(f[..., 0], f[..., 1]), f[..., 2])  # (T, H, W)
+    return v.reshape(len(f), -1).mean(axis=1, dtype=np.float64)[:, None]
+
+
+def _grey(frames: np.ndarray) -> np.ndarray:
+    T, H, W, _ = frames.shape  # noqa: N806
+    return cv2.cvtColor(frames.reshape(T * H, W, 3), cv2.COLOR_RGB2GRAY).reshape(T, H, W)
+
+
+def contrast(clip: Clip, ctx: dict) -> np.ndarray:
+    """(T, 1): standard deviation of the grey level."""
+    g = ctx.get("grey")
+    g = _grey(clip.frames) if g is None else g
+    return g.reshape(len(g), -1).std(axis=1, dtype=np.float64)[:, None]
+
+
+def blurriness(clip: Clip, ctx: dict) -> np.ndarray:
+    """(T, 1): mean log-magnitude of the high-pass (DC square removed) image at width 500; high = sharp."""
+    T, H, W, _ = clip.frames.shape  # noqa: N806
+    h = int(H * BLUR_WIDTH / W)  # imutils.resize: int(h * width / w)
+    big = [cv2.resize(f, (BLUR_WIDTH, h), interpolation=cv2.INTER_AREA) for f in clip.frames]
+    grey = _grey(np.stack(big)).astype(np.float32)  # (T, h, 500)
+    spec = scipy.fft.fft2(grey, axes=(1, 2), workers=1)
+    # zeroing the centred square of the shifted spectrum = zeroing frequencies -R..R-1 on both axes
+    rows = np.r_[0:BLUR_RADIUS, h - BLUR_RADIUS : h]
+    cols = np.r_[0:BLUR_RADIUS, BLUR_WIDTH - BLUR_RADIUS : BLUR_WIDTH]
+    spec[:, rows[:, None], cols[None, :]] = 0
+    recon = scipy.fft.ifft2(spec, axes=(1, 2), workers=1)
+    power = recon.real**2 + recon.imag**2
+    np.maximum(power, BLUR_FLOOR**2, out=power)
+    return (10.0 * np.log(power)).reshape(T, -1).mean(axis=1, dtype=np.float64)[:, None]
+
+
+def mean_optical_flow(clip: Clip, ctx: dict) -> np.ndarray:
+    """(1,): mean Farneback flow magnitude between consecutive frames, in pixels of the input frame."""
+    g = ctx.get("grey")
+    g = _grey(clip.frames) if g is None else g
+    H, W = g.shape[1:]  # noqa: N806
+    small = [cv2.resize(f, (FLOW_SIZE, FLOW_SIZE), interpolation=cv2.INTER_AREA) for f in g]
+    mags = []
+    for a, b in zip(small[:-1], small[1:], strict=True):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, flags=0, **FLOW_PARAMS)  # (h, w, 2) in small pixels
+        flow[..., 0] *= W / FLOW_SIZE
+        flow[..., 1] *= H / FLOW_SIZE
+        mags.append(cv2.magnitude(flow[..., 0], flow[..., 1]).mean(dtype=np.float64))
+    return np.array([np.mean(mags)])
+
+
+def size_orig(clip: Clip, ctx: dict) -> np.ndarray:
+    """(1,): bytes of the original file's compressed video stream."""
+    if clip.path is None:
+        raise VideoError("<memory>", "size_orig needs the original video file")
+    original = original_video(clip.path)
+    if original is None:
+        raise VideoError(
+            clip.path,
+            "size_orig needs the original compressed video (looked for videos/<stem>.mp4 beside videos_npy/); "
+            "the .npy array's size says nothing about the video",
+        )
+    return np.array([float(video_stream_bytes(original))])
+
+
+RAW_FEATURES: dict[str, RawFeature] = {
+    "hog": RawFeature(hog_feature, HOG_PCA_COMPONENTS, per_frame=True),
+    "brightness": RawFeature(brightness, 1, per_frame=True),
+    "contrast": RawFeature(contrast, 1, per_frame=True),
+    "blurriness": RawFeature(blurriness, 1, per_frame=True),
+    "meanOF": RawFeature(mean_optical_flow, 1, per_frame=False),
+    "size_orig": RawFeature(size_orig, 1, per_frame=False),
+}
+
+
+def stored_dims() -> dict[str, int]:
+    """Every feature name the raw store holds, with its dimension."""
+    dims = {}
+    for name, feat in RAW_FEATURES.items():
+        dims[name] = feat.dim
+        if feat.per_frame:
+            dims[f"{name}_std"] = feat.dim
+    return dims
+
+
+def raw_features(clip: Clip, hog_pca: HogPCA) -> dict[str, np.ndarray]:
+    """All raw features of one clip: ``{name: float32 vector}`` (per-frame ones as mean and ``_std``)."""
+    ctx = {"hog_pca": hog_pca, "grey": _grey(clip.frames)}
+    out = {}
+    for name, feat in RAW_FEATURES.items():
+        value = np.asarray(feat.fn(clip, ctx), dtype=np.float64)
+        if feat.per_frame:
+            out[name] = value.mean(axis=0).astype(np.float32)
+            out[f"{name}_std"] = value.std(axis=0).astype(np.float32)
+        else:
+            out[name] = value.reshape(-1).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- the extractor
+
+
+def ids_digest(ids: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+@register
+class RawExtractor(Extractor):
+    """The raw tier. Pass 1 (``prepare_item`` per training video, ``prepare_fit``) fits the HOG PCA; pass 2
+    (``extract``) computes all six features. ``features.extract`` drives both passes for any extractor that has
+    ``prepare_fit``."""
+
+    family = "raw"
+    frame_spec = FrameSpec(n_frames=45, size=(256, 256), crop="squash")
+    #: the raw tier squash-resizes whole frames on every dataset (M3-S reference), whatever the dataset's crop
+    dataset_crop = False
+    #: pure CPU work: the extraction loop runs ``extract`` inside its decoding worker processes
+    cpu_extract = True
+    transform_name = "hog_pca"
+
+    def __init__(self, cfg, device) -> None:  # noqa: ANN001
+        super().__init__(cfg, device)
+        self.hog_pca: HogPCA | None = None
+
+    def settings(self) -> dict:
+        return {
+            "frames": self.frame_spec.n_frames,
+            "size": list(self.frame_spec.size),
+            "crop": self.frame_spec.crop,
+            "hog": {"orientations": HOG_ORIENTATIONS, "cell": HOG_CELL, "block": HOG_BLOCK, "norm": "L2-Hys"},
+            "hog_pca": {"components": HOG_PCA_COMPONENTS, "whiten": True, "fit": "first frame of train videos"},
+            "blurriness": {"width": BLUR_WIDTH, "radius": BLUR_RADIUS, "floor": BLUR_FLOOR},
+            "meanOF": {"size": FLOW_SIZE, **FLOW_PARAMS},
+            "std": "ddof0",
+        }
+
+    # pass 1 ------------------------------------------------------------------
+    def load_prepared(self, store: FeatureStore, train_ids: list[str]) -> bool:
+        """Load the stored HOG PCA if it was fitted on exactly ``train_ids``; False if there is none."""
+        if not store.exists():
+            return False
+        data = store.read()
+        t = data.transforms.get(self.transform_name)
+        if t is None:
+            return False
+        if t.info.get("train_ids_sha1") != ids_digest(train_ids):
+            raise StoreError(
+                f"{store.path}: its HOG PCA was fitted on other training videos ({t.info.get('n_train_ids')} ids) "
+                f"than this dataset's {len(train_ids)}; delete the store to extract again"
+            )
+        self.hog_pca = HogPCA.from_transform(t)
+        return True
+
+    def prepare_fit(
+        self, store: FeatureStore, train_ids: list[str], first_frames: dict[str, np.ndarray], meta: dict
+    ) -> None:
+        """Fit the HOG PCA on ``{train id: descriptor of its first sampled frame}`` and save it in the store."""
+        used = sorted(first_frames)
+        x = np.stack([first_frames[i] for i in used]) if used else np.zeros((0, 1), np.float32)
+        try:
+            self.hog_pca = HogPCA.fit(x)
+        except ValueError as err:
+            raise StoreError(f"cannot fit the HOG PCA for {store.path}: {err}") from None
+        info = {
+            "fitted_on": "HOG of the first sampled frame of every training video",
+            "n_train_ids": len(train_ids),
+            "train_ids_sha1": ids_digest(train_ids),
+            "n_used": len(used),
+            "skipped_unreadable": len(train_ids) - len(used),
+            "settings": self.settings(),
+        }
+        transform = self.hog_pca.to_transform(info)
+        if store.exists():
+            store.set_transform(self.transform_name, transform)
+        else:
+            store.write(StoredFeatures([], {}, meta, {}, {self.transform_name: transform}))
+
+    def prepare_item(self, clip: Clip) -> np.ndarray:
+        """Pass 1, per training video (run in the decoding workers): the HOG of its first sampled frame."""
+        return hog_descriptors(clip.frames[:1])[0]
+
+    # pass 2 ------------------------------------------------------------------
+    def extract(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
+        if self.hog_pca is None:
+            raise RuntimeError(
+                "RawExtractor: the HOG PCA is not loaded (the extraction loop runs prepare_fit / load_prepared first)"
+            )
+        return [raw_features(clip, self.hog_pca) for clip in clips]
+
+    def fit(self, store: FeatureStore, train_ids: list[str]) -> None:
+        """The PCA was fitted before extraction (see the module docstring); check it matches the train split."""
+        if not self.load_prepared(store, train_ids):
+            raise StoreError(f"{store.path} has no HOG PCA transform; run gen_features.py --features raw again")
