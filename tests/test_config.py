@@ -118,3 +118,9 @@ def test_other_scripts_configs():
         parse(GenConfig, ["--import", "f.npz"])
     with pytest.raises(ConfigError, match="--checkpoint PATH is required"):
         parse(EvalConfig, [])
+
+
+@pytest.mark.parametrize("path", sorted((config.ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    cfg = parse(TrainConfig, ["--config", str(path)])
+    assert cfg.modules()
