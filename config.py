@@ -193,6 +193,8 @@ class GenConfig(Paths):
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     hrnet_frames: int = opt(1, "HRNet frames averaged per video", (1, 5, 9))
     csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
+    similarity_features: list[str] = opt(["hrnet", "ip_csn_152"], "feature spaces for similarity", SIMILARITY_FEATURES)
+    similarity_methods: list[str] = opt(["dbscan"], "similarity methods", SIMILARITY_METHODS)
     weights_dir: str = opt("weights", "folder holding the official backbone checkpoints (see weights/README.md)")
     smoke_random_weights: bool = opt(False, "run the deep backbones with RANDOM weights (pipeline tests only)")
     deep_dtype: str = opt("auto", "hrnet/csn compute dtype on CUDA (auto: bf16 where supported, else fp16); "

@@ -230,45 +230,51 @@ def load_records(name: str, paths: Paths) -> list[VideoRecord]:
 # --------------------------------------------------------------------------- feature table
 
 
-def module_sources(cfg: ModuleConfig, stores: dict[str, StoredFeatures] | None = None) -> dict[str, tuple[str, list]]:
-    """``{module: (store name, feature names)}`` in the model's input order.
+Source = tuple[str, str]  # (store name, feature name)
+
+
+def module_sources(cfg: ModuleConfig, stores: dict[str, StoredFeatures] | None = None) -> dict[str, list[Source]]:
+    """``{module: [(store name, feature name), ...]}`` in the model's input order.
 
     Raw features come in ``--raw_features`` order, each followed by its temporal std with ``--use_temporal_std``
-    (per-frame features only; per-video ones such as ``meanOF`` have none). An imported module uses every feature
-    of its store.
+    (per-frame features only; per-video ones such as ``meanOF`` have none). Similarity comes per method, the spaces of
+    ``--similarity_features`` concatenated within each. An imported module uses every feature of its store. Without
+    ``stores`` (before they are read), the raw stds and imported features are not resolved yet.
     """
-    sources: dict[str, tuple[str, list]] = {}
+    from features.similarity import similarity_store_name
+
+    sources: dict[str, list[Source]] = {}
     for module in cfg.modules():
         if module == "raw":
-            names = []
+            sources["raw"] = []
             for f in cfg.raw_features:
-                names.append(f)
-                std = f"{f}_std"
-                if cfg.use_temporal_std and (stores is None or std in stores["raw"].features):
-                    names.append(std)
-            sources["raw"] = ("raw", names)
+                sources["raw"].append(("raw", f))
+                if cfg.use_temporal_std and (stores is None or f"{f}_std" in stores["raw"].features):
+                    sources["raw"].append(("raw", f"{f}_std"))
         elif module == "hrnet":
-            sources["hrnet"] = (f"hrnet_f{cfg.hrnet_frames}", ["hrnet"])
+            sources["hrnet"] = [(f"hrnet_f{cfg.hrnet_frames}", "hrnet")]
         elif module == "csn":
-            sources["csn"] = (cfg.csn_arch, ["csn"])
+            sources["csn"] = [(cfg.csn_arch, "csn")]
         elif module == "similarity":
-            raise ConfigError(
-                "the similarity tier is not implemented yet in m3s; train without --use_similarity "
-                "(or import your own distinctiveness scores with gen_features.py --import and --extra_features)"
-            )
+            spaces = [similarity_store_name(space, cfg.hrnet_frames) for space in cfg.similarity_features]
+            sources["similarity"] = [(store, method) for method in cfg.similarity_methods for store in spaces]
         else:
-            sources[module] = (module, [] if stores is None else sorted(stores[module].features))
+            sources[module] = [(module, f) for f in (sorted(stores[module].features) if stores else [""])]
     return sources
 
 
-def _gen_command(store_name: str, dataset: str) -> str:
+def _gen_command(store_name: str, cfg: ModuleConfig) -> str:
+    base = f"python gen_features.py --dataset {cfg.dataset}"
     if store_name == "raw":
-        return f"python gen_features.py --dataset {dataset} --features raw"
+        return f"{base} --features raw"
     if store_name.startswith("hrnet_f"):
-        return f"python gen_features.py --dataset {dataset} --features hrnet --hrnet_frames {store_name[7:]}"
+        return f"{base} --features hrnet --hrnet_frames {store_name[7:]}"
     if store_name.endswith("csn_152"):
-        return f"python gen_features.py --dataset {dataset} --features csn --csn_arch {store_name}"
-    return f"python gen_features.py --dataset {dataset} --import FILE --name {store_name}"
+        return f"{base} --features csn --csn_arch {store_name}"
+    if store_name.startswith("similarity_"):
+        spaces, methods = " ".join(cfg.similarity_features), " ".join(cfg.similarity_methods)
+        return f"{base} --features similarity --similarity_features {spaces} --similarity_methods {methods}"
+    return f"{base} --import FILE --name {store_name}"
 
 
 NORMALIZED = {"raw": "normalize_raw", "similarity": "normalize_similarity"}
@@ -309,14 +315,15 @@ class FeatureTable:
         with the stores. ``stats`` from a checkpoint are reused; otherwise they are fitted on the train split."""
         features_dir = cfg.resolved_features_dir()
         stores: dict[str, StoredFeatures] = {}
-        for module, (store_name, _) in module_sources(cfg).items():
-            store = FeatureStore.at(features_dir, cfg.dataset, store_name)
-            if not store.exists():
-                raise FileNotFoundError(
-                    f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
-                    f"Compute them with: {_gen_command(store_name, cfg.dataset)}"
-                )
-            stores[module] = store.read()
+        for module, pairs in module_sources(cfg).items():
+            for store_name in dict.fromkeys(name for name, _ in pairs):
+                store = FeatureStore.at(features_dir, cfg.dataset, store_name)
+                if not store.exists():
+                    raise FileNotFoundError(
+                        f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
+                        f"Compute them with: {_gen_command(store_name, cfg)}"
+                    )
+                stores[store_name] = store.read()
         sources = module_sources(cfg, stores)
         scored = [r for r in records if r.split in splits and (r.score is not None or not scored_only)]
         failed = {i: s.failures[i] for s in stores.values() for i in s.failures}
@@ -328,28 +335,33 @@ class FeatureTable:
             )
             scored = [r for r in scored if r.id not in failed]
 
-        blocks: dict[str, np.ndarray] = {}  # module -> (N, D) over `scored`
-        for module, (store_name, names) in sources.items():
-            data = stores[module]
-            row = {vid: i for i, vid in enumerate(data.ids)}
-            missing = [r.id for r in scored if r.id not in row]
-            if missing:
-                raise ConfigError(
-                    f"{len(missing)} of {len(scored)} videos have no {module} features in "
-                    f"{FeatureStore.at(features_dir, cfg.dataset, store_name).path} (first: {', '.join(missing[:5])}). "
-                    f"Compute them with: {_gen_command(store_name, cfg.dataset)}"
-                )
-            absent = [n for n in names if n not in data.features]
-            if absent:
-                have = sorted(data.features)
-                raise ConfigError(f"{module} store {store_name} has no feature(s) {absent}; it has {have}")
-            idx = np.array([row[r.id] for r in scored], dtype=np.int64)
-            block = np.concatenate([data.features[n][idx].reshape(len(idx), -1) for n in names], axis=1)
+        columns: dict[Source, np.ndarray] = {}  # (store, feature) -> (N, D) over `scored`
+        for module, pairs in sources.items():
+            for store_name, name in pairs:
+                data = stores[store_name]
+                if name not in data.features:
+                    have = sorted(data.features)
+                    raise ConfigError(
+                        f"{module}: store {store_name} has no feature {name!r}; it has {have}. "
+                        f"Compute it with: {_gen_command(store_name, cfg)}"
+                    )
+                row = {vid: i for i, vid in enumerate(data.ids)}
+                missing = [r.id for r in scored if r.id not in row]
+                if missing:
+                    raise ConfigError(
+                        f"{len(missing)} of {len(scored)} videos have no {module} features in "
+                        f"{FeatureStore.at(features_dir, cfg.dataset, store_name).path} "
+                        f"(first: {', '.join(missing[:5])}). Compute them with: {_gen_command(store_name, cfg)}"
+                    )
+                columns[store_name, name] = data.features[name][[row[r.id] for r in scored]].reshape(len(scored), -1)
+        blocks: dict[str, np.ndarray] = {}  # module -> (N, D_module)
+        for module, pairs in sources.items():
+            block = np.concatenate([columns[pair] for pair in pairs], axis=1).astype(np.float32)
             bad = ~np.isfinite(block).all(axis=1)
             if bad.any():
                 ids = [scored[i].id for i in np.flatnonzero(bad)[:5]]
                 raise ConfigError(f"{int(bad.sum())} videos have NaN or inf {module} features (first: {ids})")
-            blocks[module] = block.astype(np.float32)
+            blocks[module] = block
 
         is_train = np.array([r.split == "train" for r in scored], dtype=bool)
         scored_mask = np.array([r.score is not None for r in scored], dtype=bool)
@@ -378,13 +390,14 @@ class FeatureTable:
             if len(sel):
                 split_data[split] = SplitData([scored[i].id for i in sel], x_all[sel].to(device), y_all[sel].to(device))
         dims = {m: blocks[m].shape[1] for m in sources}
-        provenance = {
-            store_name: {
-                "features": names,
-                "settings": stores[m].meta.get("settings", {}),
-                "smoke": bool(stores[m].meta.get("smoke", False)),
-                "dims": {n: stores[m].dims[n] for n in names},
-            }
-            for m, (store_name, names) in sources.items()
-        }
+        provenance: dict[str, dict] = {}  # what the features were: store -> features, settings, smoke, dims
+        for pairs in sources.values():
+            for store_name, name in pairs:
+                meta = stores[store_name].meta
+                settings, smoke = meta.get("settings", {}), bool(meta.get("smoke"))
+                entry = provenance.setdefault(
+                    store_name, {"features": [], "settings": settings, "smoke": smoke, "dims": {}}
+                )
+                entry["features"].append(name)
+                entry["dims"][name] = stores[store_name].dims[name]
         return cls(list(sources), dims, split_data, stats, provenance)

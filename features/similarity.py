@@ -1,0 +1,259 @@
+"""The similarity tier: how much a video stands out from the training corpus, in another feature's space.
+
+``python gen_features.py --dataset D --features similarity --similarity_features hrnet ip_csn_152
+--similarity_methods dbscan kde`` reads the stores of those feature spaces, fits every method on the *train* split
+only, scores every video (train, val, test) and writes the store ``similarity_<space>.h5``: one feature per method,
+plus the fitted state of each method as a transform (plain arrays + JSON), so new videos can be scored later.
+
+Shared first step: when the space has more than 10 dimensions, PCA to 10 whitened components fitted on train --
+except for the cosine methods: PCA centres the data on the train mean, which makes the cosine to that mean
+undefined (the mean is the zero vector) and every cosine a comparison of directions around the centre; they use the
+original space instead, where pooled backbone features are non-negative and cosines are meaningful.
+Each method is one class in ``METHODS``: ``fit(train) -> Transform`` and ``score(transform, x, is_train) -> (N, d)``.
+Everything random is seeded (the reference seeded nothing).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from config import ConfigError, GenConfig, code_version
+from features.store import FeatureStore, StoredFeatures, Transform
+
+PCA_DIM = 10
+DBSCAN_EPS = {"hrnet": 1.25, "csn": 0.9}  # the reference's eps per space family
+# The reference's t-SNE settings (scikit-learn 0.24 defaults). The embedding's scale depends on the number of videos
+# and the learning rate, and eps above is tuned for corpora of thousands of videos.
+TSNE_PARAMS = {"perplexity": 30.0, "learning_rate": 200.0, "init": "random", "max_iter": 1000}
+KDE_MAX_TRAIN = 10_000
+
+
+def space_store(space: str, hrnet_frames: int) -> tuple[str, str]:
+    """``(store name, feature name)`` of a similarity feature space (``hrnet``, ``ip_csn_152``, ``ir_csn_152``)."""
+    if space == "hrnet":
+        return f"hrnet_f{hrnet_frames}", "hrnet"
+    if space in ("ip_csn_152", "ir_csn_152"):
+        return space, "csn"
+    raise ConfigError(f"unknown similarity feature space {space!r}; choose hrnet, ip_csn_152 or ir_csn_152")
+
+
+def similarity_store_name(space: str, hrnet_frames: int) -> str:
+    return f"similarity_{space_store(space, hrnet_frames)[0]}"
+
+
+# --------------------------------------------------------------------------- shared PCA
+
+
+def fit_pca(train: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Whitened PCA to 10 components (identity when the space is already small)."""
+    if train.shape[1] <= PCA_DIM:
+        return {}
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=PCA_DIM, whiten=True, random_state=seed).fit(train)
+    return {"pca_mean": pca.mean_, "pca_components": pca.components_, "pca_scale": np.sqrt(pca.explained_variance_)}
+
+
+def apply_pca(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    if "pca_components" not in arrays:
+        return x.astype(np.float64)
+    return (x - arrays["pca_mean"]) @ arrays["pca_components"].T / arrays["pca_scale"]
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class Method(ABC):
+    """A similarity method: fitted on train vectors (already PCA-reduced), then scores any vectors.
+
+    ``is_train`` marks the rows that are the training videos themselves, in fitting order (a method may use its
+    fitted labels for them, or leave them out of their own statistics)."""
+
+    uses_pca = True  # False: works in the original space (see the module docstring)
+
+    def fit(self, train: np.ndarray, space: str, seed: int) -> dict[str, np.ndarray]:
+        return {"train_mean": train.mean(axis=0)}
+
+    @abstractmethod
+    def score(self, arrays: dict[str, np.ndarray], x: np.ndarray, is_train: np.ndarray) -> np.ndarray:
+        """(N, d) scores of the rows of ``x``."""
+
+
+def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, M) cosine similarities."""
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    yn = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return xn @ yn.T
+
+
+class CosineMean(Method):
+    uses_pca = False
+
+    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+        return _cosine(x, arrays["train_mean"][None])  # (N, 1)
+
+
+class FractionalMean(Method):
+    """Fractional (p = 0.5) distance to the mean training vector: (sum |x - m|^p)^(1/p)."""
+
+    p = 0.5
+
+    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+        return (np.abs(x - arrays["train_mean"]) ** self.p).sum(axis=1, keepdims=True) ** (1 / self.p)
+
+
+class CosineThreshold(Method):
+    """Fraction of *training* videos with cosine similarity >= t. A training video does not count itself."""
+
+    uses_pca = False
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+        return {"train": train}
+
+    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+        train = arrays["train"]
+        out = np.empty((len(x), 1))
+        for start in range(0, len(x), 2048):  # blocks keep the (block, N_train) matrix small
+            sims = _cosine(x[start : start + 2048], train)
+            out[start : start + 2048, 0] = (sims >= self.threshold).sum(axis=1)
+        own = is_train.astype(np.float64)  # a training video's similarity to itself is 1 >= t
+        return (out - own[:, None]) / (len(train) - own[:, None])
+
+
+class KDE(Method):
+    """Minus the log-density of an Epanechnikov KDE fitted on train (bandwidth: 5-fold grid search, 100 values)."""
+
+    def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+        from sklearn.model_selection import GridSearchCV, KFold
+        from sklearn.neighbors import KernelDensity
+
+        rng = np.random.default_rng(seed)
+        if len(train) > KDE_MAX_TRAIN:
+            train = train[np.sort(rng.choice(len(train), KDE_MAX_TRAIN, replace=False))]
+        grid = GridSearchCV(
+            KernelDensity(kernel="epanechnikov"),
+            {"bandwidth": np.logspace(-2, 2, 100)},
+            cv=KFold(5, shuffle=True, random_state=seed),
+        ).fit(train)
+        bandwidth = grid.best_params_["bandwidth"]
+        logp = KernelDensity(kernel="epanechnikov", bandwidth=bandwidth).fit(train).score_samples(train)
+        return {"train": train, "bandwidth": np.array([bandwidth]), "train_logp_min": np.array([logp.min()])}
+
+    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+        from sklearn.neighbors import KernelDensity
+
+        kde = KernelDensity(kernel="epanechnikov", bandwidth=float(arrays["bandwidth"][0])).fit(arrays["train"])
+        logp = kde.score_samples(x)
+        # Outside every kernel's support the density is 0 (log -inf): such a video gets a log-density one nat below
+        # the lowest finite one seen (in training or in this batch), so it ranks as the most distinctive, finitely.
+        floor = min(float(arrays["train_logp_min"][0]), np.min(logp[np.isfinite(logp)], initial=np.inf)) - 1.0
+        return -np.where(np.isfinite(logp), logp, floor)[:, None]
+
+
+class DBSCANClusters(Method):
+    """t-SNE (3-d) of the train features, DBSCAN on it, an MLP classifier from features to cluster labels for
+    non-train videos, then a one-hot of the cluster: one column per cluster plus one for noise (label -1)."""
+
+    def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+        from sklearn.cluster import DBSCAN
+        from sklearn.manifold import TSNE
+        from sklearn.neural_network import MLPClassifier
+
+        emb = TSNE(3, random_state=seed, **TSNE_PARAMS)
+        labels = DBSCAN(eps=DBSCAN_EPS[space], min_samples=5).fit_predict(emb.fit_transform(train))
+        n_clusters = int(labels.max()) + 1
+        arrays = {"train_labels": labels, "n_columns": np.array([n_clusters + 1])}
+        if len(np.unique(labels)) > 1:
+            clf = MLPClassifier((100,), activation="relu", solver="adam", alpha=1e-4, max_iter=500, random_state=seed)
+            clf.fit(train, labels)
+            arrays |= {"classes": clf.classes_, "w0": clf.coefs_[0], "b0": clf.intercepts_[0], "w1": clf.coefs_[1],
+                       "b1": clf.intercepts_[1]}  # fmt: skip
+        return arrays
+
+    @staticmethod
+    def predict(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+        """The classifier's labels, computed from its stored weights (relu hidden layer, argmax output)."""
+        if "classes" not in arrays:
+            return np.full(len(x), arrays["train_labels"][0])
+        logits = np.maximum(x @ arrays["w0"] + arrays["b0"], 0) @ arrays["w1"] + arrays["b1"]
+        if logits.shape[1] == 1:  # sklearn's binary case: one logistic output
+            return arrays["classes"][(logits[:, 0] > 0).astype(int)]
+        return arrays["classes"][logits.argmax(axis=1)]
+
+    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+        labels = self.predict(arrays, x)
+        if is_train.sum() == len(arrays["train_labels"]):  # the training videos keep their DBSCAN cluster
+            labels[is_train] = arrays["train_labels"]
+        n = int(arrays["n_columns"][0])
+        onehot = np.zeros((len(x), n))
+        onehot[np.arange(len(x)), np.where(labels < 0, n - 1, labels)] = 1.0  # noise gets its own last column
+        return onehot
+
+
+METHODS: dict[str, Method] = {
+    "dbscan": DBSCANClusters(),
+    "kde": KDE(),
+    "cosine_mean": CosineMean(),
+    "cosine_threshold0.4": CosineThreshold(0.4),
+    "cosine_threshold0.5": CosineThreshold(0.5),
+    "cosine_threshold0.7": CosineThreshold(0.7),
+    "fractional_mean": FractionalMean(),
+}
+
+
+# --------------------------------------------------------------------------- store
+
+
+def compute_similarity(cfg: GenConfig, seed: int = 0) -> list[str]:
+    """Fit and score every (space, method) of ``cfg``; returns the paths of the stores written."""
+    from dataset import load_records
+
+    records = load_records(cfg.dataset, cfg)
+    train_ids = {r.id for r in records if r.split == "train"}
+    if not train_ids:
+        raise ConfigError(f"{cfg.dataset} has no train split to fit similarity on")
+    written = []
+    for space in cfg.similarity_features:
+        store_name, feature = space_store(space, cfg.hrnet_frames)
+        source = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, store_name)
+        if not source.exists():
+            raise FileNotFoundError(
+                f"similarity in the {space} space needs {source.path}; compute it first with "
+                f"python gen_features.py --dataset {cfg.dataset} --features {space_family(space)}"
+            )
+        data = source.read()
+        x = data.features[feature].astype(np.float64)
+        is_train = np.array([i in train_ids for i in data.ids])
+        if is_train.sum() < 10:
+            raise ConfigError(f"{source.path} holds only {int(is_train.sum())} train videos; extract the train split")
+        pca = fit_pca(x[is_train], seed)
+        z = apply_pca(pca, x)  # (N, 10)
+        out = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, f"similarity_{store_name}")
+        previous = out.read() if out.exists() else None
+        feats = dict(previous.features) if previous and previous.ids == data.ids else {}
+        transforms = dict(previous.transforms) if feats else {}
+        for method in cfg.similarity_methods:
+            family = "hrnet" if space == "hrnet" else "csn"
+            m = METHODS[method]
+            space_x, reduce = (z, pca) if m.uses_pca else (x, {})
+            arrays = m.fit(space_x[is_train], family, seed)
+            feats[method] = m.score(arrays, space_x, is_train).astype(np.float32)
+            transforms[method] = Transform(reduce | arrays, {"space": space, "seed": seed, "fitted_on": "train",
+                                                          "n_train": int(is_train.sum())})  # fmt: skip
+        meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": bool(data.meta.get("smoke", False)),
+                "settings": {"source": store_name, "source_settings": data.meta.get("settings", {}), "seed": seed},
+                "code_version": code_version()}  # fmt: skip
+        out.write(StoredFeatures(data.ids, feats, meta, transforms=transforms))
+        dims = {m: feats[m].shape[1] for m in cfg.similarity_methods}
+        print(f"similarity in {space} space ({store_name}): {dims} -> {out.path}")
+        written.append(str(out.path))
+    return written
+
+
+def space_family(space: str) -> str:
+    return "hrnet" if space == "hrnet" else f"csn --csn_arch {space}"

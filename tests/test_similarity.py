@@ -1,0 +1,130 @@
+"""The similarity tier: each method against a direct computation, fitted on train only, and trained on end to end."""
+
+import numpy as np
+import pytest
+import torch
+
+from config import GenConfig, TrainConfig, parse_explicit
+from dataset import load_records
+from features.similarity import METHODS, apply_pca, compute_similarity, fit_pca
+from features.store import FeatureStore, StoredFeatures
+from model.training import run_training
+from tests.conftest import write_memento
+
+META = {"family": "hrnet", "dataset": "Memento10k", "settings": {"frames": 1}, "smoke": False}
+CENTRES = np.eye(720)[:3] * 40  # three well separated scene types in a 720-d space
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """150 train / 30 val videos in three planted clusters; an hrnet store for them."""
+    data_dir = tmp_path / "data"
+    write_memento(data_dir / "Memento10k", {"train": 150, "val": 30, "test": 0})
+    records = load_records("Memento10k", GenConfig(data_dir=str(data_dir)))
+    rng = np.random.default_rng(0)
+    cluster = np.arange(len(records)) % 3
+    x = CENTRES[cluster] + rng.normal(size=(len(records), 720))
+    ids = [r.id for r in records]
+    FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(StoredFeatures(ids, {"hrnet": x}, META))
+    return data_dir, records, dict(zip(ids, cluster, strict=True)), x.astype(np.float32)
+
+
+def test_every_method_scores_against_direct_computation(corpus):
+    data_dir, records, cluster, x = corpus
+    cfg = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                    similarity_methods=sorted(METHODS))  # fmt: skip
+    compute_similarity(cfg)
+    data = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
+    assert set(data.features) == set(METHODS) and set(data.transforms) == set(METHODS)
+    row = {i: k for k, i in enumerate(data.ids)}
+    order = [row[r.id] for r in records]
+    is_train = np.array([r.split == "train" for r in records])
+    from sklearn.decomposition import PCA
+
+    z = PCA(10, whiten=True, random_state=0).fit(x[is_train].astype(np.float64)).transform(x.astype(np.float64))
+    np.testing.assert_allclose(apply_pca(fit_pca(x[is_train].astype(np.float64), 0), x), z, rtol=1e-4, atol=1e-4)
+    frac = (np.abs(z - z[is_train].mean(0)) ** 0.5).sum(1) ** 2  # fractional distance, in the PCA space
+    np.testing.assert_allclose(data.features["fractional_mean"][order, 0], frac, rtol=1e-4)
+    x64 = x.astype(np.float64)  # the cosine methods work in the original space
+    m = x64[is_train].mean(0)
+    cos = x64 @ m / np.linalg.norm(x64, axis=1) / np.linalg.norm(m)
+    np.testing.assert_allclose(data.features["cosine_mean"][order, 0], cos, rtol=1e-4, atol=1e-5)
+    xt = x64[is_train]
+    sims = (x64 / np.linalg.norm(x64, axis=1, keepdims=True)) @ (xt / np.linalg.norm(xt, axis=1, keepdims=True)).T
+    frac_above = [(np.sum(s >= 0.5) - t) / (len(xt) - t) for s, t in zip(sims, is_train, strict=True)]
+    np.testing.assert_allclose(data.features["cosine_threshold0.5"][order, 0], frac_above, rtol=1e-5)
+    assert (data.features["dbscan"].sum(1) == 1).all()  # a one-hot, whatever clusters this small corpus gives
+    kde = data.features["kde"][order, 0]
+    assert np.isfinite(kde).all()
+    far = METHODS["kde"].score(data.transforms["kde"].arrays, np.full((1, 10), 50.0), np.array([False]))
+    assert far[0, 0] > kde.max()  # a video far from every training video is the most distinctive
+
+
+def test_dbscan_finds_planted_clusters_and_classifies_val(corpus, monkeypatch):
+    """Three scene types in a small (8-d, so no PCA) space. t-SNE's scale depends on the corpus size: for 150 videos
+    the reference learning rate (tuned for thousands) spreads every point apart, so this test uses a small one."""
+    import features.similarity as sim
+
+    monkeypatch.setitem(sim.TSNE_PARAMS, "learning_rate", 10.0)
+    monkeypatch.setitem(sim.DBSCAN_EPS, "hrnet", 3.0)
+    data_dir, records, cluster, _ = corpus
+    rng = np.random.default_rng(1)
+    planted = np.array([cluster[r.id] for r in records])
+    x = np.eye(8)[planted] * 10 + rng.normal(size=(len(records), 8))
+    FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(
+        StoredFeatures([r.id for r in records], {"hrnet": x}, META)
+    )
+    compute_similarity(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                                 similarity_methods=["dbscan"]))  # fmt: skip
+    data = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
+    row = {i: k for k, i in enumerate(data.ids)}
+    onehot = data.features["dbscan"][[row[r.id] for r in records]]
+    assert onehot.shape[1] == 4  # the three clusters + a column for DBSCAN noise
+    assert (onehot.sum(1) == 1).all()
+    found = onehot.argmax(1)
+    is_val = np.array([r.split == "val" for r in records])
+    for c in range(3):  # one DBSCAN cluster per scene type; val videos reach theirs through the classifier
+        assert len(set(found[planted == c])) == 1
+        assert set(found[(planted == c) & is_val]) == set(found[(planted == c) & ~is_val])
+    assert len(set(found)) == 3
+
+
+def test_fitted_on_train_only(corpus):
+    data_dir, records, _, x = corpus
+    cfg = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                    similarity_methods=["cosine_mean", "kde"])  # fmt: skip
+    compute_similarity(cfg)
+    store = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1")
+    before = store.read()
+    val = np.array([r.split == "val" for r in records])
+    x2 = x.copy()
+    x2[val] += 100.0  # move every val video far away
+    FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(
+        StoredFeatures([r.id for r in records], {"hrnet": x2}, META)
+    )
+    compute_similarity(cfg)
+    after = store.read()
+    train_ids = {r.id for r in records if r.split == "train"}
+    train_rows = [i for i, vid in enumerate(after.ids) if vid in train_ids]
+    for name in ("cosine_mean", "kde"):
+        np.testing.assert_allclose(after.features[name][train_rows], before.features[name][train_rows], rtol=1e-5)
+        for key, arr in before.transforms[name].arrays.items():
+            np.testing.assert_array_equal(after.transforms[name].arrays[key], arr)
+
+
+def test_training_with_similarity_module(corpus, tmp_path):
+    data_dir, *_ = corpus
+    gen = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                    similarity_methods=["dbscan", "cosine_mean"])  # fmt: skip
+    compute_similarity(gen)
+    argv = ["--data_dir", str(data_dir), "--runs_dir", str(tmp_path / "runs"), "-n", "sim", "--use_similarity",
+            "--similarity_features", "hrnet", "--similarity_methods", "dbscan", "cosine_mean", "--epochs", "2",
+            "--hidden_channels", "8", "--seed", "1", "-s"]  # fmt: skip
+    cfg, explicit = parse_explicit(TrainConfig, argv, check=False)
+    result = run_training(cfg, explicit)
+    assert result["last"]["epoch"] == 1
+    ckpt = torch.load(tmp_path / "runs/sim/last.pt", weights_only=True)
+    onehot = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read().dims["dbscan"]
+    assert ckpt["dims"] == {"similarity": onehot + 1}  # dbscan's one-hot (its width is data), then cosine_mean
+    assert ckpt["sources"]["similarity_hrnet_f1"]["features"] == ["dbscan", "cosine_mean"]
+    assert set(ckpt["stats"]) == {"similarity"}  # normalised with train statistics (--normalize_similarity)
