@@ -119,7 +119,7 @@ class ModuleConfig(Paths):
 class TrainConfig(ModuleConfig):
     name: str = opt("", "run name (run directory runs/<name>); default: dataset, modules and time", short="-n")
     save: bool = opt(False, "save best.pt and last.pt in the run directory", short="-s")
-    log: bool = opt(False, "log the run to wandb", short="-l")
+    log: bool = opt(False, "log the run to wandb, with every epoch's checkpoint as an artifact", short="-l")
     seed: int | None = opt(None, "random seed; unset draws one and records it")
     group: str = opt("", "wandb group")
     tags: list[str] = opt([], "wandb tags")

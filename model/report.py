@@ -138,16 +138,21 @@ class RunLogger:
             log |= {"val_pred_hist": wandb.Histogram(pred), "val_true_hist": wandb.Histogram(true)}
             self.wandb.log(log, step=row["epoch"])
 
-    def save_checkpoint(self, state: dict, name: str, aliases: list[str]) -> Path:
-        path = self.run_dir / name
-        save_torch(state, path)
-        if self.wandb is not None and name == "best.pt":
+    def checkpoint(self, state: dict, is_best: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when this epoch is the best so far). With wandb, every epoch's checkpoint
+        is a version of the artifact ``model-<run id>`` with aliases ``epoch-N`` and ``latest`` (plus ``best``), which
+        is what ``--checkpoint_run_id`` / ``--checkpoint_epoch`` fetch."""
+        last = self.run_dir / "last.pt"
+        save_torch(state, last)
+        if is_best:
+            save_torch(state, self.run_dir / "best.pt")
+        if self.wandb is not None:
             import wandb
 
             art = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata={"epoch": state["epoch"]})
-            art.add_file(str(path), name="checkpoint.pt")
+            art.add_file(str(last), name="checkpoint.pt")
+            aliases = [f"epoch-{state['epoch']}", "latest"] + (["best"] if is_best else [])
             self.wandb.log_artifact(art, aliases=aliases)
-        return path
 
     def finish(self, history: list[dict], best: dict, val, best_pred: np.ndarray, last_pred: np.ndarray) -> None:  # noqa: ANN001
         true = val.y.cpu().numpy()
@@ -157,21 +162,13 @@ class RunLogger:
         write_json(self.run_dir / "summary.json", {"best": best, "last": history[-1]})
         plot_run(self.run_dir, history, true, best_pred, f"{self.cfg.name}: best epoch {best['epoch']}")
         if self.wandb is not None:
-            if self.cfg.save and (self.run_dir / "last.pt").exists():
-                import wandb
-
-                art = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata={"epoch": history[-1]["epoch"]})
-                art.add_file(str(self.run_dir / "last.pt"), name="checkpoint.pt")
-                self.wandb.log_artifact(art, aliases=["latest", f"epoch-{history[-1]['epoch']}"])
             self.wandb.summary["best_spearman"] = best["val_spearman"]
             self.wandb.summary["best_epoch"] = best["epoch"]
             self.wandb.summary["last_spearman"] = history[-1]["val_spearman"]
 
 
 def fetch_wandb_checkpoint(run_id: str, epoch: int | None, project: str) -> Path:
-    """Download the checkpoint artifact of a wandb run (alias ``epoch-N`` or ``latest``); needs network access.
-
-    Artifacts exist for the epochs that were best when logged (alias ``best``) and for the last epoch."""
+    """Download the checkpoint artifact of a wandb run (alias ``epoch-N``, or ``latest``); needs network access."""
     import wandb
 
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):

@@ -207,11 +207,8 @@ class Trainer:
                 self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             bar.set_postfix(loss=f"{train_loss:.4f}", val_spearman=f"{metrics['spearman']:.4f}")
             logger.epoch(row, last_pred, val.y.cpu().numpy())
-            if cfg.save:
-                state = self.state(epoch, row)
-                logger.save_checkpoint(state, "last.pt", aliases=["latest", f"epoch-{epoch}"])
-                if improved:
-                    logger.save_checkpoint(state, "best.pt", aliases=["best", f"epoch-{epoch}"])
+            if cfg.save or cfg.log:
+                logger.checkpoint(self.state(epoch, row), improved)
         if last_pred is None:  # resumed at or past the last epoch: nothing left to train
             last_pred = self.evaluate(val)[1]
         best_net = ModularMLP(self.table.dims, cfg.hidden_channels).to(self.device)

@@ -172,13 +172,26 @@ def test_wandb_offline_logging(memento, tmp_path, monkeypatch):
         logged.append(dict(data))
         return real_log(self, data, *args, **kwargs)
 
+    artifacts = []
+    real_art = wandb.sdk.wandb_run.Run.log_artifact
+
+    def spy_art(self, art, *args, aliases=None, **kwargs):
+        artifacts.append((art.name, art.metadata["epoch"], sorted(aliases)))
+        return real_art(self, art, *args, aliases=aliases, **kwargs)
+
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", spy_art)
     _import(memento, tmp_path)
-    _train(memento, tmp_path, "-n", "w", "-l", "-s", "--group", "g1", "--tags", "t1", "t2", "--epochs", "2")
+    _train(memento, tmp_path, "-n", "w", "-l", "--group", "g1", "--tags", "t1", "t2", "--epochs", "2")
     expected = {"train_loss", "lr", "val_spearman", "val_kendall", "val_loss", "val_mse", "val_mae", "val_kl", "val_js"}
     assert len(logged) == 2 and all(expected <= set(row) for row in logged)
     assert isinstance(logged[0]["val_pred_hist"], wandb.Histogram)
     assert list((tmp_path / "runs/w/wandb").glob("offline-run-*/run-*.wandb"))
+    assert [a[1] for a in artifacts] == [0, 1] and all(a[0].startswith("model-") for a in artifacts)
+    assert {"epoch-0", "latest"} <= set(artifacts[0][2]) and {"epoch-1", "latest"} <= set(artifacts[1][2])
+    assert sum("best" in a[2] for a in artifacts) >= 1 and (tmp_path / "runs/w/best.pt").exists()
+    with pytest.raises(ConfigError, match="needs wandb online"):
+        run_training(*parse_explicit(TrainConfig, ["--checkpoint_run_id", "abc123"], check=False))
 
 
 def test_cli_end_to_end_and_clear_errors(memento, tmp_path):
