@@ -6,6 +6,12 @@ file stays fast on a CPU; a GPU-only test checks autocast features against fp32.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -200,3 +206,59 @@ def test_reduced_precision_matches_fp32_on_gpu(family, overrides):
 def test_backbone_dims_match_extractors():
     assert BACKBONES[HRNetExtractor.arch].feature_dim == 720
     assert {BACKBONES[a].feature_dim for a in ("ip_csn_152", "ir_csn_152")} == {2048}
+
+
+# Runs the orchestrator in a fresh interpreter: its decoding workers are forked, and a fork taken after this test
+# process has used OpenCV's thread pool (writing the fixture videos, other tests) hangs in cv2.setNumThreads.
+E2E_DRIVER = """
+import json, sys
+from config import GenConfig
+from features.base import FrameSpec
+from features.deep import CSNExtractor, HRNetExtractor
+from features.extract import run
+for cls in (HRNetExtractor, CSNExtractor):  # tiny decode: 6 frames of 64x64 instead of 45 x 256x256
+    cls.frame_spec = FrameSpec(6, (64, 64), "squash")
+print(json.dumps([s.extracted for s in run(GenConfig(**json.loads(sys.argv[1])))]))
+"""
+
+
+def test_end_to_end_through_the_orchestrator(tmp_path):
+    """gen_features' loop (features/extract.py) over a tiny Memento10k: both deep families, smoke weights, resume."""
+    from features.store import FeatureStore
+    from tests.fixtures_video import memento_layout
+
+    names = memento_layout(tmp_path / "data" / "Memento10k", n=5, n_frames=12)
+    cfg = GenConfig(
+        dataset="Memento10k",
+        data_dir=str(tmp_path / "data"),
+        features=["hrnet", "csn"],
+        smoke_random_weights=True,
+        hrnet_frames=5,
+        csn_arch="ir_csn_152",
+        workers=1,
+        batch_size=2,
+        device="cpu",
+    )
+
+    def gen_features() -> list[int]:
+        args = json.dumps({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+        env = os.environ | {"PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", E2E_DRIVER, args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert gen_features() == [len(names), len(names)]
+    stores = {
+        "hrnet": FeatureStore.at(cfg.resolved_features_dir(), "Memento10k", "hrnet_f5").read(),
+        "csn": FeatureStore.at(cfg.resolved_features_dir(), "Memento10k", "ir_csn_152").read(),
+    }
+    for family, data in stores.items():
+        assert len(data.ids) == len(names) and not data.failures
+        assert data.dims == {family: 720 if family == "hrnet" else 2048}
+        assert data.meta["smoke"] is True and data.meta["settings"]["weights"] == "RANDOM (smoke)"
+        assert np.isfinite(data.features[family]).all()
+    assert stores["hrnet"].meta["settings"]["frames"] == 5
+    assert stores["csn"].meta["settings"]["arch"] == "ir_csn_152"
+    assert gen_features() == [0, 0]  # a second run finds everything stored and computes nothing
