@@ -156,7 +156,12 @@ def available_cores() -> int:
 
 def _loader(records: list, ext: Extractor, mode: str, cfg: GenConfig, dist: Dist) -> torch.utils.data.DataLoader:
     workers = cfg.workers if cfg.workers > 0 else max(1, available_cores() // max(dist.local_world, 1))
-    kwargs = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers > 0 else {}
+    # forkserver, not fork: a worker forked from a parent whose OpenCV/OpenMP threads hold a lock can hang forever
+    kwargs = (
+        {"prefetch_factor": 2, "worker_init_fn": _worker_init, "multiprocessing_context": "forkserver"}
+        if workers > 0
+        else {}
+    )
     return torch.utils.data.DataLoader(
         _Videos(records, ext, mode), batch_size=max(cfg.batch_size, 1), shuffle=False, num_workers=workers,
         collate_fn=_collate, **kwargs,

@@ -83,6 +83,7 @@ def _open_cv2(path: Path) -> tuple[int, Iterator[Callable[[], np.ndarray]]]:
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not cap.isOpened():
         cap.release()
+        _open_av(path)  # raises the more precise reason (e.g. an audio-only file) when there is one
         raise VideoError(path, "cannot open (corrupt, truncated or not a video file)")
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     if width <= 0 or height <= 0:

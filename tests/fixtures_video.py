@@ -23,15 +23,18 @@ def moving_frames(n: int = 12, h: int = 48, w: int = 64, seed: int = 0, speed: i
     return np.stack(frames)
 
 
-def write_x264(path: Path, frames: np.ndarray, fps: int = 30, audio: bool = False, faststart: bool = False) -> Path:
-    """H.264 mp4 (PyAV), optionally with an AAC audio stream."""
+def write_x264(
+    path: Path, frames: np.ndarray, fps: int = 30, audio: bool = False, faststart: bool = False, codec: str = "libx264"
+) -> Path:
+    """H.264 mp4 (PyAV), optionally with an AAC audio stream; ``codec="libvpx"`` with a .webm path gives VP8."""
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as out:
-        stream = out.add_stream("libx264", rate=fps)
+        stream = out.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "23", "preset": "ultrafast", "threads": "1"}
+        if codec == "libx264":
+            stream.options = {"crf": "23", "preset": "ultrafast", "threads": "1"}
         astream = out.add_stream("aac", rate=16000) if audio else None
         for f in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: stream.height, : stream.width]), "rgb24")

@@ -1,0 +1,144 @@
+"""The extraction loop: failures recorded and skipped, resume after a real kill (byte-identical store), torchrun
+sharding over 2 CPU ranks (byte-identical too), the dataset crop rule, and a clear error for a missing dataset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gen_features
+from config import ROOT, GenConfig
+from features.base import Clip, Extractor, FrameSpec
+from features.extract import extract_family, run
+from features.store import FeatureStore
+from tests.fixtures_video import memento_layout
+
+BAD = {"broken_x.mp4": b"\x00not a video" * 100, "empty_y.mp4": b""}
+N_GOOD = 20  # 12 train (+2 bad), 4 val, 4 test
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    memento_layout(data / "Memento10k", N_GOOD, n_frames=8, bad=BAD)
+    return data
+
+
+def gen_cfg(data: Path, features: Path, **kw) -> GenConfig:
+    return GenConfig(data_dir=str(data), features_dir=str(features), dataset="Memento10k", workers=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> tuple[Path, list]:
+    """An uninterrupted in-process extraction: the store every other way of running must reproduce."""
+    features = tmp_path_factory.mktemp("ref")
+    summaries = run(gen_cfg(corpus, features, batch_size=4))
+    return features / "Memento10k" / "raw.h5", summaries
+
+
+def test_run_stores_good_videos_and_records_failures(reference):
+    path, (summary,) = reference
+    data = FeatureStore(path).read()
+    assert len(data.ids) == N_GOOD and summary.extracted == N_GOOD
+    assert set(data.failures) == {"broken_x", "empty_y"}
+    assert "zero-length" in data.failures["empty_y"] and "broken_x.mp4" in data.failures["broken_x"]
+    assert data.dims["hog"] == 10 and data.dims["hog_std"] == 10 and data.dims["size_orig"] == 1
+    assert data.meta["family"] == "raw" and data.meta["dataset"] == "Memento10k" and data.meta["smoke"] is False
+    pca = data.transforms["hog_pca"]
+    assert pca.arrays["components"].shape == (10, 34596) and pca.info["n_used"] == 12
+    assert pca.info["n_train_ids"] == 14  # the two unreadable train videos are skipped, and counted
+    assert np.isfinite(data.features["hog"]).all() and (data.features["size_orig"] > 0).all()
+    assert not path.with_suffix(".parts").exists()  # compacted
+
+
+def test_second_run_skips_everything_and_retry_failed_retries(reference, corpus, tmp_path):
+    path, _ = reference
+    features = tmp_path / "f"
+    (features / "Memento10k").mkdir(parents=True)
+    (features / "Memento10k" / "raw.h5").write_bytes(path.read_bytes())
+    (again,) = run(gen_cfg(corpus, features))
+    assert again.extracted == 0 and again.skipped == N_GOOD + 2 and not again.failed
+    (retry,) = run(gen_cfg(corpus, features, retry_failed=True))
+    assert retry.extracted == 0 and retry.skipped == N_GOOD and set(retry.failed) == {"broken_x", "empty_y"}
+    assert (features / "Memento10k" / "raw.h5").read_bytes() == path.read_bytes()
+
+
+def _cli(corpus: Path, features: Path, *extra: str) -> list[str]:
+    return ["gen_features.py", "--dataset", "Memento10k", "--data_dir", str(corpus), "--features_dir", str(features),
+            "--features", "raw", "--workers", "1", *extra]  # fmt: skip
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_killed_run_resumes_to_identical_bytes(reference, corpus, tmp_path):
+    ref_path, _ = reference
+    features = tmp_path / "f"
+    parts = features / "Memento10k" / "raw.parts"
+    proc = subprocess.Popen(
+        [sys.executable, *_cli(corpus, features, "--batch_size", "1")],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.h5"))) < 3:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_parts = len(list(parts.glob("*.h5")))
+    assert 3 <= n_parts < N_GOOD + 2  # killed mid-way, some work saved
+    out = subprocess.run(
+        [sys.executable, *_cli(corpus, features, "--batch_size", "3")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{n_parts} already done" in out.stdout
+    assert (features / "Memento10k" / "raw.h5").read_bytes() == ref_path.read_bytes()
+
+
+def test_torchrun_two_ranks_gives_identical_bytes(reference, corpus, tmp_path):
+    ref_path, _ = reference
+    features = tmp_path / "f"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *_cli(corpus, features, "--batch_size", "2")]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"raw: {N_GOOD} extracted, 0 already done, 2 failed" in out.stdout  # totals gathered over both ranks
+    assert (features / "Memento10k" / "raw.h5").read_bytes() == ref_path.read_bytes()
+
+
+class _CropProbe(Extractor):
+    family = "probe"
+    frame_spec = FrameSpec(4, (32, 32), "squash")
+
+    def extract(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
+        return [{"shape": np.array(c.frames.shape, np.float32)} for c in clips]
+
+
+def test_extract_family_with_a_gpu_style_extractor(corpus, tmp_path):
+    from dataset import load_records
+
+    cfg = gen_cfg(corpus, tmp_path)
+    records = load_records("Memento10k", cfg)
+    from features.extract import Dist
+
+    summary = extract_family(_CropProbe(cfg, "cpu"), records, cfg, Dist())
+    data = FeatureStore.at(tmp_path, "Memento10k", "probe").read()
+    assert summary.extracted == N_GOOD and set(data.failures) == {"broken_x", "empty_y"}
+    assert (data.features["shape"] == [4, 32, 32, 3]).all()
+
+
+def test_missing_dataset_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gen_features.py", "--dataset", "Memento10k", "--data_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as err:
+        gen_features.main_guard(gen_features.main)
+    assert err.value.code == 2
+    assert str(tmp_path / "Memento10k" / "memento_train_data.json") in capsys.readouterr().err
