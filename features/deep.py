@@ -66,13 +66,17 @@ class DeepExtractor(Extractor):
         self.use_channels_last = self.channels_last and self.device.type == "cuda"
         model = load_backbone(self.arch, cfg.weights_dir, self.smoke).to(self.device)
         if self.use_channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=self._memory_format)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         self.model = model
         shape = (1, 3) + (1,) * (self.input_ndim - 2)  # broadcast over (B, C, [T,] H, W)
         self._mean = torch.tensor(self.mean, device=self.device).view(shape)
         self._std = torch.tensor(self.std, device=self.device).view(shape)
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.input_ndim == 4 else torch.channels_last_3d
 
     def settings(self) -> dict:
         return {
@@ -101,7 +105,7 @@ class DeepExtractor(Extractor):
         x = x.movedim(-1, 1).float().div_(255)  # (N, 3, H, W) or (B, 3, T, H, W)
         x = (x - self._mean) / self._std
         # the NHWC uint8 layout already is channels-last memory: keep it for HRNet, make it contiguous otherwise
-        x = x.contiguous(memory_format=torch.channels_last) if self.use_channels_last else x.contiguous()
+        x = x.contiguous(memory_format=self._memory_format if self.use_channels_last else torch.contiguous_format)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return self.model.features(x).float()
 
