@@ -74,6 +74,11 @@ class DeepExtractor(Extractor):
         self._mean = torch.tensor(self.mean, device=self.device).view(shape)
         self._std = torch.tensor(self.std, device=self.device).view(shape)
 
+    def __getstate__(self) -> dict:
+        """Pickled copies (decoding workers under spawn/forkserver only read ``frame_spec``) leave the backbone behind:
+        pickling it would send hundreds of tensors (one file descriptor each) to every worker."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("model", "_mean", "_std")}
+
     @property
     def _memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.input_ndim == 4 else torch.channels_last_3d

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -151,6 +152,15 @@ def test_bad_variant_is_refused():
         HRNetExtractor(GenConfig(smoke_random_weights=True, hrnet_frames=3), "cpu")
 
 
+def test_pickled_extractor_leaves_the_backbone_behind():
+    """Decoding workers (spawn / forkserver) get a pickled extractor: it must not carry the model's tensors."""
+    ext = extractor("csn", {"csn_arch": "ir_csn_152"})
+    blob = pickle.dumps(ext)
+    copy = pickle.loads(blob)
+    assert len(blob) < 100_000 and not hasattr(copy, "model") and hasattr(ext, "model")
+    assert copy.frame_spec == ext.frame_spec and copy.settings() == ext.settings()
+
+
 def test_cpu_runs_fp32():
     assert compute_dtype(torch.device("cpu"), "bf16") is torch.float32
 
@@ -208,8 +218,8 @@ def test_backbone_dims_match_extractors():
     assert {BACKBONES[a].feature_dim for a in ("ip_csn_152", "ir_csn_152")} == {2048}
 
 
-# Runs the orchestrator in a fresh interpreter: its decoding workers are forked, and a fork taken after this test
-# process has used OpenCV's thread pool (writing the fixture videos, other tests) hangs in cv2.setNumThreads.
+# Runs the orchestrator in a fresh interpreter, under a timeout: its decoding workers are other processes, and a
+# worker forked from a process that has used OpenCV's thread pool (writing the fixture videos) hangs for ever.
 E2E_DRIVER = """
 import json, sys
 from config import GenConfig
