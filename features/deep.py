@@ -98,9 +98,10 @@ class DeepExtractor(Extractor):
 
     def _check(self, clip: Clip) -> None:
         frames = clip.frames
-        if frames.ndim != 4 or frames.shape[3] != 3 or tuple(frames.shape[1:3]) != tuple(self.frame_spec.size):
+        size_ok = frames.ndim == 4 and frames.shape[3] == 3 and tuple(frames.shape[1:3]) == tuple(self.frame_spec.size)
+        if not size_ok or frames.dtype != np.uint8:
             raise ValueError(
-                f"{self.family}: clip {clip.id} has frames of shape {frames.shape}; expected (T, "
+                f"{self.family}: clip {clip.id} has {frames.dtype} frames of shape {frames.shape}; expected (T, "
                 f"{self.frame_spec.size[0]}, {self.frame_spec.size[1]}, 3) uint8 RGB as decoded for {self.frame_spec}"
             )
 

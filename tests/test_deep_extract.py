@@ -136,9 +136,14 @@ def test_csn_batches_clips_of_different_lengths():
     np.testing.assert_allclose(out[2]["csn"], ext.extract(mixed[2:])[0]["csn"], rtol=1e-4, atol=1e-5)
 
 
-def test_wrong_frame_size_is_an_error():
+def test_wrong_frame_size_or_dtype_is_an_error():
+    ext = extractor("hrnet", {"hrnet_frames": 1})
     with pytest.raises(ValueError, match=r"expected \(T, 64, 64, 3\)"):
-        extractor("hrnet", {"hrnet_frames": 1}).extract(clips(1, size=32))
+        ext.extract(clips(1, size=32))
+    floats = clips(1)[0]
+    floats.frames = floats.frames / 255.0
+    with pytest.raises(ValueError, match="float64 frames"):
+        ext.extract([floats])
 
 
 @pytest.mark.parametrize("family", ["hrnet", "csn"])
