@@ -291,16 +291,18 @@ def run(cfg: GenConfig) -> list[Summary]:
     from features import load_extractors
 
     registry = load_extractors()
-    unknown = [f for f in cfg.features if f not in registry]
+    derived = {"similarity"}  # computed from other stores (features/similarity.py), after the video families
+    unknown = [f for f in cfg.features if f not in registry and f not in derived]
     if unknown:
-        raise ConfigError(f"unknown feature family {', '.join(unknown)}; choose from {', '.join(sorted(registry))}")
+        choices = ", ".join(sorted(registry) + sorted(derived))
+        raise ConfigError(f"unknown feature family {', '.join(unknown)}; choose from {choices}")
     dist = Dist.from_env()
     dist.init()
     try:
         records = load_records(cfg.dataset, cfg)
         device = resolve_device(cfg.device, dist)
         summaries = []
-        for family in cfg.features:
+        for family in [f for f in cfg.features if f in registry]:
             ext = registry[family](cfg, device)
             if getattr(ext, "dataset_crop", True):
                 ext.frame_spec = dataclasses.replace(ext.frame_spec, crop=dataset_crop(cfg.dataset))
@@ -308,6 +310,10 @@ def run(cfg: GenConfig) -> list[Summary]:
             if dist.rank == 0:
                 print(summary.text(), flush=True)
             summaries.append(summary)
+        if "similarity" in cfg.features and dist.rank == 0:
+            from features.similarity import compute_similarity
+
+            compute_similarity(cfg)
         return summaries
     finally:
         dist.close()

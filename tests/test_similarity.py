@@ -128,3 +128,21 @@ def test_training_with_similarity_module(corpus, tmp_path):
     assert ckpt["dims"] == {"similarity": onehot + 1}  # dbscan's one-hot (its width is data), then cosine_mean
     assert ckpt["sources"]["similarity_hrnet_f1"]["features"] == ["dbscan", "cosine_mean"]
     assert set(ckpt["stats"]) == {"similarity"}  # normalised with train statistics (--normalize_similarity)
+
+
+def test_gen_features_cli_computes_similarity_and_names_missing_sources(corpus):
+    import subprocess
+    import sys
+
+    from config import ROOT
+
+    data_dir, *_ = corpus
+    cmd = [sys.executable, "gen_features.py", "--dataset", "Memento10k", "--data_dir", str(data_dir), "--features",
+           "similarity", "--similarity_methods", "cosine_mean", "fractional_mean"]  # fmt: skip
+    ok = subprocess.run([*cmd, "--similarity_features", "hrnet"], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    store = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1")
+    assert store.read().dims == {"cosine_mean": 1, "fractional_mean": 1}
+    bad = subprocess.run([*cmd, "--similarity_features", "ip_csn_152"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2
+    assert "ip_csn_152.h5" in bad.stderr and "--features csn --csn_arch ip_csn_152" in bad.stderr
