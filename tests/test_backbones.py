@@ -99,6 +99,9 @@ def test_state_dict_matches_manifest(models, name):
     ours = [(k, _shape_str(v), str(v.dtype).removeprefix("torch.")) for k, v in get(models, name).state_dict().items()]
     assert ours == official  # same keys, shapes, dtypes, and order
     assert (len(rows), len(rows) - len(official)) == FILE_KEYS[name]
+    numel = [1 if s == "scalar" else int(torch.tensor([int(n) for n in s.split("x")]).prod()) for _, s, _ in rows]
+    n_bytes = sum(n * (8 if d == "int64" else 4) for n, (_, _, d) in zip(numel, rows, strict=True))
+    assert n_bytes == BACKBONES[name].min_bytes  # the size floor download.sh checks
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -208,3 +211,15 @@ def test_hrnet_output_is_bilinear_concat_of_branches(models):
 
     assert torch.equal(out, concat(False))
     assert not torch.allclose(out, concat(True))
+
+
+def test_download_script_and_readme_agree_with_the_registry():
+    script = (ROOT / "weights" / "download.sh").read_text()
+    readme = (ROOT / "weights" / "README.md").read_text()
+    entries = {}
+    for line in script.splitlines():
+        if line.strip().startswith('"') and line.count("|") == 3:
+            name, rel, url, size = line.strip().strip('"').split("|")
+            entries[rel] = (url, int(size))
+    assert entries == {b.file: (b.url, b.min_bytes) for b in BACKBONES.values()}
+    assert all(b.file in readme and b.url in readme for b in BACKBONES.values())
