@@ -132,6 +132,8 @@ class KDE(Method):
         from sklearn.model_selection import GridSearchCV, KFold
         from sklearn.neighbors import KernelDensity
 
+        import warnings
+
         rng = np.random.default_rng(seed)
         if len(train) > KDE_MAX_TRAIN:
             train = train[np.sort(rng.choice(len(train), KDE_MAX_TRAIN, replace=False))]
@@ -139,7 +141,11 @@ class KDE(Method):
             KernelDensity(kernel="epanechnikov"),
             {"bandwidth": np.logspace(-2, 2, 100)},
             cv=KFold(5, shuffle=True, random_state=seed),
-        ).fit(train)
+        )
+        with warnings.catch_warnings():  # compact kernels: too small a bandwidth scores -inf on held-out folds
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            grid.fit(train)
         bandwidth = grid.best_params_["bandwidth"]
         logp = KernelDensity(kernel="epanechnikov", bandwidth=bandwidth).fit(train).score_samples(train)
         return {"train": train, "bandwidth": np.array([bandwidth]), "train_logp_min": np.array([logp.min()])}

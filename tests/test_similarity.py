@@ -31,11 +31,15 @@ def corpus(tmp_path):
 
 def test_every_method_scores_against_direct_computation(corpus):
     data_dir, records, cluster, x = corpus
-    cfg = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
-                    similarity_methods=sorted(METHODS))  # fmt: skip
+    cfg = GenConfig(
+        data_dir=str(data_dir),
+        dataset="Memento10k",
+        similarity_features=["hrnet"],
+        similarity_methods=sorted(set(METHODS) - {"dbscan"}),
+    )  # dbscan: its own test below
     compute_similarity(cfg)
     data = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
-    assert set(data.features) == set(METHODS) and set(data.transforms) == set(METHODS)
+    assert set(data.features) == set(METHODS) - {"dbscan"} and set(data.transforms) == set(data.features)
     row = {i: k for k, i in enumerate(data.ids)}
     order = [row[r.id] for r in records]
     is_train = np.array([r.split == "train" for r in records])
@@ -53,7 +57,6 @@ def test_every_method_scores_against_direct_computation(corpus):
     sims = (x64 / np.linalg.norm(x64, axis=1, keepdims=True)) @ (xt / np.linalg.norm(xt, axis=1, keepdims=True)).T
     frac_above = [(np.sum(s >= 0.5) - t) / (len(xt) - t) for s, t in zip(sims, is_train, strict=True)]
     np.testing.assert_allclose(data.features["cosine_threshold0.5"][order, 0], frac_above, rtol=1e-5)
-    assert (data.features["dbscan"].sum(1) == 1).all()  # a one-hot, whatever clusters this small corpus gives
     kde = data.features["kde"][order, 0]
     assert np.isfinite(kde).all()
     far = METHODS["kde"].score(data.transforms["kde"].arrays, np.full((1, 10), 50.0), np.array([False]))
@@ -112,7 +115,10 @@ def test_fitted_on_train_only(corpus):
             np.testing.assert_array_equal(after.transforms[name].arrays[key], arr)
 
 
-def test_training_with_similarity_module(corpus, tmp_path):
+def test_training_with_similarity_module(corpus, tmp_path, monkeypatch):
+    import features.similarity as sim
+
+    monkeypatch.setitem(sim.TSNE_PARAMS, "max_iter", 250)  # the pipeline, not the embedding's quality, is tested here
     data_dir, *_ = corpus
     gen = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                     similarity_methods=["dbscan", "cosine_mean"])  # fmt: skip
