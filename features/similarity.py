@@ -129,10 +129,10 @@ class KDE(Method):
     """Minus the log-density of an Epanechnikov KDE fitted on train (bandwidth: 5-fold grid search, 100 values)."""
 
     def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+        import warnings
+
         from sklearn.model_selection import GridSearchCV, KFold
         from sklearn.neighbors import KernelDensity
-
-        import warnings
 
         rng = np.random.default_rng(seed)
         if len(train) > KDE_MAX_TRAIN:
