@@ -14,6 +14,7 @@ from features.raw import (
     RAW_FEATURES,
     HogPCA,
     RawExtractor,
+    _resize_frames,
     hog_descriptors,
     stored_dims,
 )
@@ -88,9 +89,27 @@ def test_blurriness_against_the_reference_fft_detector():
     frames = natural_frames(2)
     ours = RAW_FEATURES["blurriness"].fn(Clip("a", None, frames), {})[:, 0]
     ref = [reference_blur(f) for f in frames]
-    np.testing.assert_allclose(ours, ref, rtol=1e-4)
+    np.testing.assert_allclose(ours, ref, rtol=2e-5)
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 4) for f in frames])
     assert (RAW_FEATURES["blurriness"].fn(Clip("b", None, blurred), {})[:, 0] < ours - 5).all()
+
+
+@pytest.mark.parametrize("shape", [(192, 256), (257, 256), (255, 256), (256, 250), (40, 200)])
+def test_blurriness_against_the_reference_on_other_shapes(shape):
+    """Heights 375, 501 (odd), 498 at width 500; a frame whose resized height (100) is below the 120 square."""
+    h, w = shape
+    frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in natural_frames(2, seed=5)])
+    frames = np.concatenate([frames, np.full((1, h, w, 3), 90, np.uint8)])  # a flat frame: every |x| floored
+    ours = RAW_FEATURES["blurriness"].fn(Clip("a", None, frames), {})[:, 0]
+    if int(h * 500 / w) > 120:
+        np.testing.assert_allclose(ours, [reference_blur(f) for f in frames], rtol=2e-5)
+    assert ours[-1] == pytest.approx(20 * np.log(BLUR_FLOOR), rel=1e-6)
+
+
+def test_blur_resize_of_the_stacked_clip_is_the_per_frame_resize():
+    frames = np.random.default_rng(2).integers(0, 256, (45, 256, 256, 3), dtype=np.uint8)
+    per_frame = np.stack([cv2.resize(f, (500, 500), interpolation=cv2.INTER_AREA) for f in frames])
+    np.testing.assert_array_equal(_resize_frames(frames, 500, 500), per_frame)
 
 
 def translating(n: int, step: int, size: int = 256) -> np.ndarray:
