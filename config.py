@@ -195,6 +195,12 @@ class GenConfig(Paths):
     csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
     similarity_features: list[str] = opt(["hrnet", "ip_csn_152"], "feature spaces for similarity", SIMILARITY_FEATURES)
     similarity_methods: list[str] = opt(["dbscan"], "similarity methods", SIMILARITY_METHODS)
+    fit_on: str = opt(
+        "",
+        "use the transforms fitted on this dataset's train split (HOG PCA, similarity) instead of fitting: how your "
+        "own videos are scored (--dataset folder --fit_on Memento10k)",
+        ("",) + DATASET_NAMES,
+    )
     weights_dir: str = opt("weights", "folder holding the official backbone checkpoints (see weights/README.md)")
     smoke_random_weights: bool = opt(False, "run the deep backbones with RANDOM weights (pipeline tests only)")
     deep_dtype: str = opt("auto", "hrnet/csn compute dtype on CUDA (auto: bf16 where supported, else fp16); "

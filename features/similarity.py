@@ -216,49 +216,79 @@ METHODS: dict[str, Method] = {
 
 
 def compute_similarity(cfg: GenConfig, seed: int = 0) -> list[str]:
-    """Fit and score every (space, method) of ``cfg``; returns the paths of the stores written."""
+    """Fit and score every (space, method) of ``cfg``; returns the paths of the stores written.
+
+    With ``cfg.fit_on`` (another dataset, e.g. to score your own videos), nothing is fitted: the fitted state stored
+    by that dataset's similarity stores scores this dataset's videos, as its validation videos were scored."""
     from dataset import load_records
 
     records = load_records(cfg.dataset, cfg)
     train_ids = {r.id for r in records if r.split == "train"}
-    if not train_ids:
-        raise ConfigError(f"{cfg.dataset} has no train split to fit similarity on")
+    if not train_ids and not cfg.fit_on:
+        raise ConfigError(
+            f"{cfg.dataset} has no train split to fit similarity on; to score new videos with what a training "
+            "dataset fitted, pass --fit_on DATASET"
+        )
     written = []
     for space in cfg.similarity_features:
         store_name, feature = space_store(space, cfg.hrnet_frames)
-        source = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, store_name)
-        if not source.exists():
-            raise FileNotFoundError(
-                f"similarity in the {space} space needs {source.path}; compute it first with "
-                f"python gen_features.py --dataset {cfg.dataset} --features {space_family(space)}"
-            )
-        data = source.read()
+        data = _read_space(cfg, cfg.dataset, store_name, space)
         x = data.features[feature].astype(np.float64)
-        is_train = np.array([i in train_ids for i in data.ids])
-        if is_train.sum() < 10:
-            raise ConfigError(f"{source.path} holds only {int(is_train.sum())} train videos; extract the train split")
-        pca = fit_pca(x[is_train], seed)
-        z = apply_pca(pca, x)  # (N, 10)
         out = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, f"similarity_{store_name}")
-        previous = out.read() if out.exists() else None
-        feats = dict(previous.features) if previous and previous.ids == data.ids else {}
-        transforms = dict(previous.transforms) if feats else {}
-        for method in cfg.similarity_methods:
-            family = "hrnet" if space == "hrnet" else "csn"
-            m = METHODS[method]
-            space_x, reduce = (z, pca) if m.uses_pca else (x, {})
-            arrays = m.fit(space_x[is_train], family, seed)
-            feats[method] = m.score(arrays, space_x, is_train).astype(np.float32)
-            transforms[method] = Transform(reduce | arrays, {"space": space, "seed": seed, "fitted_on": "train",
-                                                          "n_train": int(is_train.sum())})  # fmt: skip
-        meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": bool(data.meta.get("smoke", False)),
-                "settings": {"source": store_name, "source_settings": data.meta.get("settings", {}), "seed": seed},
-                "code_version": code_version()}  # fmt: skip
+        if cfg.fit_on:
+            fitted = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, out.path.stem)
+            if not fitted.exists():
+                raise FileNotFoundError(f"--fit_on {cfg.fit_on}: {fitted.path} does not exist; compute it first")
+            stored = fitted.read()
+            missing = [m for m in cfg.similarity_methods if m not in stored.transforms]
+            if missing:
+                raise ConfigError(f"{fitted.path} has no fitted {', '.join(missing)}; compute them on {cfg.fit_on}")
+            feats, transforms = {}, {m: stored.transforms[m] for m in cfg.similarity_methods}
+            not_train = np.zeros(len(x), dtype=bool)
+            for method, t in transforms.items():
+                m = METHODS[method]
+                feats[method] = m.score(t.arrays, apply_pca(t.arrays, x) if m.uses_pca else x, not_train)
+            meta = stored.meta | {"dataset": cfg.dataset, "fit_on": cfg.fit_on}
+        else:
+            feats, transforms, meta = _fit_space(cfg, data, x, out, train_ids, space, store_name, seed)
         out.write(StoredFeatures(data.ids, feats, meta, transforms=transforms))
         dims = {m: feats[m].shape[1] for m in cfg.similarity_methods}
         print(f"similarity in {space} space ({store_name}): {dims} -> {out.path}")
         written.append(str(out.path))
     return written
+
+
+def _read_space(cfg: GenConfig, dataset: str, store_name: str, space: str) -> StoredFeatures:
+    source = FeatureStore.at(cfg.resolved_features_dir(), dataset, store_name)
+    if not source.exists():
+        raise FileNotFoundError(
+            f"similarity in the {space} space needs {source.path}; compute it first with "
+            f"python gen_features.py --dataset {dataset} --features {space_family(space)}"
+        )
+    return source.read()
+
+
+def _fit_space(cfg, data, x, out, train_ids, space, store_name, seed):  # noqa: ANN001, ANN202
+    """Fit every method of ``cfg`` on the train rows of one space; keep methods fitted earlier on the same rows."""
+    is_train = np.array([i in train_ids for i in data.ids])
+    if is_train.sum() < 10:
+        raise ConfigError(f"{store_name} holds only {int(is_train.sum())} train videos; extract the train split")
+    pca = fit_pca(x[is_train], seed)
+    z = apply_pca(pca, x)  # (N, 10)
+    previous = out.read() if out.exists() else None
+    feats = dict(previous.features) if previous and previous.ids == data.ids else {}
+    transforms = dict(previous.transforms) if feats else {}
+    for method in cfg.similarity_methods:
+        m = METHODS[method]
+        space_x, reduce = (z, pca) if m.uses_pca else (x, {})
+        arrays = m.fit(space_x[is_train], "hrnet" if space == "hrnet" else "csn", seed)
+        feats[method] = m.score(arrays, space_x, is_train).astype(np.float32)
+        info = {"space": space, "seed": seed, "fitted_on": "train", "n_train": int(is_train.sum())}
+        transforms[method] = Transform(reduce | arrays, info)
+    settings = {"source": store_name, "source_settings": data.meta.get("settings", {}), "seed": seed}
+    meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": bool(data.meta.get("smoke", False)),
+            "settings": settings, "code_version": code_version()}  # fmt: skip
+    return feats, transforms, meta
 
 
 def space_family(space: str) -> str:
