@@ -36,9 +36,12 @@ def natural_frames(n: int = 4, size: int = 256, seed: int = 0) -> np.ndarray:
 
 
 def test_hog_matches_scikit_image():
-    frames = natural_frames(3)
+    # 5 frames: two chunks of HOG_CHUNK (one partial), so the rows where stacked frames meet are exercised;
+    # the last is noise (large gradients of every sign, every bin)
+    noise = np.random.default_rng(4).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    frames = np.concatenate([natural_frames(4), noise])
     ours = hog_descriptors(frames)
-    assert ours.shape == (3, 31 * 31 * 36) == (3, 34596)
+    assert ours.shape == (5, 31 * 31 * 36) == (5, 34596)
     for i, f in enumerate(frames):
         ref = skimage_hog(f, 9, (8, 8), (2, 2), "L2-Hys", channel_axis=-1)
         np.testing.assert_allclose(ours[i], ref, atol=2e-6)
