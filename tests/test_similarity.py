@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from config import GenConfig, TrainConfig, parse_explicit
+from config import ConfigError, GenConfig, TrainConfig, parse_explicit
 from dataset import load_records
 from features.similarity import METHODS, apply_pca, compute_similarity, fit_pca
 from features.store import FeatureStore, StoredFeatures
@@ -152,3 +152,33 @@ def test_gen_features_cli_computes_similarity_and_names_missing_sources(corpus):
     bad = subprocess.run([*cmd, "--similarity_features", "ip_csn_152"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2
     assert "ip_csn_152.h5" in bad.stderr and "--features csn --csn_arch ip_csn_152" in bad.stderr
+
+
+def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
+    """Your own videos (the folder dataset) are scored with the state fitted on a training dataset."""
+    data_dir, records, _, x = corpus
+    features_dir = data_dir / "features"
+    methods = ["cosine_mean", "cosine_threshold0.5", "kde", "fractional_mean"]
+    compute_similarity(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                                 similarity_methods=methods))  # fmt: skip
+    fitted = FeatureStore.at(features_dir, "Memento10k", "similarity_hrnet_f1").read()
+    val = [k for k, r in enumerate(records) if r.split == "val"][:4]
+    mine = tmp_path / "my_videos"
+    mine.mkdir()
+    for k in range(4):
+        (mine / f"clip{k}.mp4").write_bytes(b"")  # the folder adapter only lists files
+    FeatureStore.at(features_dir, "folder", "hrnet_f1").write(
+        StoredFeatures([f"clip{k}" for k in range(4)], {"hrnet": x[val]}, META)  # copies of 4 val videos
+    )
+    cfg = GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder", fit_on="Memento10k",
+                    similarity_features=["hrnet"], similarity_methods=methods)  # fmt: skip
+    compute_similarity(cfg)
+    scored = FeatureStore.at(features_dir, "folder", "similarity_hrnet_f1").read()
+    row = {i: k for k, i in enumerate(fitted.ids)}
+    for method in methods:
+        expected = fitted.features[method][[row[records[k].id] for k in val]]
+        np.testing.assert_allclose(scored.features[method], expected, rtol=1e-5, atol=1e-6)
+    assert scored.meta["settings"] == fitted.meta["settings"] and scored.meta["fit_on"] == "Memento10k"
+    with pytest.raises(ConfigError, match="no train split"):
+        compute_similarity(GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder",
+                                     similarity_features=["hrnet"], similarity_methods=methods))  # fmt: skip
