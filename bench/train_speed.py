@@ -81,7 +81,8 @@ class PerFileDataset(torch.utils.data.Dataset):
             if m in ("raw", "similarity"):
                 x = (x - self.raw_mean[m]) / self.raw_std[m]
             parts.append(x)
-        return torch.from_numpy(np.concatenate(parts).astype(np.float32)), torch.tensor(self.scores[i], dtype=torch.float32)
+        x = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+        return x, torch.tensor(self.scores[i], dtype=torch.float32)
 
 
 def reference_style(root: Path, ids, blocks, scores, epochs: int, workers: int, seed: int) -> tuple[float, float]:
@@ -116,7 +117,7 @@ def reference_style(root: Path, ids, blocks, scores, epochs: int, workers: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--ref_epochs", type=int, default=20, help="epochs timed for the reference way (scaled to --epochs)")
+    ap.add_argument("--ref_epochs", type=int, default=20, help="reference-way epochs timed (scaled to --epochs)")
     ap.add_argument("--ref_workers", type=int, default=0, help="DataLoader workers of the reference way")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -124,7 +125,9 @@ def main() -> None:
         root = Path(tmp)
         t = time.perf_counter()
         ids, blocks, scores = make_corpus(root)
-        print(f"corpus: {N_TRAIN} train + {N_VAL} val videos, dims {BLOCKS}; written in {time.perf_counter() - t:.1f} s")
+        print(
+            f"corpus: {N_TRAIN} train + {N_VAL} val videos, dims {BLOCKS}; written in {time.perf_counter() - t:.1f} s"
+        )
         cfg = TrainConfig(
             data_dir=str(root / "data"), runs_dir=str(root / "runs"), name="bench", use_raw=True, use_hrnet=True,
             use_csn=True, extra_features=["sim"], normalize_extra=True, epochs=args.epochs, seed=3, device="cpu",
