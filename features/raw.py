@@ -213,10 +213,12 @@ def hog_feature(clip: Clip, ctx: dict) -> np.ndarray:
 
 
 def brightness(clip: Clip, ctx: dict) -> np.ndarray:
-    """(T, 1): mean of HSV V = max(R, G, B)."""
+    """(T, 1): mean of HSV V = max(R, G, B) (exact integer sums per frame)."""
     f = clip.frames
-    v = np.maximum(np.maximum(f[..., 0], f[..., 1]), f[..., 2])  # (T, H, W)
-    return v.reshape(len(f), -1).mean(axis=1, dtype=np.float64)[:, None]
+    T, H, W, _ = f.shape  # noqa: N806
+    r, g, b = cv2.split(np.ascontiguousarray(f).reshape(T * H, W, 3))
+    v = cv2.max(cv2.max(r, g), b).reshape(T, H * W)
+    return cv2.reduce(v, 1, cv2.REDUCE_SUM, dtype=cv2.CV_64F) / (H * W)
 
 
 def _grey(frames: np.ndarray) -> np.ndarray:
@@ -225,10 +227,10 @@ def _grey(frames: np.ndarray) -> np.ndarray:
 
 
 def contrast(clip: Clip, ctx: dict) -> np.ndarray:
-    """(T, 1): standard deviation of the grey level."""
+    """(T, 1): standard deviation of the grey level (population, ddof 0)."""
     g = ctx.get("grey")
     g = _grey(clip.frames) if g is None else g
-    return g.reshape(len(g), -1).std(axis=1, dtype=np.float64)[:, None]
+    return np.array([cv2.meanStdDev(frame)[1][0] for frame in g])
 
 
 _STACKED_RESIZE_OK: dict[tuple, bool] = {}
