@@ -19,8 +19,13 @@ normalised here: the training side fits the normalisation on the train split.
   zero the 120x120 square around DC (frequencies -60..59 on each axis), inverse FFT, mean of ``20*ln|x|``. |x| is
   floored at ``BLUR_FLOOR`` so that a flat frame gives a finite, precision-independent value instead of -inf.
 - ``meanOF``: mean magnitude of dense Farneback flow between consecutive sampled frames, computed on grey frames
-  downscaled to ``FLOW_SIZE`` (128x128) and expressed in pixels of the 256x256 frame (x 256/128). Half resolution
-  is a speed choice (4x faster; the reference never computed this feature for videos).
+  downscaled to ``FLOW_SIZE`` (80x80, ``INTER_AREA``) with ``FLOW_PARAMS`` (3 pyramid levels, 15-pixel windows,
+  1 iteration per level) and expressed in pixels of the 256x256 frame (x 256/80). The reference never computed this
+  feature for videos, so the definition is ours; resolution and iterations are a speed choice (OpenCV's Farneback
+  costs ~0.1 us per pixel per pair): 31 ms per 45-frame clip instead of 117 ms for 128x128 with 3 iterations. On 54
+  synthetic clips (the demo corpus's moving discs and drifting stripes, translations, moving squares) it ranks the
+  clips as 128x128/3 iterations does with Spearman 0.95 (median ratio 1.005); a 6-pixel translation reads 5.4
+  (5.2 at 128x128).
 - ``size_orig``: bytes of the original file's compressed video stream (PyAV packet sizes; audio and container
   excluded). For a ``videos_npy/<stem>.npy`` input it is measured on ``videos/<stem>.mp4`` of the official layout;
   when that original is absent the video FAILS with a clear reason (the .npy size is the same for every clip and
@@ -60,8 +65,8 @@ HOG_PCA_COMPONENTS = 10
 BLUR_WIDTH = 500
 BLUR_RADIUS = 60  # half-side of the zeroed square around DC
 BLUR_FLOOR = 1e-3
-FLOW_SIZE = 128
-FLOW_PARAMS = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2}
+FLOW_SIZE = 80
+FLOW_PARAMS = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 1, "poly_n": 5, "poly_sigma": 1.2}
 
 # --------------------------------------------------------------------------- HOG (scikit-image compatible)
 
