@@ -68,7 +68,7 @@ class Extractor(ABC):
     def extract(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
         """One ``{feature_name: 1-D float32 vector}`` per clip, in order. Raise to fail the batch."""
 
-    def fit(self, store, train_ids: list[str]) -> None:
+    def fit(self, store, train_ids: list[str] | None) -> None:
         """Fit transforms on the training split once extraction is complete (HOG PCA...). Default: nothing."""
         return None
 

@@ -32,7 +32,7 @@ import torch
 
 from config import ConfigError, GenConfig, code_version
 from features.base import Clip, Extractor
-from features.store import FeatureStore
+from features.store import FeatureStore, StoredFeatures, StoreError, Transform, check_compatible
 from features.video import VideoError, read_clip
 
 MAX_REASONS_SHOWN = 20
@@ -202,10 +202,43 @@ def store_meta(ext: Extractor, cfg: GenConfig) -> dict:
     }
 
 
-def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: GenConfig, dist: Dist, meta: dict) -> None:
-    """The family's pre-pass on the training videos (raw: fit the HOG PCA), once, by rank 0."""
+def adopt_transforms(ext: Extractor, store: FeatureStore, cfg: GenConfig, meta: dict) -> None:
+    """``--fit_on D``: copy the fitted transforms of D's store for this family (same settings) into this store."""
+    source = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, ext.store_name())
+    if not source.exists():
+        raise FileNotFoundError(
+            f"--fit_on {cfg.fit_on}: {source.path} does not exist; extract it first "
+            f"(python gen_features.py --dataset {cfg.fit_on} --features {ext.family})"
+        )
+    fitted = source.read()
+    check_compatible(fitted.meta, meta, str(source.path))
+    for name, transform in fitted.transforms.items():
+        adopted = Transform(transform.arrays, transform.info | {"adopted_from": cfg.fit_on})
+        if store.exists():
+            store.set_transform(name, adopted)
+        else:
+            store.write(StoredFeatures([], {}, meta, {}, {name: adopted}))
+
+
+def _prepare(
+    ext: Extractor, store: FeatureStore, records: list, cfg: GenConfig, dist: Dist, meta: dict
+) -> list[str] | None:
+    """The family's pre-pass on the training videos (raw: fit the HOG PCA), once, by rank 0. Returns the train ids
+    the transforms belong to (None when adopted from ``--fit_on``)."""
+    if cfg.fit_on:
+        if dist.rank == 0:
+            adopt_transforms(ext, store, cfg, meta)
+        dist.barrier()
+        if not ext.load_prepared(store, None):
+            raise StoreError(f"--fit_on {cfg.fit_on}: its {ext.store_name()} store holds no fitted transform")
+        return None
     train = [r for r in records if r.split == "train"]
     train_ids = [r.id for r in train]
+    if not train:
+        raise ConfigError(
+            f"{cfg.dataset} has no train split to fit the {ext.family} transforms on; to extract features of new "
+            "videos with what a training dataset fitted, pass --fit_on DATASET"
+        )
     if dist.rank == 0 and not ext.load_prepared(store, train_ids):
         items: dict[str, np.ndarray] = {}
         with _progress(len(train), f"{ext.family} pre-pass (train)", dist) as bar:
@@ -218,6 +251,7 @@ def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: GenConfig,
     dist.barrier()
     if dist.rank != 0 and not ext.load_prepared(store, train_ids):
         raise RuntimeError(f"rank {dist.rank}: rank 0 did not leave the fitted pre-pass in {store.path}")
+    return train_ids
 
 
 def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) -> Summary:
@@ -225,8 +259,9 @@ def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) ->
     store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, ext.store_name())
     summary = Summary(ext.family, str(store.path))
     meta = store_meta(ext, cfg)
+    train_ids = None if cfg.fit_on else [r.id for r in records if r.split == "train"]
     if hasattr(ext, "prepare_fit"):
-        _prepare(ext, store, records, cfg, dist, meta)
+        train_ids = _prepare(ext, store, records, cfg, dist, meta)
     if store.exists():
         data = store.read()
         done = set(data.ids) if cfg.retry_failed else set(data.ids) | set(data.failures)
@@ -267,7 +302,7 @@ def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) ->
     dist.barrier()
     if dist.rank == 0 and store.exists():
         store.compact()
-        ext.fit(store, [r.id for r in records if r.split == "train"])
+        ext.fit(store, train_ids)
     return summary
 
 

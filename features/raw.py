@@ -451,15 +451,17 @@ class RawExtractor(Extractor):
         }
 
     # pass 1 ------------------------------------------------------------------
-    def load_prepared(self, store: FeatureStore, train_ids: list[str]) -> bool:
-        """Load the stored HOG PCA if it was fitted on exactly ``train_ids``; False if there is none."""
+    def load_prepared(self, store: FeatureStore, train_ids: list[str] | None) -> bool:
+        """Load the stored HOG PCA if it was fitted on exactly ``train_ids``; False if there is none.
+
+        ``train_ids=None``: the PCA was adopted from another dataset (``--fit_on``) and is taken as it is."""
         if not store.exists():
             return False
         data = store.read()
         t = data.transforms.get(self.transform_name)
         if t is None:
             return False
-        if t.info.get("train_ids_sha1") != ids_digest(train_ids):
+        if train_ids is not None and t.info.get("train_ids_sha1") != ids_digest(train_ids):
             raise StoreError(
                 f"{store.path}: its HOG PCA was fitted on other training videos ({t.info.get('n_train_ids')} ids) "
                 f"than this dataset's {len(train_ids)}; delete the store to extract again"
@@ -503,7 +505,7 @@ class RawExtractor(Extractor):
             )
         return [raw_features(clip, self.hog_pca) for clip in clips]
 
-    def fit(self, store: FeatureStore, train_ids: list[str]) -> None:
+    def fit(self, store: FeatureStore, train_ids: list[str] | None) -> None:
         """The PCA was fitted before extraction (see the module docstring); check it matches the train split."""
         if not self.load_prepared(store, train_ids):
             raise StoreError(f"{store.path} has no HOG PCA transform; run gen_features.py --features raw again")

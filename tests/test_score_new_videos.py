@@ -1,0 +1,47 @@
+"""Scoring your own videos: raw features of a folder of videos with the HOG PCA fitted on the training dataset,
+then evaluate.py on the folder gives exactly the predictions the model gave those videos inside the dataset."""
+
+import csv
+import shutil
+
+import pytest
+
+from config import ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
+from features.extract import run
+from features.store import FeatureStore
+from model.training import run_evaluation, run_training
+from tests.fixtures_video import memento_layout
+
+
+def _predictions(path):
+    with open(path, newline="") as f:
+        return {row["id"]: float(row["pred"]) for row in csv.DictReader(f)}
+
+
+def test_folder_of_new_videos_is_scored_like_the_dataset(tmp_path):
+    data, features = tmp_path / "data", tmp_path / "features"
+    names = memento_layout(data / "Memento10k", 20, n_frames=8)
+    run(GenConfig(data_dir=str(data), features_dir=str(features), dataset="Memento10k", workers=1))
+    argv = ["--data_dir", str(data), "--features_dir", str(features), "--runs_dir", str(tmp_path / "runs"), "-n", "m",
+            "--use_raw", "--epochs", "2", "--hidden_channels", "16", "--seed", "0", "-s"]  # fmt: skip
+    run_training(*parse_explicit(TrainConfig, argv, check=False))
+    ckpt = str(tmp_path / "runs/m/best.pt")
+    run_evaluation(parse(EvalConfig, ["--checkpoint", ckpt, "--split", "val"]))
+    in_dataset = _predictions(tmp_path / "runs/m/predictions_Memento10k_val.csv")
+
+    mine = tmp_path / "my_videos"
+    mine.mkdir()
+    for name in names:
+        if name[: -len(".mp4")] in in_dataset:
+            shutil.copy(data / "Memento10k" / "videos" / name, mine / name)
+    folder = ["--dataset", "folder", "--data_dir", str(mine), "--features_dir", str(features)]
+    with pytest.raises(ConfigError, match="no train split to fit the raw transforms on.*--fit_on"):
+        run(parse(GenConfig, [*folder, "--workers", "1"]))  # nothing to fit the HOG PCA on without --fit_on
+    run(parse(GenConfig, [*folder, "--workers", "1", "--fit_on", "Memento10k"]))
+    stored = FeatureStore.at(features, "folder", "raw").read()
+    assert stored.transforms["hog_pca"].info["adopted_from"] == "Memento10k"
+    run_evaluation(parse(EvalConfig, ["--checkpoint", ckpt, *folder, "--split", "test"]))
+    new = _predictions(tmp_path / "runs/m/predictions_folder_test.csv")
+    assert new.keys() == in_dataset.keys() and len(new) == 4
+    for vid, pred in new.items():
+        assert pred == pytest.approx(in_dataset[vid], abs=1e-6)
