@@ -211,3 +211,21 @@ def test_cli_end_to_end_and_clear_errors(memento, tmp_path):
         "ip_csn_152.h5 does not exist" in bad.stderr
         and "gen_features.py --dataset Memento10k --features csn" in bad.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "optimizer, scheduler, expected_lr",
+    [
+        ("adam", "step", lambda e: 0.01 * 0.5 ** (e // 2)),
+        ("adamw", "cosine", lambda e: 0.01 * (1 + np.cos(np.pi * e / 4)) / 2),
+        ("sgd", "none", lambda e: 0.01),
+    ],
+)
+def test_optimizers_and_schedules(memento, tmp_path, optimizer, scheduler, expected_lr):
+    _import(memento, tmp_path)
+    extra = ["-n", optimizer, "--optimizer", optimizer, "--scheduler", scheduler, "--scheduler_gamma", "0.5",
+             "--scheduler_step_size", "2"]  # fmt: skip
+    _train(memento, tmp_path, *extra)
+    rows = [json.loads(line) for line in (tmp_path / f"runs/{optimizer}/metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["lr"] for r in rows], [expected_lr(e) for e in range(4)], rtol=1e-9)
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
