@@ -5,8 +5,6 @@ Writes ``metrics_<dataset>_<split>.json`` and ``predictions_<dataset>_<split>.cs
 then ``evaluate.py --checkpoint ... --dataset folder --data_dir DIR --split test``.
 """
 
-import json
-
 from config import EvalConfig, main_guard, parse
 
 
@@ -15,7 +13,12 @@ def main() -> None:
     from model.training import run_evaluation
 
     result = run_evaluation(cfg)
-    print(json.dumps(result, indent=2))
+    for split in ("train", "val", "test"):
+        if split in result:
+            r = result[split]
+            scores = ", ".join(f"{k} {r[k]:.4f}" for k in ("spearman", "kendall", "mse", "mae") if k in r)
+            print(f"{result['dataset']} {split}: {r['n']} videos ({r['n_scored']} scored) {scores}")
+    print(f"metrics and predictions: {result['out_dir']}")
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ def summary_lines(result: dict) -> list[str]:
     lines = [
         f"best epoch {best['epoch']} (selected on val, so optimistic): {fmt(best)}",
         f"last epoch {last['epoch']}: {fmt(last)}",
-        f"run directory: {result['run_dir']}",
+        f"run directory: {result['run_dir']} (plots: scatter_val.png, histograms_val.png, learning_curves.png)",
     ]
     if math.isnan(best["val_spearman"]):
         lines.insert(0, "warning: val Spearman is NaN")
