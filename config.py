@@ -246,8 +246,10 @@ def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
     for item in items:
         item = _ALIASES.get(item, item) if isinstance(item, str) else item
         try:
-            if tp is bool and not isinstance(item, bool):
+            if (tp is bool) != isinstance(item, bool):  # YAML's true/false only for booleans, and only they take it
                 raise TypeError
+            if tp is int and isinstance(item, float) and not item.is_integer():
+                raise ValueError  # 2.9 epochs is a mistake, not 2
             item = tp(item) if not isinstance(item, tp) else item
         except (TypeError, ValueError):
             raise ConfigError(f"{f.name}: {item!r} is not a valid {tp.__name__}") from None
@@ -303,7 +305,13 @@ def from_dict(cls: type, values: dict, source: str = "config") -> Any:
 def _explain_similarity(argv: list[str]) -> None:
     """The reference README passes ``--similarity_methods`` twice, the second time with feature names."""
     flagged = [i for i, a in enumerate(argv) if a == "--similarity_methods"]
-    feature_names = [a for i in flagged for a in argv[i + 1 :][:3] if a in SIMILARITY_FEATURES]
+    feature_names = []
+    for i in flagged:
+        for value in argv[i + 1 :]:
+            if value.startswith("-"):  # the next flag: its values are not methods
+                break
+            if value in SIMILARITY_FEATURES:
+                feature_names.append(value)
     if len(flagged) > 1 or feature_names:
         raise ConfigError(
             "--similarity_methods takes methods, not feature names, and given twice the second occurrence replaces the "

@@ -232,6 +232,12 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
     values = dict(ckpt["config"]) | explicit
     values |= {"checkpoint_local": str(path), "checkpoint_run_id": cfg.checkpoint_run_id}
     resumed = from_dict(TrainConfig, values, source=f"checkpoint {path}")
+    if resumed.scheduler == "cosine" and resumed.epochs != ckpt["config"]["epochs"]:
+        raise ConfigError(
+            f"{path} follows a cosine schedule over {ckpt['config']['epochs']} epochs; it cannot be stretched to "
+            f"{resumed.epochs} after the fact (its learning rate would jump back up). Resume with the same --epochs, "
+            "or start a new run (a step or constant schedule can be extended)"
+        )
     if not explicit.get("name"):
         resumed.name = Path(path).resolve().parent.name
         resumed.runs_dir = str(Path(path).resolve().parent.parent)

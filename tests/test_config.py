@@ -68,6 +68,9 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path):
         ("use_raw: true\nhrnet_frames: 3\n", "3 is not one of 1, 5, 9"),
         ("use_raw: true\nepochs: many\n", "'many' is not a valid int"),
         ("use_raw: yes-please\n", "is not a valid bool"),
+        ("use_raw: true\nepochs: 2.9\n", "2.9 is not a valid int"),
+        ("use_raw: true\nbatch_size: true\n", "True is not a valid int"),
+        ("use_raw: true\nlr: false\n", "False is not a valid float"),
     ],
 )
 def test_bad_yaml_names_the_valid_choices(tmp_path, yaml_text, message):
@@ -81,6 +84,12 @@ def test_reference_readme_similarity_command_is_explained():
     argv = ["--use_similarity", "--similarity_methods", "dbscan", "--similarity_methods", "hrnet", "ip_csn_152"]
     with pytest.raises(ConfigError, match="--similarity_features hrnet ip_csn_152"):
         parse(TrainConfig, argv)
+    with pytest.raises(ConfigError, match="takes methods, not feature names"):
+        parse(TrainConfig, ["--use_similarity", "--similarity_methods", "kde", "ip_csn_152"])
+    right = ["--use_similarity", "--similarity_methods", "dbscan", "--similarity_features", "hrnet", "ip_csn_152"]
+    cfg = parse(TrainConfig, [*right, "--csn_arch", "ir_csn_152"])
+    assert (cfg.similarity_methods, cfg.similarity_features) == (["dbscan"], ["hrnet", "ip_csn_152"])
+    assert parse(GenConfig, ["--similarity_methods", "kde", "--csn_arch", "ir_csn_152"]).similarity_methods == ["kde"]
 
 
 @pytest.mark.parametrize(

@@ -117,20 +117,49 @@ def test_train_learns_writes_run_dir_and_is_reproducible(memento, tmp_path):
     assert header == "id,score,pred_best,pred_last"
 
 
-def test_resume_continues_exactly(memento, tmp_path):
+@pytest.mark.parametrize("scheduler", ["step", "cosine"])
+def test_interrupted_run_resumes_exactly(memento, tmp_path, monkeypatch, scheduler):
+    """A run killed during epoch 2 of 4, resumed from its last.pt, ends exactly like an uninterrupted one."""
+    from model.training import Trainer
+
     _import(memento, tmp_path)
-    straight = _train(memento, tmp_path, "-n", "straight", "--epochs", "4")
-    _train(memento, tmp_path, "-n", "split", "--epochs", "2", "-s")
+    sched = ["--scheduler", scheduler, "--scheduler_step_size", "1", "--epochs", "4"]
+    straight = _train(memento, tmp_path, "-n", "straight", *sched)
+    real_epoch = Trainer.train_epoch
+
+    def killed_at_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(memento, tmp_path, "-n", "killed", "-s", *sched)
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
     cfg, explicit = parse_explicit(
-        TrainConfig, ["--checkpoint_local", str(tmp_path / "runs/split/last.pt"), "--epochs", "4"], check=False
+        TrainConfig, ["--checkpoint_local", str(tmp_path / "runs/killed/last.pt")], check=False
     )
     resumed = run_training(cfg, explicit)
-    assert resumed["run_dir"] == str(tmp_path / "runs/split")
+    assert resumed["run_dir"] == str(tmp_path / "runs/killed")
     assert resumed["last"]["epoch"] == 3
-    for key in ("val_spearman", "val_mse", "train_loss"):
+    for key in ("val_spearman", "val_mse", "train_loss", "lr"):
         assert resumed["last"][key] == straight["last"][key]
-    lines = (tmp_path / "runs/split/metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "runs/killed/metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+
+
+def test_resume_with_more_epochs(memento, tmp_path):
+    """A step schedule extends (its steps go on); a cosine one cannot and is refused with the reason."""
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "step", "-s", "--scheduler_step_size", "1", "--scheduler_gamma", "0.5")
+    argv = ["--checkpoint_local", str(tmp_path / "runs/step/last.pt"), "--epochs", "6"]
+    run_training(*parse_explicit(TrainConfig, argv, check=False))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "runs/step/metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(lrs, [0.01 * 0.5**e for e in range(6)])
+    _train(memento, tmp_path, "-n", "cos", "-s", "--scheduler", "cosine")
+    argv = ["--checkpoint_local", str(tmp_path / "runs/cos/last.pt"), "--epochs", "6"]
+    with pytest.raises(ConfigError, match="cosine schedule over 4 epochs; it cannot be stretched to 6"):
+        run_training(*parse_explicit(TrainConfig, argv, check=False))
 
 
 def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
