@@ -390,13 +390,20 @@ class FeatureTable:
             if len(sel):
                 split_data[split] = SplitData([scored[i].id for i in sel], x_all[sel].to(device), y_all[sel].to(device))
         dims = {m: blocks[m].shape[1] for m in sources}
-        provenance: dict[str, dict] = {}  # what the features were: store -> features, settings, smoke, dims
+        provenance: dict[str, dict] = {}  # what the features were, per store
         for pairs in sources.values():
             for store_name, name in pairs:
                 meta = stores[store_name].meta
-                settings, smoke = meta.get("settings", {}), bool(meta.get("smoke"))
                 entry = provenance.setdefault(
-                    store_name, {"features": [], "settings": settings, "smoke": smoke, "dims": {}}
+                    store_name,
+                    {
+                        "features": [],
+                        "settings": meta.get("settings", {}),
+                        "smoke": bool(meta.get("smoke")),
+                        "dims": {},
+                        # fitted transforms (HOG PCA, similarity state): features from another fit are another basis
+                        "transforms": {t: tr.digest() for t, tr in sorted(stores[store_name].transforms.items())},
+                    },
                 )
                 entry["features"].append(name)
                 entry["dims"][name] = stores[store_name].dims[name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from pathlib import Path
 
 import h5py
@@ -91,8 +92,10 @@ def import_features(cfg: GenConfig) -> StoredFeatures:
     from dataset import load_records
 
     reserved = {"raw", "hrnet", "csn", "similarity", "ip_csn_152", "ir_csn_152", "hrnet_f1", "hrnet_f5", "hrnet_f9"}
-    if cfg.name in reserved:
+    if cfg.name in reserved or cfg.name.startswith("similarity_"):
         raise ConfigError(f"--name {cfg.name!r} is a built-in module; choose another name for imported features")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
+        raise ConfigError(f"--name {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a file)")
     path = Path(cfg.import_path)
     ids, feats = read_table(path, cfg.name, cfg.ids, cfg.id_column)
     if len(set(ids)) != len(ids):
@@ -121,7 +124,9 @@ def import_features(cfg: GenConfig) -> StoredFeatures:
     meta = {
         "family": "import",
         "dataset": cfg.dataset,
-        "settings": {"source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+        # No settings: the features of new videos, imported from another file, must match a model trained on these.
+        "settings": {},
+        "provenance": {"source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
         "smoke": False,
         "code_version": code_version(),
     }

@@ -18,6 +18,7 @@ processed in, nor on how many processes shared the work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,6 +43,15 @@ class Transform:
 
     arrays: dict[str, np.ndarray]
     info: dict = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """Identity of the fitted state (its arrays): equal digests, same transform, wherever it was copied."""
+        h = hashlib.sha1()
+        for name in sorted(self.arrays):
+            arr = np.ascontiguousarray(self.arrays[name])
+            h.update(f"{name}{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
 
 
 @dataclass

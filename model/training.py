@@ -98,6 +98,12 @@ def check_sources(want: dict, have: dict) -> None:
         for key in ("features", "dims", "settings", "smoke"):
             if w.get(key) != h.get(key):
                 diffs.append(f"{store} {key}: checkpoint {w.get(key)!r}, feature store {h.get(key)!r}")
+        if w.get("transforms", {}) != h.get("transforms", {}):
+            diffs.append(
+                f"{store}: its fitted transforms ({', '.join(h.get('transforms', {})) or 'none'}) are not the ones "
+                "the checkpoint was trained with, so its features are in another basis; extract them with "
+                "gen_features.py --fit_on <the training dataset>"
+            )
     if diffs:
         raise ConfigError("the feature stores differ from the checkpoint's:\n  " + "\n  ".join(diffs))
 

@@ -8,7 +8,7 @@ import pytest
 
 from config import ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from features.extract import run
-from features.store import FeatureStore
+from features.store import FeatureStore, Transform
 from model.training import run_evaluation, run_training
 from tests.fixtures_video import memento_layout
 
@@ -45,3 +45,10 @@ def test_folder_of_new_videos_is_scored_like_the_dataset(tmp_path):
     assert new.keys() == in_dataset.keys() and len(new) == 4
     for vid, pred in new.items():
         assert pred == pytest.approx(in_dataset[vid], abs=1e-6)
+
+    # features computed with another HOG PCA (e.g. fitted on the folder's own videos) are in another basis: refused
+    store = FeatureStore.at(features, "folder", "raw")
+    pca = stored.transforms["hog_pca"]
+    store.set_transform("hog_pca", Transform({k: v * 1.01 for k, v in pca.arrays.items()}, pca.info))
+    with pytest.raises(ConfigError, match="raw: its fitted transforms \\(hog_pca\\) are not the ones"):
+        run_evaluation(parse(EvalConfig, ["--checkpoint", ckpt, *folder, "--split", "test"]))

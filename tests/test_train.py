@@ -46,7 +46,7 @@ def test_import_formats(memento, tmp_path, fmt):
     order = np.argsort(ids)
     assert data.ids == sorted(ids) and data.dims == {"clip": x.shape[1]}
     np.testing.assert_allclose(data.features["clip"], x[order], rtol=1e-6)
-    assert data.meta["family"] == "import" and len(data.meta["settings"]["sha256"]) == 64
+    assert data.meta["family"] == "import" and len(data.meta["provenance"]["sha256"]) == 64
 
 
 def test_import_refusals(memento, tmp_path):
@@ -57,8 +57,13 @@ def test_import_refusals(memento, tmp_path):
     np.savez(tmp_path / "y.npz", ids=np.array(["a", "b"]), emb=np.zeros((2, 2)))
     with pytest.raises(ConfigError, match="none of the 2 ids"):
         import_features(parse(GenConfig, [*base, str(tmp_path / "y.npz")]))
-    with pytest.raises(ConfigError, match="built-in module"):
-        import_features(parse(GenConfig, [*base[:-3], "--name", "raw", "--import", str(tmp_path / "y.npz")]))
+    for name, message in (
+        ("raw", "built-in module"),
+        ("similarity_hrnet_f1", "built-in module"),
+        ("../x", "use letters"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            import_features(parse(GenConfig, [*base[:-3], "--name", name, "--import", str(tmp_path / "y.npz")]))
 
 
 def _train(memento, tmp_path, *extra):
@@ -170,7 +175,11 @@ def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
     assert out["test"] == {"n": 10, "n_scored": 0}  # unlabelled test videos are scored, not measured
     assert (tmp_path / "runs/e/predictions_Memento10k_test.csv").is_file()
     assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all.json").read_text())["val"]["n"] == 20
-    ids, _ = signal_features(memento)
+    ids, x = signal_features(memento)
+    np.savez(tmp_path / "other.npz", ids=np.array(ids), emb=x + 0.01)  # the same kind of features, another file
+    gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "clip", "--import"]
+    import_features(parse(GenConfig, [*gen, str(tmp_path / "other.npz")]))
+    assert run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt")]))["val"]["n"] == 20
     np.savez(tmp_path / "wide.npz", ids=np.array(ids), emb=np.zeros((len(ids), 9)))
     import_features(
         parse(
