@@ -94,9 +94,22 @@ class Memento10k(Dataset):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """The official split pickle holds only lists/tuples of strings: refuse anything else (no code execution)."""
+    """The official split pickle holds two sequences of video names: Python lists/tuples of str, or numpy arrays /
+    numpy strings (its format is unconfirmed). Only the numpy classes needed to rebuild those are allowed: a pickle
+    can run code, a split file must not."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a split file")
 
 
@@ -147,8 +160,14 @@ class VideoMem(Dataset):
         """M3-S's pickle when present; else a seeded split written next to the data once, reused ever after."""
         official, ours = root / "train_test_split_videomem.pkl", root / "m3s_split_videomem.json"
         if official.is_file():
-            with official.open("rb") as f:
-                train, val = _RestrictedUnpickler(f).load()[:2]
+            try:
+                with official.open("rb") as f:
+                    loaded = _RestrictedUnpickler(f).load()
+                if isinstance(loaded, str | bytes) or len(loaded) < 2 or isinstance(loaded[0], str | bytes):
+                    raise ValueError(f"found a {type(loaded).__name__}")
+                train, val = ([str(n) for n in names] for names in loaded[:2])
+            except (pickle.UnpicklingError, TypeError, ValueError, EOFError) as err:
+                raise ConfigError(f"{official} is not a (train names, val names) pair: {err}") from err
         elif ours.is_file():
             saved = json.loads(ours.read_text())
             train, val = saved["train"], saved["val"]
@@ -209,7 +228,14 @@ class Folder(Dataset):
         if not root.is_dir():
             raise _missing(root, "Pass --data_dir pointing at a folder of videos.")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-        return [VideoRecord(video_id(p.name), p, "test", None) for p in files if "features" not in p.parts]
+        # the id is the path below the folder without its suffix, so a/clip.mp4 and b/clip.mp4 stay two videos;
+        # a features/ folder inside it (the default feature store location) holds no videos
+        rel = [p.relative_to(root) for p in files]
+        return [
+            VideoRecord(video_id(r.as_posix()), p, "test", None)
+            for r, p in zip(rel, files, strict=True)
+            if r.parts[0] != "features"
+        ]
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (Memento10k(), VideoMem(), LaMem(), Demo(), Folder())}

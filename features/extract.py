@@ -340,7 +340,9 @@ def run(cfg: GenConfig) -> list[Summary]:
         for family in [f for f in cfg.features if f in registry]:
             ext = registry[family](cfg, device)
             if getattr(ext, "dataset_crop", True):
-                ext.frame_spec = dataclasses.replace(ext.frame_spec, crop=dataset_crop(cfg.dataset))
+                # new videos are framed like the training dataset's (VideoMem: centre crop)
+                crop = dataset_crop(cfg.fit_on or cfg.dataset)
+                ext.frame_spec = dataclasses.replace(ext.frame_spec, crop=crop)
             summary = extract_family(ext, records, cfg, dist)
             if dist.rank == 0:
                 print(summary.text(), flush=True)

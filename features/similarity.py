@@ -275,9 +275,21 @@ def _fit_space(cfg, data, x, out, train_ids, space, store_name, seed):  # noqa: 
         raise ConfigError(f"{store_name} holds only {int(is_train.sum())} train videos; extract the train split")
     pca = fit_pca(x[is_train], seed)
     z = apply_pca(pca, x)  # (N, 10)
+    settings = {"source": store_name, "source_settings": data.meta.get("settings", {}), "seed": seed}
+    smoke = bool(data.meta.get("smoke", False))
     previous = out.read() if out.exists() else None
-    feats = dict(previous.features) if previous and previous.ids == data.ids else {}
-    transforms = dict(previous.transforms) if feats else {}
+    # methods fitted earlier are kept only if they were fitted on these very features (same videos, same settings)
+    same = (
+        previous
+        and previous.ids == data.ids
+        and (previous.meta.get("settings"), previous.meta.get("smoke"))
+        == (
+            settings,
+            smoke,
+        )
+    )
+    feats = dict(previous.features) if same else {}
+    transforms = dict(previous.transforms) if same else {}
     for method in cfg.similarity_methods:
         m = METHODS[method]
         space_x, reduce = (z, pca) if m.uses_pca else (x, {})
@@ -285,9 +297,8 @@ def _fit_space(cfg, data, x, out, train_ids, space, store_name, seed):  # noqa: 
         feats[method] = m.score(arrays, space_x, is_train).astype(np.float32)
         info = {"space": space, "seed": seed, "fitted_on": "train", "n_train": int(is_train.sum())}
         transforms[method] = Transform(reduce | arrays, info)
-    settings = {"source": store_name, "source_settings": data.meta.get("settings", {}), "seed": seed}
-    meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": bool(data.meta.get("smoke", False)),
-            "settings": settings, "code_version": code_version()}  # fmt: skip
+    meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": smoke, "settings": settings,
+            "code_version": code_version()}  # fmt: skip
     return feats, transforms, meta
 
 

@@ -82,6 +82,31 @@ def test_videomem_official_pickle_split(videomem_real):
     assert DATASETS["VideoMem"].crop == "center"
 
 
+def test_videomem_pickle_of_numpy_arrays(videomem_real):
+    """sklearn's train_test_split on an array gives numpy arrays of numpy strings: accepted, as plain names."""
+    root = videomem_real / "VideoMem"
+    names = np.array(
+        [line.split(",")[0] for line in (root / "ground-truth_dev-set.csv").read_text("utf-8-sig").splitlines()[1:]]
+    )
+    with (root / "train_test_split_videomem.pkl").open("wb") as f:
+        pickle.dump((names[:6000], list(names[6000:])), f)
+    records = load_records("VideoMem", Paths(data_dir=str(videomem_real)))
+    assert sum(r.split == "train" for r in records) == 6000 and all(isinstance(r.id, str) for r in records)
+    (root / "train_test_split_videomem.pkl").write_bytes(pickle.dumps("just a string"))
+    with pytest.raises(ConfigError, match="is not a \\(train names, val names\\) pair"):
+        load_records("VideoMem", Paths(data_dir=str(videomem_real)))
+
+
+def test_folder_ids_are_relative_paths(tmp_path):
+    root = tmp_path / "features" / "my videos"  # a parent folder named features is fine
+    for rel in ("a/clip.mp4", "b/clip.mp4", "top.webm", "features/ignored.mp4", "notes.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    records = load_records("folder", Paths(data_dir=str(root)))
+    assert [r.id for r in records] == ["a/clip", "b/clip", "top"]
+    assert all(r.split == "test" and r.score is None for r in records)
+
+
 def test_split_pickle_with_code_is_refused(videomem_real):
     class Evil:
         def __reduce__(self):
@@ -89,7 +114,7 @@ def test_split_pickle_with_code_is_refused(videomem_real):
 
     with (videomem_real / "VideoMem" / "train_test_split_videomem.pkl").open("wb") as f:
         pickle.dump((Evil(), []), f)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+    with pytest.raises(ConfigError, match="refusing to load builtins.print"):
         load_records("VideoMem", Paths(data_dir=str(videomem_real)))
 
 

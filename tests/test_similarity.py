@@ -182,3 +182,23 @@ def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
     with pytest.raises(ConfigError, match="no train split"):
         compute_similarity(GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder",
                                      similarity_features=["hrnet"], similarity_methods=methods))  # fmt: skip
+
+
+def test_methods_of_an_older_source_are_dropped(corpus):
+    """Re-extracted source features (here: other values and settings) invalidate every method fitted on the old ones."""
+    data_dir, records, _, x = corpus
+    cfg = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                    similarity_methods=["kde"])  # fmt: skip
+    compute_similarity(cfg)
+    FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(
+        StoredFeatures([r.id for r in records], {"hrnet": x * 2}, META | {"settings": {"frames": 1, "weights": "real"}})
+    )
+    compute_similarity(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+                                 similarity_methods=["cosine_mean"]))  # fmt: skip
+    after = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
+    assert set(after.features) == {"cosine_mean"}  # the stale kde is gone
+    compute_similarity(cfg)  # same source again: methods accumulate
+    assert set(FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read().features) == {
+        "cosine_mean",
+        "kde",
+    }
