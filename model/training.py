@@ -244,7 +244,7 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
             f"{resumed.epochs} after the fact (its learning rate would jump back up). Resume with the same --epochs, "
             "or start a new run (a step or constant schedule can be extended)"
         )
-    if not explicit.get("name"):
+    if cfg.checkpoint_local and not explicit.get("name"):  # a local checkpoint's run goes on in its own directory
         resumed.name = Path(path).resolve().parent.name
         resumed.runs_dir = str(Path(path).resolve().parent.parent)
     return resumed, ckpt

@@ -267,3 +267,35 @@ def test_optimizers_and_schedules(memento, tmp_path, optimizer, scheduler, expec
     rows = [json.loads(line) for line in (tmp_path / f"runs/{optimizer}/metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([r["lr"] for r in rows], [expected_lr(e) for e in range(4)], rtol=1e-9)
     assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_resume_from_a_wandb_artifact(memento, tmp_path, monkeypatch):
+    """--checkpoint_run_id / --checkpoint_epoch fetch the artifact model-<run id>:epoch-<N> (faked API: no network);
+    the run goes on under its own name in --runs_dir, not in wandb's download cache."""
+    import shutil
+
+    import wandb
+
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "src", "-s", "--epochs", "2")
+    asked = []
+
+    class FakeArtifact:
+        def download(self):
+            folder = tmp_path / "artifact"
+            folder.mkdir(exist_ok=True)
+            shutil.copy(tmp_path / "runs/src/last.pt", folder / "checkpoint.pt")
+            return str(folder)
+
+    class FakeApi:
+        def artifact(self, name, type=None):  # noqa: A002 - wandb's own keyword
+            asked.append((name, type))
+            return FakeArtifact()
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    monkeypatch.delenv("WANDB_MODE")
+    argv = ["--checkpoint_run_id", "me/m3s/abc123", "--checkpoint_epoch", "1", "--epochs", "3",
+            "--runs_dir", str(tmp_path / "runs2")]  # fmt: skip
+    result = run_training(*parse_explicit(TrainConfig, argv, check=False))
+    assert asked == [("me/m3s/model-abc123:epoch-1", "model")]
+    assert result["last"]["epoch"] == 2 and result["run_dir"] == str(tmp_path / "runs2/src")
