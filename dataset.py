@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import ConfigError, ModuleConfig, Paths
+from config import ConfigError, GenConfig, ModuleConfig, Paths
 from features.store import FeatureStore, StoredFeatures, atomic_path
 
 SPLITS = ("train", "val", "test")
@@ -289,7 +289,8 @@ def module_sources(cfg: ModuleConfig, stores: dict[str, StoredFeatures] | None =
     return sources
 
 
-def _gen_command(store_name: str, cfg: ModuleConfig) -> str:
+def gen_command(store_name: str, cfg: ModuleConfig | GenConfig) -> str:
+    """The gen_features.py command that creates a store."""
     base = f"python gen_features.py --dataset {cfg.dataset}"
     if store_name == "raw":
         return f"{base} --features raw"
@@ -347,7 +348,7 @@ class FeatureTable:
                 if not store.exists():
                     raise FileNotFoundError(
                         f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
-                        f"Compute them with: {_gen_command(store_name, cfg)}"
+                        f"Compute them with: {gen_command(store_name, cfg)}"
                     )
                 stores[store_name] = store.read()
         sources = module_sources(cfg, stores)
@@ -361,6 +362,20 @@ class FeatureTable:
             )
             scored = [r for r in scored if r.id not in failed]
 
+        rows: dict[str, np.ndarray] = {}  # store -> the row of each scored video, looked up once per store
+        for module, pairs in sources.items():
+            for store_name in dict.fromkeys(name for name, _ in pairs):
+                if store_name in rows:
+                    continue
+                row = {vid: i for i, vid in enumerate(stores[store_name].ids)}
+                missing = [r.id for r in scored if r.id not in row]
+                if missing:
+                    raise ConfigError(
+                        f"{len(missing)} of {len(scored)} videos have no {module} features in "
+                        f"{FeatureStore.at(features_dir, cfg.dataset, store_name).path} "
+                        f"(first: {', '.join(missing[:5])}). Compute them with: {gen_command(store_name, cfg)}"
+                    )
+                rows[store_name] = np.array([row[r.id] for r in scored], dtype=np.int64)
         columns: dict[Source, np.ndarray] = {}  # (store, feature) -> (N, D) over `scored`
         for module, pairs in sources.items():
             for store_name, name in pairs:
@@ -369,17 +384,9 @@ class FeatureTable:
                     have = sorted(data.features)
                     raise ConfigError(
                         f"{module}: store {store_name} has no feature {name!r}; it has {have}. "
-                        f"Compute it with: {_gen_command(store_name, cfg)}"
+                        f"Compute it with: {gen_command(store_name, cfg)}"
                     )
-                row = {vid: i for i, vid in enumerate(data.ids)}
-                missing = [r.id for r in scored if r.id not in row]
-                if missing:
-                    raise ConfigError(
-                        f"{len(missing)} of {len(scored)} videos have no {module} features in "
-                        f"{FeatureStore.at(features_dir, cfg.dataset, store_name).path} "
-                        f"(first: {', '.join(missing[:5])}). Compute them with: {_gen_command(store_name, cfg)}"
-                    )
-                columns[store_name, name] = data.features[name][[row[r.id] for r in scored]].reshape(len(scored), -1)
+                columns[store_name, name] = data.features[name][rows[store_name]].reshape(len(scored), -1)
         blocks: dict[str, np.ndarray] = {}  # module -> (N, D_module)
         for module, pairs in sources.items():
             block = np.concatenate([columns[pair] for pair in pairs], axis=1).astype(np.float32)

@@ -232,7 +232,7 @@ def compute_similarity(cfg: GenConfig, seed: int = 0) -> list[str]:
     written = []
     for space in cfg.similarity_features:
         store_name, feature = space_store(space, cfg.hrnet_frames)
-        data = _read_space(cfg, cfg.dataset, store_name, space)
+        data = _read_space(cfg, store_name, space)
         x = data.features[feature].astype(np.float64)
         out = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, f"similarity_{store_name}")
         if cfg.fit_on:
@@ -258,12 +258,13 @@ def compute_similarity(cfg: GenConfig, seed: int = 0) -> list[str]:
     return written
 
 
-def _read_space(cfg: GenConfig, dataset: str, store_name: str, space: str) -> StoredFeatures:
-    source = FeatureStore.at(cfg.resolved_features_dir(), dataset, store_name)
+def _read_space(cfg: GenConfig, store_name: str, space: str) -> StoredFeatures:
+    from dataset import gen_command
+
+    source = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, store_name)
     if not source.exists():
         raise FileNotFoundError(
-            f"similarity in the {space} space needs {source.path}; compute it first with "
-            f"python gen_features.py --dataset {dataset} --features {space_family(space)}"
+            f"similarity in the {space} space needs {source.path}; compute it first with {gen_command(store_name, cfg)}"
         )
     return source.read()
 
@@ -300,7 +301,3 @@ def _fit_space(cfg, data, x, out, train_ids, space, store_name, seed):  # noqa: 
     meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": smoke, "settings": settings,
             "code_version": code_version()}  # fmt: skip
     return feats, transforms, meta
-
-
-def space_family(space: str) -> str:
-    return "hrnet" if space == "hrnet" else f"csn --csn_arch {space}"
