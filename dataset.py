@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from config import ConfigError, GenConfig, ModuleConfig, Paths
-from features.store import FeatureStore, StoredFeatures, atomic_path
+from features.store import FeatureStore, StoredFeatures, atomic_write
 
 SPLITS = ("train", "val", "test")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".npy")
@@ -176,9 +176,8 @@ class VideoMem(Dataset):
             random.Random(self.split_seed).shuffle(shuffled)
             n_val = round(len(shuffled) * self.val_fraction)
             val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
-            tmp = atomic_path(ours)
-            tmp.write_text(json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0))
-            os.replace(tmp, ours)
+            with atomic_write(ours) as tmp:
+                tmp.write_text(json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0))
         split = {n: "train" for n in train} | {n: "val" for n in val}
         missing = [n for n in names if n not in split]
         if missing:

@@ -15,13 +15,12 @@ memorability score is, with noise, higher for bright, contrasted, sharp, moving 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from features.store import atomic_path
+from features.store import atomic_write
 
 DEMO_VERSION = 1
 N_FRAMES, HEIGHT, WIDTH, FPS = 24, 96, 128, 24
@@ -69,17 +68,11 @@ def _clip(scene: tuple, bright: float, contrast: float, blur: float, speed: floa
 
 
 def _write_video(path: Path, frames: np.ndarray) -> None:
-    placeholder = atomic_path(path)
-    placeholder.unlink()
-    tmp = placeholder.with_suffix(".mp4")  # the writer picks the container from the suffix
-    try:
+    with atomic_write(path, suffix=".mp4") as tmp:  # the writer picks the container from the suffix
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
         for f in frames:
             writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
         writer.release()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -156,9 +149,5 @@ def ensure_demo_corpus(root: Path, n_videos: int = 300, seed: int = 0) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

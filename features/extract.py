@@ -262,11 +262,7 @@ def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) ->
     train_ids = None if cfg.fit_on else [r.id for r in records if r.split == "train"]
     if hasattr(ext, "prepare_fit"):
         train_ids = _prepare(ext, store, records, cfg, dist, meta)
-    if store.exists():
-        data = store.read()
-        done = set(data.ids) if cfg.retry_failed else set(data.ids) | set(data.failures)
-    else:
-        done = set()
+    done = store.done_ids(include_failed=not cfg.retry_failed)
     # shard by position in the dataset, not in the to-do list: the assignment must not depend on what other ranks
     # have already written when this rank looks
     mine = records[dist.rank :: dist.world]

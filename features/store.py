@@ -23,6 +23,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,34 +71,37 @@ class StoredFeatures:
         return {name: int(m.shape[1]) for name, m in self.features.items()}
 
 
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path``: same directory (so ``os.replace`` is atomic), name ignored by readers."""
+@contextmanager
+def atomic_write(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one step (same directory, so
+    ``os.replace`` is atomic), on failure it is removed. Readers ignore its name (``.<name>.<random><suffix>``)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_h5(path: Path, data: StoredFeatures) -> None:
     """Write ``data`` to ``path`` atomically and deterministically (no timestamps: same data, same bytes)."""
-    tmp = atomic_path(path)
-    try:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            f.attrs["meta"] = json.dumps(data.meta, sort_keys=True)
-            _dataset(f, "ids", np.array(data.ids, dtype=object), _STR)
-            for name, matrix in sorted(data.features.items()):
-                _dataset(f, f"features/{name}", np.ascontiguousarray(matrix, dtype=np.float32))
-            failed = sorted(data.failures)
-            _dataset(f, "failures/ids", np.array(failed, dtype=object), _STR)
-            _dataset(f, "failures/reasons", np.array([data.failures[i] for i in failed], dtype=object), _STR)
-            for tname, transform in sorted(data.transforms.items()):
-                group = f.require_group(f"transforms/{tname}")
-                group.attrs["info"] = json.dumps(transform.info, sort_keys=True)
-                for aname, arr in sorted(transform.arrays.items()):
-                    _dataset(f, f"transforms/{tname}/{aname}", np.asarray(arr))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        f.attrs["meta"] = json.dumps(data.meta, sort_keys=True)
+        _dataset(f, "ids", np.array(data.ids, dtype=object), _STR)
+        for name, matrix in sorted(data.features.items()):
+            _dataset(f, f"features/{name}", np.ascontiguousarray(matrix, dtype=np.float32))
+        failed = sorted(data.failures)
+        _dataset(f, "failures/ids", np.array(failed, dtype=object), _STR)
+        _dataset(f, "failures/reasons", np.array([data.failures[i] for i in failed], dtype=object), _STR)
+        for tname, transform in sorted(data.transforms.items()):
+            group = f.require_group(f"transforms/{tname}")
+            group.attrs["info"] = json.dumps(transform.info, sort_keys=True)
+            for aname, arr in sorted(transform.arrays.items()):
+                _dataset(f, f"transforms/{tname}/{aname}", np.asarray(arr))
 
 
 def _as_rows(values: np.ndarray, n: int) -> np.ndarray:
@@ -165,12 +170,13 @@ class FeatureStore:
                 return json.loads(f.attrs["meta"])
         raise StoreError(f"no feature store at {self.path}")
 
-    def done_ids(self) -> set[str]:
-        """Ids already stored or already failed: an extraction skips them, which is how a killed run resumes."""
+    def done_ids(self, include_failed: bool = True) -> set[str]:
+        """Ids already stored (and already failed, unless ``include_failed`` is False, as for ``--retry_failed``):
+        an extraction skips them, which is how a killed run resumes."""
         if not self.exists():
             return set()
         data = self.read()
-        return set(data.ids) | set(data.failures)
+        return set(data.ids) | (set(data.failures) if include_failed else set())
 
     def append(
         self,

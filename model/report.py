@@ -13,15 +13,15 @@ import torch
 import yaml
 
 from config import ConfigError, TrainConfig
+from features.store import atomic_write
 from model.metrics import HIST_BINS, histogram
 
 PLOTS = ("scatter_val.png", "histograms_val.png", "learning_curves.png")
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -29,21 +29,18 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_torch(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, columns: dict[str, np.ndarray]) -> None:
     """CSV ``id, score, <prediction columns>`` (score empty where unknown)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "score", *columns])
         for i, vid in enumerate(ids):
             score = "" if true is None else f"{true[i]:.6f}"
             w.writerow([vid, score, *(f"{c[i]:.6f}" for c in columns.values())])
-    os.replace(tmp, path)
 
 
 def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndarray, title: str) -> list[Path]:

@@ -32,6 +32,7 @@ def test_append_read_compact_roundtrip(tmp_path):
     np.testing.assert_array_equal(data.features["a"], _rows(["v1", "v2", "v3"])["a"])
     assert data.failures == {"bad": "truncated file"}
     assert store.done_ids() == {"v1", "v2", "v3", "bad"}
+    assert store.done_ids(include_failed=False) == {"v1", "v2", "v3"}
     store.compact()
     assert store.path.exists() and not store.parts_dir.exists()
     again = store.read()
