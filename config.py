@@ -2,6 +2,10 @@
 
 ``parse(TrainConfig, argv)`` reads ``--config file.yaml`` first (its keys become defaults), then the flags, which win.
 Unknown keys and bad values are errors that name the valid choices. Flags keep the reference M3-S names.
+
+The configs ask the registries for every name they offer: the tiers (``tiers.TIERS``: each tier's ``--use_<name>``
+switch and its own options), the datasets (``dataset.DATASETS``), the losses (``model.losses.LOSSES``). Adding a tier
+or a loss never touches this file.
 """
 
 from __future__ import annotations
@@ -9,48 +13,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__version__ = "0.1.0"
+from core.io import ROOT, ConfigError, M3SError, __version__, code_version
+from dataset import DATASETS
+from model.losses import LOSSES
+from tiers import TIERS, module_tiers
+from tiers.base import Option
 
-ROOT = Path(__file__).resolve().parent
-DATASET_NAMES = ("Memento10k", "VideoMem", "LaMem", "demo", "folder")
-RAW_FEATURES = ("hog", "brightness", "contrast", "blurriness", "size_orig", "meanOF")
-CSN_ARCHS = ("ip_csn_152", "ir_csn_152")
-LOSSES = ("mse", "l1", "mse_tails", "spearman", "mse_to_spearman")
-SIMILARITY_METHODS = (
-    "dbscan",
-    "kde",
-    "cosine_mean",
-    "cosine_threshold0.4",
-    "cosine_threshold0.5",
-    "cosine_threshold0.7",
-    "fractional_mean",
-)
-SIMILARITY_FEATURES = ("hrnet", "ip_csn_152", "ir_csn_152")
+__all__ = ["ROOT", "ConfigError", "EvalConfig", "GenConfig", "TrainConfig", "__version__", "code_version", "parse"]
 
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout (recorded in stores and checkpoints)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
-
-
-class ConfigError(ValueError):
-    """A bad config value or key; the message says what is valid."""
+DATASET_NAMES = tuple(DATASETS)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("step", "cosine", "none")
+FAMILIES = tuple(t.name for t in TIERS.values() if t.computed)  # what gen_features.py --features computes
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, short: str | None = None, flag: str | None = None):
@@ -59,6 +42,18 @@ def opt(default: Any, help: str, choices: tuple | None = None, short: str | None
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _tier_fields(gen: bool) -> list[tuple[str, Any, dataclasses.Field]]:
+    """Every tier's fields: its switch (train side) and its options (those marked ``gen`` for gen_features.py)."""
+    out = []
+    for tier in TIERS.values():
+        if tier.has_switch and not gen:
+            out.append((tier.switch, bool, opt(False, tier.help or f"use the {tier.name} tier")))
+        for name, o in tier.options(TIERS).items():
+            if (o.gen if gen else o.train) and name not in {f[0] for f in out}:
+                out.append((name, o.type, opt(o.default, o.help, o.choices)))
+    return out
 
 
 def default_data_dir() -> str:
@@ -79,40 +74,20 @@ class Paths:
         return Path(self.features_dir) if self.features_dir else self.resolved_data_dir() / "features"
 
 
-@dataclass
-class ModuleConfig(Paths):
-    """Which modules (tiers) feed the model, and how their features are prepared. Shared by train and evaluate."""
+def _modules(self: Any) -> list[str]:
+    """The chosen modules, in the model's fixed input order (the tier registry's)."""
+    return list(module_tiers(self))
 
-    dataset: str = opt("Memento10k", "dataset to train on", DATASET_NAMES)
-    use_raw: bool = opt(False, "use the raw (low-level) tier")
-    raw_features: list[str] = opt(list(RAW_FEATURES), "raw features, in input order", RAW_FEATURES)
-    normalize_raw: bool = opt(True, "standardise raw features with train-split mean/std")
-    use_temporal_std: bool = opt(False, "append the temporal std of per-frame raw features after their mean")
-    use_hrnet: bool = opt(False, "use the hrnet (scene semantics) tier")
-    hrnet_frames: int = opt(1, "HRNet frames averaged per video", (1, 5, 9))
-    use_csn: bool = opt(False, "use the csn (actions) tier")
-    csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
-    use_similarity: bool = opt(False, "use the similarity (distinctiveness) tier")
-    similarity_features: list[str] = opt(["hrnet", "ip_csn_152"], "feature spaces for similarity", SIMILARITY_FEATURES)
-    similarity_methods: list[str] = opt(["dbscan"], "similarity methods", SIMILARITY_METHODS)
-    normalize_similarity: bool = opt(True, "standardise similarity scores with train-split mean/std")
-    extra_features: list[str] = opt([], "imported feature stores to use as extra modules (gen_features.py --import)")
-    normalize_extra: bool = opt(False, "standardise imported features with train-split mean/std")
-    fixed_features: bool = opt(True, "train on pre-computed features (the only mode implemented)")
 
-    def modules(self) -> list[str]:
-        """The chosen modules, in the model's fixed input order."""
-        chosen = [
-            m
-            for m, on in (
-                ("raw", self.use_raw),
-                ("hrnet", self.use_hrnet),
-                ("csn", self.use_csn),
-                ("similarity", self.use_similarity),
-            )
-            if on
-        ]
-        return chosen + list(self.extra_features)
+#: Which modules (tiers) feed the model, and how their features are prepared. Shared by train and evaluate.
+ModuleConfig = make_dataclass(
+    "ModuleConfig",
+    [("dataset", str, opt("Memento10k", "dataset to train on", DATASET_NAMES))]
+    + _tier_fields(gen=False)
+    + [("fixed_features", bool, opt(True, "train on pre-computed features (the only mode implemented)"))],
+    bases=(Paths,),
+    namespace={"modules": _modules, "__module__": __name__},
+)
 
 
 @dataclass
@@ -129,15 +104,15 @@ class TrainConfig(ModuleConfig):
     compute_raw: bool = opt(False, "compute raw features on the fly (reference flag; use gen_features.py instead)")
     hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
     batch_size: int = opt(32, "batch size")
-    loss: str = opt("mse", "training loss", LOSSES)
+    loss: str = opt("mse", "training loss", tuple(LOSSES))
     mse_tails_pow: float = opt(4.0, "exponent p of the mse_tails weights 1 + c|m - mean|^p")
     mse_tails_mult_fact: float = opt(2.0, "factor c of the mse_tails weights")
     lr: float = opt(1e-3, "learning rate")
     epochs: int = opt(20, "number of epochs")
-    optimizer: str = opt("adam", "optimizer", ("adam", "adamw", "sgd"))
+    optimizer: str = opt("adam", "optimizer", OPTIMIZERS)
     momentum: float = opt(0.9, "momentum (sgd only)")
     weight_decay: float = opt(1e-5, "weight decay")
-    scheduler: str = opt("step", "learning-rate schedule (stepped once per epoch)", ("step", "cosine", "none"))
+    scheduler: str = opt("step", "learning-rate schedule (stepped once per epoch)", SCHEDULERS)
     scheduler_gamma: float = opt(0.2, "StepLR gamma")
     scheduler_step_size: int = opt(5, "StepLR step size, in epochs")
     checkpoint_local: str = opt("", "resume from this checkpoint file (best.pt / last.pt)")
@@ -147,10 +122,8 @@ class TrainConfig(ModuleConfig):
 
     def check(self) -> None:
         if not self.modules():
-            raise ConfigError(
-                "no module selected: pass at least one of --use_raw, --use_hrnet, --use_csn, --use_similarity "
-                "or --extra_features NAME"
-            )
+            switches = ", ".join(f"--{t.switch}" for t in TIERS.values() if t.has_switch)
+            raise ConfigError(f"no module selected: pass at least one of {switches} or --extra_features NAME")
         refused = {
             "data_augmentation": "augmentation needs end-to-end training over videos, which m3s does not do yet; "
             "train on pre-computed features without --data_augmentation",
@@ -185,16 +158,16 @@ class EvalConfig(Paths):
 
 
 @dataclass
-class GenConfig(Paths):
+class _GenBase(Paths):
     dataset: str = opt("Memento10k", "dataset whose videos are processed", DATASET_NAMES)
-    features: list[str] = opt(["raw"], "feature families to compute (raw, hrnet, csn)")
+    features: list[str] = opt(["raw"], "feature families (tiers) to compute", FAMILIES)
     workers: int = opt(0, "decoding worker processes (0: one per available core)")
     batch_size: int = opt(8, "videos per extraction batch")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    hrnet_frames: int = opt(1, "HRNet frames averaged per video", (1, 5, 9))
-    csn_arch: str = opt("ip_csn_152", "CSN backbone", CSN_ARCHS)
-    similarity_features: list[str] = opt(["hrnet", "ip_csn_152"], "feature spaces for similarity", SIMILARITY_FEATURES)
-    similarity_methods: list[str] = opt(["dbscan"], "similarity methods", SIMILARITY_METHODS)
+
+
+@dataclass
+class GenConfig(make_dataclass("_GenTiers", _tier_fields(gen=True), bases=(_GenBase,))):
     fit_on: str = opt(
         "",
         "use the transforms fitted on this dataset's train split (HOG PCA, similarity) instead of fitting: how your "
@@ -231,7 +204,11 @@ def _base_type(tp: Any) -> tuple[type, bool]:
     return tp, False
 
 
-_ALIASES = {"StepLR": "step", "CosineAnnealingLR": "cosine", "Adam": "adam", "AdamW": "adamw", "SGD": "sgd"}
+# the reference's spellings of the optimizer and scheduler names; no other field is rewritten
+_ALIASES = {
+    "optimizer": {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd"},
+    "scheduler": {"StepLR": "step", "CosineAnnealingLR": "cosine"},
+}
 
 
 def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
@@ -244,7 +221,7 @@ def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
         raise ConfigError(f"{f.name}: expected a list, got {value!r}")
     out = []
     for item in items:
-        item = _ALIASES.get(item, item) if isinstance(item, str) else item
+        item = _ALIASES.get(f.name, {}).get(item, item) if isinstance(item, str) else item
         try:
             if (tp is bool) != isinstance(item, bool):  # YAML's true/false only for booleans, and only they take it
                 raise TypeError
@@ -261,13 +238,17 @@ def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
 
 
 def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, is_list = _base_type(hints[f.name])
         names = [f.metadata.get("flag") or f"--{f.name}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        # argparse's own default display is off: SUPPRESS keeps the values given explicitly apart from defaults
+        help_text = f"{f.metadata.get('help', '')} (default: {shown if shown not in ('', None) else 'none'})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": argparse.SUPPRESS}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -302,6 +283,10 @@ def from_dict(cls: type, values: dict, source: str = "config") -> Any:
     return cfg
 
 
+def _similarity_option(name: str) -> Option:
+    return TIERS["similarity"].options(TIERS)[name]
+
+
 def _explain_similarity(argv: list[str]) -> None:
     """The reference README passes ``--similarity_methods`` twice, the second time with feature names."""
     flagged = [i for i, a in enumerate(argv) if a == "--similarity_methods"]
@@ -310,12 +295,12 @@ def _explain_similarity(argv: list[str]) -> None:
         for value in argv[i + 1 :]:
             if value.startswith("-"):  # the next flag: its values are not methods
                 break
-            if value in SIMILARITY_FEATURES:
+            if value in _similarity_option("similarity_features").choices:
                 feature_names.append(value)
     if len(flagged) > 1 or feature_names:
         raise ConfigError(
             "--similarity_methods takes methods, not feature names, and given twice the second occurrence replaces the "
-            f"first (methods: {', '.join(SIMILARITY_METHODS)}). The reference README's "
+            f"first (methods: {', '.join(_similarity_option('similarity_methods').choices)}). The reference README's "
             "`--similarity_methods dbscan --similarity_methods hrnet ip_csn_152` means "
             "`--similarity_methods dbscan --similarity_features hrnet ip_csn_152`."
         )
@@ -351,10 +336,8 @@ def to_dict(cfg: Any) -> dict:
 
 def main_guard(fn: typing.Callable[[], None]) -> None:
     """Run a script's main, turning the errors we raise on purpose into one clear line and exit status 2."""
-    from features.store import StoreError
-
     try:
         fn()
-    except (ConfigError, StoreError, FileNotFoundError) as err:
+    except (M3SError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

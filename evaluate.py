@@ -6,12 +6,11 @@ then ``evaluate.py --checkpoint ... --dataset folder --data_dir DIR --split test
 """
 
 from config import EvalConfig, main_guard, parse
+from pipeline.evaluation import run_evaluation
 
 
 def main() -> None:
     cfg = parse(EvalConfig, description=__doc__)
-    from model.training import run_evaluation
-
     result = run_evaluation(cfg)
     for split in ("train", "val", "test"):
         if split in result:

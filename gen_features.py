@@ -1,22 +1,19 @@
 """Compute feature stores from videos: ``python gen_features.py --dataset demo --features raw [hrnet csn]``.
 
 Resumable (a killed run picks up where it stopped), shardable (``torchrun --nproc_per_node N gen_features.py ...``),
-and ``--import FILE --name NAME`` brings in your own features instead. See ``features/extract.py``.
+and ``--import FILE --name NAME`` brings in your own features instead. See ``pipeline/extraction.py``.
 """
 
 from config import GenConfig, main_guard, parse
+from pipeline.extraction import run, run_import
 
 
 def main() -> None:
     cfg = parse(GenConfig, description=__doc__)
     if cfg.import_path:
-        from features.importer import import_features
-
-        import_features(cfg)
-        return
-    from features.extract import run
-
-    run(cfg)
+        run_import(cfg)
+    else:
+        run(cfg)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from skimage.feature import hog as skimage_hog  # noqa: E402
 
 from features.base import Clip, FrameSpec  # noqa: E402
-from features.raw import RAW_FEATURES, HogPCA, _grey, hog_descriptors, raw_features  # noqa: E402
+from features.blur import grey_frames  # noqa: E402
+from features.raw import RAW_FEATURES, HogPCA, hog_descriptors, raw_features  # noqa: E402
 from features.video import read_clip  # noqa: E402
 from tests.fixtures_video import moving_frames, write_x264  # noqa: E402
 
@@ -90,7 +91,7 @@ def main() -> None:
         pca = HogPCA.fit(desc + np.random.default_rng(0).normal(0, 1e-3, desc.shape).astype(np.float32))
         t_ours = timed(lambda: raw_features(clip, pca), args.repeats)
         t_ref = timed(lambda: reference_raw(frames, pca, path), 1)
-        ctx = {"hog_pca": pca, "grey": _grey(frames)}
+        ctx = {"hog_pca": pca, "grey": grey_frames(frames)}
         per_feature = {name: best_of(lambda f=f: f.fn(clip, ctx), 5) for name, f in RAW_FEATURES.items()}
         t_best = best_of(lambda: raw_features(clip, pca), 5)
     print(f"decode 90-frame 256x342 H.264 -> 45x256x256: cv2 {t_cv2:.3f} s, PyAV {t_av:.3f} s ({t_av / t_cv2:.2f}x)")

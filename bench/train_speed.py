@@ -28,7 +28,7 @@ from config import TrainConfig  # noqa: E402
 from features.store import FeatureStore, StoredFeatures  # noqa: E402
 from model.metrics import compute_metrics  # noqa: E402
 from model.mlp import ModularMLP  # noqa: E402
-from model.training import run_training  # noqa: E402
+from pipeline.training import run_training  # noqa: E402
 
 N_TRAIN, N_VAL = 7000, 1500
 RAW = {"hog": 10, "brightness": 1, "contrast": 1, "blurriness": 1, "size_orig": 1, "meanOF": 1}

@@ -10,14 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
-    from config import GenConfig
+    from features.store import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,28 @@ class Clip:
 
 
 class Extractor(ABC):
-    """Base class of every family. Subclasses set ``family`` and ``frame_spec`` and implement ``extract``."""
+    """Base class of every family. Subclasses set ``family`` and ``frame_spec`` and implement ``extract``.
+
+    ``cfg`` is the ``gen_features.py`` config (``config.GenConfig``): an extractor reads its own tier's options from
+    it (``hrnet_frames``, ``csn_arch``...). Which store file the features go to is the tier's business
+    (``tiers``), not the extractor's. The optional hooks below have working defaults; override what applies.
+    """
 
     family: ClassVar[str]
     frame_spec: ClassVar[FrameSpec] = FrameSpec()
+    #: pure CPU work: the extraction loop runs ``extract`` inside its decoding worker processes (the raw tier)
+    cpu_extract: ClassVar[bool] = False
+    #: decode with the dataset's crop (VideoMem: centre crop); False keeps ``frame_spec.crop`` on every dataset
+    dataset_crop: ClassVar[bool] = True
+    #: a pre-pass over the training videos fits a transform before extraction (``prepare_item`` / ``prepare_fit``)
+    has_prepass: ClassVar[bool] = False
 
-    def __init__(self, cfg: GenConfig, device: torch.device) -> None:
+    def __init__(self, cfg: Any, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
 
     #: True when the outputs are not real features (random backbone weights): recorded in the store metadata.
     smoke: bool = False
-
-    def store_name(self) -> str:
-        """File name (without .h5) of this family's store; a variant that changes the numbers gets its own file."""
-        return self.family
 
     def settings(self) -> dict:
         """Everything that changes the numbers; written into the store metadata and checked on every append."""
@@ -68,15 +75,20 @@ class Extractor(ABC):
     def extract(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
         """One ``{feature_name: 1-D float32 vector}`` per clip, in order. Raise to fail the batch."""
 
-    def fit(self, store, train_ids: list[str] | None) -> None:
-        """Fit transforms on the training split once extraction is complete (HOG PCA...). Default: nothing."""
+    def fit(self, store: FeatureStore, train_ids: list[str] | None) -> None:
+        """Fit transforms on the training split once extraction is complete. Default: nothing."""
         return None
 
+    # the pre-pass (only called when ``has_prepass``) ---------------------------------------------------------
+    def load_prepared(self, store: FeatureStore, train_ids: list[str] | None) -> bool:
+        """Load the pre-pass transform from ``store`` if it holds one fitted on ``train_ids`` (None: adopted from
+        another dataset with ``--fit_on``, taken as it is); False when there is none yet."""
+        return True
 
-EXTRACTORS: dict[str, type[Extractor]] = {}
+    def prepare_item(self, clip: Clip) -> np.ndarray:
+        """Per training video, in the decoding workers: what the pre-pass fit needs of it."""
+        raise TypeError(f"{type(self).__name__} has no pre-pass")
 
-
-def register(cls: type[Extractor]) -> type[Extractor]:
-    """Class decorator: ``@register`` adds an extractor to ``EXTRACTORS`` under its ``family``."""
-    EXTRACTORS[cls.family] = cls
-    return cls
+    def prepare_fit(self, store: FeatureStore, train_ids: list[str], items: dict[str, np.ndarray], meta: dict) -> None:
+        """Fit the pre-pass transform on ``{train id: prepare_item(...)}`` and save it in ``store``."""
+        raise TypeError(f"{type(self).__name__} has no pre-pass")

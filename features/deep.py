@@ -8,16 +8,13 @@ autocast (bf16, else fp16) on CUDA and fp32 on the CPU.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from features.base import Clip, Extractor, FrameSpec, register
-from model.backbones import BACKBONES, load_backbone
-
-if TYPE_CHECKING:
-    from config import GenConfig
+from features.base import Clip, Extractor, FrameSpec
+from model.backbones import BACKBONES, archs, load_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HRNet (CSAIL ADE20K training)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,10 +56,10 @@ class DeepExtractor(Extractor):
     arch: str  # key of model.backbones.BACKBONES
     input_ndim: ClassVar[int]  # 4: a batch of frames (N, 3, H, W); 5: a batch of clips (B, 3, T, H, W)
 
-    def __init__(self, cfg: GenConfig, device: torch.device | str) -> None:
+    def __init__(self, cfg: Any, device: torch.device | str) -> None:
         super().__init__(cfg, torch.device(device))
         self.smoke = bool(cfg.smoke_random_weights)
-        self.dtype = compute_dtype(self.device, getattr(cfg, "deep_dtype", "auto"))
+        self.dtype = compute_dtype(self.device, cfg.deep_dtype)
         self.use_channels_last = self.channels_last and self.device.type == "cuda"
         model = load_backbone(self.arch, cfg.weights_dir, self.smoke).to(self.device)
         if self.use_channels_last:
@@ -116,7 +113,6 @@ class DeepExtractor(Extractor):
             return self.model.features(x).float()
 
 
-@register
 class HRNetExtractor(DeepExtractor):
     """``hrnet``: the 720-d pooled HRNetV2-W48 encoder output of k frames (``--hrnet_frames``), averaged."""
 
@@ -127,14 +123,11 @@ class HRNetExtractor(DeepExtractor):
     channels_last = True
     input_ndim = 4
 
-    def __init__(self, cfg: GenConfig, device: torch.device | str) -> None:
+    def __init__(self, cfg: Any, device: torch.device | str) -> None:
         self.k = int(cfg.hrnet_frames)
         if self.k not in (1, 5, 9):
             raise ValueError(f"hrnet_frames must be 1, 5 or 9, got {self.k}")
         super().__init__(cfg, device)
-
-    def store_name(self) -> str:
-        return f"hrnet_f{self.k}"
 
     def settings(self) -> dict:
         return super().settings() | {"frames": self.k, "frame_rule": "0, s, 2s, ... with s = T // k; mean of k"}
@@ -150,7 +143,6 @@ class HRNetExtractor(DeepExtractor):
         return [{self.feature: f} for f in feats.cpu().numpy().astype(np.float32)]
 
 
-@register
 class CSNExtractor(DeepExtractor):
     """``csn``: the 2048-d pooled layer4 output of ip-CSN-152 (or ir-CSN-152, ``--csn_arch``) over the whole clip."""
 
@@ -160,14 +152,11 @@ class CSNExtractor(DeepExtractor):
     channels_last = False  # NCDHW: channels-last-3d is unmeasured for depthwise 3-D convs (bench: --channels_last)
     input_ndim = 5
 
-    def __init__(self, cfg: GenConfig, device: torch.device | str) -> None:
+    def __init__(self, cfg: Any, device: torch.device | str) -> None:
         self.arch = cfg.csn_arch
-        if self.arch not in ("ip_csn_152", "ir_csn_152"):
-            raise ValueError(f"csn_arch must be ip_csn_152 or ir_csn_152, got {self.arch!r}")
+        if self.arch not in archs("csn"):
+            raise ValueError(f"csn_arch must be one of {', '.join(archs('csn'))}, got {self.arch!r}")
         super().__init__(cfg, device)
-
-    def store_name(self) -> str:
-        return self.arch
 
     def settings(self) -> dict:
         return super().settings() | {"frames": self.frame_spec.n_frames}

@@ -1,15 +1,15 @@
 """The extraction loop behind ``gen_features.py``: videos in, one feature store per family out.
 
-For each family in ``--features``: build the extractor from the registry, open its store
-(``<features_dir>/<dataset>/<store_name>.h5``), skip ids already stored or already failed (``--retry_failed`` tries
-failures again), decode the rest in a ``torch.utils.data.DataLoader`` (``--workers`` processes; 0 = one per
-available core) so decoding overlaps compute, append every batch as a part file, compact at the end, then run the
-extractor's ``fit`` on the train split. A killed run resumes where it stopped and, once compacted, gives the same
-bytes as an uninterrupted one (rows are sorted by id; nothing depends on batch order).
+For each tier in ``--features`` (``pipeline/extraction.py`` asks the tier registry for its extractor and its store
+name): open its store (``<features_dir>/<dataset>/<store>.h5``), skip ids already stored or already failed
+(``--retry_failed`` tries failures again), decode the rest in a ``torch.utils.data.DataLoader`` (``--workers``
+processes; 0 = one per available core) so decoding overlaps compute, append every batch as a part file, compact at
+the end, then run the extractor's ``fit`` on the train split. A killed run resumes where it stopped and, once
+compacted, gives the same bytes as an uninterrupted one (rows are sorted by id; nothing depends on batch order).
 
-- CPU-only families (``cpu_extract = True``, the raw tier) compute their features inside the decoding workers, so
+- CPU-only families (``cpu_extract``, the raw tier) compute their features inside the decoding workers, so
   all cores work; the others (GPU backbones) get decoded clips in the main process.
-- Families with a pre-pass (``prepare_fit``, the raw tier's HOG PCA fitted on the first frame of every training
+- Families with a pre-pass (``has_prepass``, the raw tier's HOG PCA fitted on the first frame of every training
   video) run it first, unless the store already holds the fitted transform.
 - Decoding follows the family's ``frame_spec``; the crop comes from the dataset adapter (VideoMem: centre crop)
   unless the family sets ``dataset_crop = False`` (raw squash-resizes on every dataset, as M3-S did).
@@ -26,13 +26,15 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from config import ConfigError, GenConfig, code_version
+from core.device import resolve_device
+from core.io import ConfigError, StoreError, code_version
 from features.base import Clip, Extractor
-from features.store import FeatureStore, StoredFeatures, StoreError, Transform, check_compatible
+from features.store import FeatureStore, StoredFeatures, Transform, check_compatible
 from features.video import VideoError, read_clip
 
 MAX_REASONS_SHOWN = 20
@@ -126,7 +128,7 @@ class _Videos(torch.utils.data.Dataset):
             clip = Clip(rec.id, rec.path, frames, dict(rec.extras))
             if self.mode == "prepare":
                 return rec.id, self.ext.prepare_item(clip), None
-            if getattr(self.ext, "cpu_extract", False):
+            if self.ext.cpu_extract:
                 return rec.id, self.ext.extract([clip])[0], None
             return rec.id, clip, None
         except VideoError as err:
@@ -154,7 +156,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _loader(records: list, ext: Extractor, mode: str, cfg: GenConfig, dist: Dist) -> torch.utils.data.DataLoader:
+def _loader(records: list, ext: Extractor, mode: str, cfg: Any, dist: Dist) -> torch.utils.data.DataLoader:
     workers = cfg.workers if cfg.workers > 0 else max(1, available_cores() // max(dist.local_world, 1))
     # forkserver, not fork: a worker forked from a parent whose OpenCV/OpenMP threads hold a lock can hang forever
     kwargs = (
@@ -177,22 +179,19 @@ def _progress(total: int, desc: str, dist: Dist):  # noqa: ANN202
 # --------------------------------------------------------------------------- the loop
 
 
-def resolve_device(requested: str, dist: Dist) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and dist.world > 1:
-        requested = f"cuda:{dist.local_rank % max(torch.cuda.device_count(), 1)}"
-    return torch.device(requested)
+def device_for(requested: str, dist: Dist) -> torch.device:
+    """This process's device: under ``torchrun`` with several processes, ``cuda`` is the local rank's GPU."""
+    return resolve_device(requested, dist.local_rank if dist.world > 1 else 0)
 
 
-def dataset_crop(dataset: str) -> str:
-    import dataset as datasets
+def with_crop(ext: Extractor, crop: str) -> Extractor:
+    """Decode with the dataset's crop (VideoMem: centre) unless the family keeps its own (``dataset_crop=False``)."""
+    if ext.dataset_crop:
+        ext.frame_spec = dataclasses.replace(ext.frame_spec, crop=crop)
+    return ext
 
-    adapter = datasets.DATASETS.get(dataset)
-    return getattr(adapter, "crop", "squash")
 
-
-def store_meta(ext: Extractor, cfg: GenConfig) -> dict:
+def store_meta(ext: Extractor, cfg: Any) -> dict:
     return {
         "family": ext.family,
         "dataset": cfg.dataset,
@@ -202,9 +201,9 @@ def store_meta(ext: Extractor, cfg: GenConfig) -> dict:
     }
 
 
-def adopt_transforms(ext: Extractor, store: FeatureStore, cfg: GenConfig, meta: dict) -> None:
+def adopt_transforms(ext: Extractor, store: FeatureStore, cfg: Any, meta: dict) -> None:
     """``--fit_on D``: copy the fitted transforms of D's store for this family (same settings) into this store."""
-    source = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, ext.store_name())
+    source = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, store.path.stem)
     if not source.exists():
         raise FileNotFoundError(
             f"--fit_on {cfg.fit_on}: {source.path} does not exist; extract it first "
@@ -220,9 +219,7 @@ def adopt_transforms(ext: Extractor, store: FeatureStore, cfg: GenConfig, meta: 
             store.write(StoredFeatures([], {}, meta, {}, {name: adopted}))
 
 
-def _prepare(
-    ext: Extractor, store: FeatureStore, records: list, cfg: GenConfig, dist: Dist, meta: dict
-) -> list[str] | None:
+def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: Any, dist: Dist, meta: dict) -> list[str] | None:
     """The family's pre-pass on the training videos (raw: fit the HOG PCA), once, by rank 0. Returns the train ids
     the transforms belong to (None when adopted from ``--fit_on``)."""
     if cfg.fit_on:
@@ -230,7 +227,7 @@ def _prepare(
             adopt_transforms(ext, store, cfg, meta)
         dist.barrier()
         if not ext.load_prepared(store, None):
-            raise StoreError(f"--fit_on {cfg.fit_on}: its {ext.store_name()} store holds no fitted transform")
+            raise StoreError(f"--fit_on {cfg.fit_on}: its {store.path.stem} store holds no fitted transform")
         return None
     train = [r for r in records if r.split == "train"]
     train_ids = [r.id for r in train]
@@ -254,13 +251,14 @@ def _prepare(
     return train_ids
 
 
-def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) -> Summary:
-    """Run one family over ``records`` (every split); see the module docstring."""
-    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, ext.store_name())
+def extract_family(ext: Extractor, store_name: str, records: list, cfg: Any, dist: Dist) -> Summary:
+    """Run one family over ``records`` (every split) into the store ``store_name``; see the module docstring.
+    ``cfg`` is the ``gen_features.py`` config (``config.GenConfig``)."""
+    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, store_name)
     summary = Summary(ext.family, str(store.path))
     meta = store_meta(ext, cfg)
     train_ids = None if cfg.fit_on else [r.id for r in records if r.split == "train"]
-    if hasattr(ext, "prepare_fit"):
+    if ext.has_prepass:
         train_ids = _prepare(ext, store, records, cfg, dist, meta)
     done = store.done_ids(include_failed=not cfg.retry_failed)
     # shard by position in the dataset, not in the to-do list: the assignment must not depend on what other ranks
@@ -271,7 +269,7 @@ def extract_family(ext: Extractor, records: list, cfg: GenConfig, dist: Dist) ->
     if cfg.limit > 0:
         todo = todo[: cfg.limit]
     shard = f"rank{dist.rank}" if dist.world > 1 else "0"
-    cpu = getattr(ext, "cpu_extract", False)
+    cpu = ext.cpu_extract
     start = time.perf_counter()
     with _progress(len(todo), ext.family, dist) as bar:
         for batch in _loader(todo, ext, "extract", cfg, dist) if todo else []:
@@ -314,39 +312,3 @@ def _extract_clips(ext: Extractor, clips: list[Clip]) -> tuple[list[tuple[str, d
             except Exception as err:  # noqa: BLE001
                 failed[clip.id] = f"{clip.path}: {type(err).__name__}: {err}"
         return ok, failed
-
-
-def run(cfg: GenConfig) -> list[Summary]:
-    """Extract every family of ``cfg.features`` for ``cfg.dataset``; returns one summary per family."""
-    from dataset import load_records
-    from features import load_extractors
-
-    registry = load_extractors()
-    derived = {"similarity"}  # computed from other stores (features/similarity.py), after the video families
-    unknown = [f for f in cfg.features if f not in registry and f not in derived]
-    if unknown:
-        choices = ", ".join(sorted(registry) + sorted(derived))
-        raise ConfigError(f"unknown feature family {', '.join(unknown)}; choose from {choices}")
-    dist = Dist.from_env()
-    dist.init()
-    try:
-        records = load_records(cfg.dataset, cfg)
-        device = resolve_device(cfg.device, dist)
-        summaries = []
-        for family in [f for f in cfg.features if f in registry]:
-            ext = registry[family](cfg, device)
-            if getattr(ext, "dataset_crop", True):
-                # new videos are framed like the training dataset's (VideoMem: centre crop)
-                crop = dataset_crop(cfg.fit_on or cfg.dataset)
-                ext.frame_spec = dataclasses.replace(ext.frame_spec, crop=crop)
-            summary = extract_family(ext, records, cfg, dist)
-            if dist.rank == 0:
-                print(summary.text(), flush=True)
-            summaries.append(summary)
-        if "similarity" in cfg.features and dist.rank == 0:
-            from features.similarity import compute_similarity
-
-            compute_similarity(cfg)
-        return summaries
-    finally:
-        dist.close()

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from config import ConfigError, GenConfig, code_version
+from core.io import ConfigError, code_version
+from core.media import video_id
 from features.store import FeatureStore, StoredFeatures
 
 ID_KEYS = ("ids", "id", "video", "video_id", "filename")
 
 
 def _ids_of(values: object) -> list[str]:
-    from dataset import video_id
-
     out = []
     for v in np.asarray(values).reshape(-1):
         out.append(video_id(v.decode() if isinstance(v, bytes) else str(v)))
@@ -87,15 +86,10 @@ def read_table(
     raise ConfigError(f"{path}: unsupported format {suffix!r}; use .npy (+ --ids), .npz, .h5 or .csv")
 
 
-def import_features(cfg: GenConfig) -> StoredFeatures:
-    """Validate a user's table against the dataset and write it as the store ``<features_dir>/<dataset>/<name>.h5``."""
-    from dataset import load_records
-
-    reserved = {"raw", "hrnet", "csn", "similarity", "ip_csn_152", "ir_csn_152", "hrnet_f1", "hrnet_f5", "hrnet_f9"}
-    if cfg.name in reserved or cfg.name.startswith("similarity_"):
-        raise ConfigError(f"--name {cfg.name!r} is a built-in module; choose another name for imported features")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
-        raise ConfigError(f"--name {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a file)")
+def import_features(cfg: Any, records: list) -> StoredFeatures:
+    """Validate a user's table against the dataset's ``records`` and write it as the store
+    ``<features_dir>/<dataset>/<name>.h5``. ``cfg`` is the ``gen_features.py`` config (``config.GenConfig``); the
+    name was checked by the caller (``pipeline.extraction.run_import``: no tier owns it)."""
     path = Path(cfg.import_path)
     ids, feats = read_table(path, cfg.name, cfg.ids, cfg.id_column)
     if len(set(ids)) != len(ids):
@@ -113,7 +107,7 @@ def import_features(cfg: GenConfig) -> StoredFeatures:
                 f"{path}: {int(bad.sum())} rows of {fname} hold NaN or inf (first id {ids[int(np.argmax(bad))]})"
             )
         feats[fname] = m
-    known = {r.id for r in load_records(cfg.dataset, cfg)}
+    known = {r.id for r in records}
     unknown = [i for i in ids if i not in known]
     if len(unknown) == len(ids):
         raise ConfigError(f"none of the {len(ids)} ids of {path} is a {cfg.dataset} video (first: {ids[:3]})")

@@ -1,7 +1,8 @@
 """The similarity tier: how much a video stands out from the training corpus, in another feature's space.
 
 ``python gen_features.py --dataset D --features similarity --similarity_features hrnet ip_csn_152
---similarity_methods dbscan kde`` reads the stores of those feature spaces, fits every method on the *train* split
+--similarity_methods dbscan kde`` reads the stores of those feature spaces (which store a space is, and its DBSCAN
+eps, the tier that offers it says: ``tiers/similarity.py`` resolves them), fits every method on the *train* split
 only, scores every video (train, val, test) and writes the store ``similarity_<space>.h5``: one feature per method,
 plus the fitted state of each method as a transform (plain arrays + JSON), so new videos can be scored later.
 
@@ -16,31 +17,34 @@ Everything random is seeded (the reference seeded nothing).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from config import ConfigError, GenConfig, code_version
+from core.io import ConfigError, code_version
 from features.store import FeatureStore, StoredFeatures, Transform
 
 PCA_DIM = 10
-DBSCAN_EPS = {"hrnet": 1.25, "csn": 0.9}  # the reference's eps per space family
 # The reference's t-SNE settings (scikit-learn 0.24 defaults). The embedding's scale depends on the number of videos
 # and the learning rate, and eps above is tuned for corpora of thousands of videos.
 TSNE_PARAMS = {"perplexity": 30.0, "learning_rate": 200.0, "init": "random", "max_iter": 1000}
 KDE_MAX_TRAIN = 10_000
 
 
-def space_store(space: str, hrnet_frames: int) -> tuple[str, str]:
-    """``(store name, feature name)`` of a similarity feature space (``hrnet``, ``ip_csn_152``, ``ir_csn_152``)."""
-    if space == "hrnet":
-        return f"hrnet_f{hrnet_frames}", "hrnet"
-    if space in ("ip_csn_152", "ir_csn_152"):
-        return space, "csn"
-    raise ConfigError(f"unknown similarity feature space {space!r}; choose hrnet, ip_csn_152 or ir_csn_152")
+@dataclass(frozen=True)
+class Space:
+    """A feature space similarity is computed in, as the tier that offers it resolves it (``tiers``)."""
 
+    name: str  # hrnet, ip_csn_152, ...
+    store: str  # the store holding its features
+    feature: str
+    eps: float  # DBSCAN eps for this space (the reference's, per backbone family)
+    command: str  # the gen_features.py command that makes ``store``
 
-def similarity_store_name(space: str, hrnet_frames: int) -> str:
-    return f"similarity_{space_store(space, hrnet_frames)[0]}"
+    @property
+    def out_store(self) -> str:
+        return f"similarity_{self.store}"
 
 
 # --------------------------------------------------------------------------- shared PCA
@@ -73,7 +77,7 @@ class Method(ABC):
 
     uses_pca = True  # False: works in the original space (see the module docstring)
 
-    def fit(self, train: np.ndarray, space: str, seed: int) -> dict[str, np.ndarray]:
+    def fit(self, train: np.ndarray, space: Space, seed: int) -> dict[str, np.ndarray]:
         return {"train_mean": train.mean(axis=0)}
 
     @abstractmethod
@@ -171,7 +175,7 @@ class DBSCANClusters(Method):
         from sklearn.neural_network import MLPClassifier
 
         emb = TSNE(3, random_state=seed, **TSNE_PARAMS)
-        labels = DBSCAN(eps=DBSCAN_EPS[space], min_samples=5).fit_predict(emb.fit_transform(train))
+        labels = DBSCAN(eps=space.eps, min_samples=5).fit_predict(emb.fit_transform(train))
         n_clusters = int(labels.max()) + 1
         arrays = {"train_labels": labels, "n_columns": np.array([n_clusters + 1])}
         if len(np.unique(labels)) > 1:
@@ -215,14 +219,12 @@ METHODS: dict[str, Method] = {
 # --------------------------------------------------------------------------- store
 
 
-def compute_similarity(cfg: GenConfig, seed: int = 0) -> list[str]:
-    """Fit and score every (space, method) of ``cfg``; returns the paths of the stores written.
+def compute_similarity(cfg: Any, records: list, spaces: list[Space], seed: int = 0) -> list[str]:
+    """Fit and score every (space, method) of ``cfg`` (``similarity_methods``) over ``records``; returns the paths of
+    the stores written.
 
     With ``cfg.fit_on`` (another dataset, e.g. to score your own videos), nothing is fitted: the fitted state stored
     by that dataset's similarity stores scores this dataset's videos, as its validation videos were scored."""
-    from dataset import load_records
-
-    records = load_records(cfg.dataset, cfg)
     train_ids = {r.id for r in records if r.split == "train"}
     if not train_ids and not cfg.fit_on:
         raise ConfigError(
@@ -230,73 +232,68 @@ def compute_similarity(cfg: GenConfig, seed: int = 0) -> list[str]:
             "dataset fitted, pass --fit_on DATASET"
         )
     written = []
-    for space in cfg.similarity_features:
-        store_name, feature = space_store(space, cfg.hrnet_frames)
-        data = _read_space(cfg, store_name, space)
-        x = data.features[feature].astype(np.float64)
-        out = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, f"similarity_{store_name}")
+    for space in spaces:
+        data = _read_space(cfg, space)
+        x = data.features[space.feature].astype(np.float64)
+        out = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, space.out_store)
         if cfg.fit_on:
-            fitted = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, out.path.stem)
-            if not fitted.exists():
-                raise FileNotFoundError(f"--fit_on {cfg.fit_on}: {fitted.path} does not exist; compute it first")
-            stored = fitted.read()
-            missing = [m for m in cfg.similarity_methods if m not in stored.transforms]
-            if missing:
-                raise ConfigError(f"{fitted.path} has no fitted {', '.join(missing)}; compute them on {cfg.fit_on}")
-            feats, transforms = {}, {m: stored.transforms[m] for m in cfg.similarity_methods}
-            not_train = np.zeros(len(x), dtype=bool)
-            for method, t in transforms.items():
-                m = METHODS[method]
-                feats[method] = m.score(t.arrays, apply_pca(t.arrays, x) if m.uses_pca else x, not_train)
-            meta = stored.meta | {"dataset": cfg.dataset, "fit_on": cfg.fit_on}
+            feats, transforms, meta = _score_fitted_elsewhere(cfg, x, out)
         else:
-            feats, transforms, meta = _fit_space(cfg, data, x, out, train_ids, space, store_name, seed)
+            feats, transforms, meta = _fit_space(cfg, data, x, out, train_ids, space, seed)
         out.write(StoredFeatures(data.ids, feats, meta, transforms=transforms))
         dims = {m: feats[m].shape[1] for m in cfg.similarity_methods}
-        print(f"similarity in {space} space ({store_name}): {dims} -> {out.path}")
+        print(f"similarity in {space.name} space ({space.store}): {dims} -> {out.path}")
         written.append(str(out.path))
     return written
 
 
-def _read_space(cfg: GenConfig, store_name: str, space: str) -> StoredFeatures:
-    from dataset import gen_command
+def _score_fitted_elsewhere(cfg: Any, x: np.ndarray, out: FeatureStore):  # noqa: ANN202 - as _fit_space
+    """``--fit_on D``: score every row with the state D's store of the same name holds (none is a train video)."""
+    fitted = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, out.path.stem)
+    if not fitted.exists():
+        raise FileNotFoundError(f"--fit_on {cfg.fit_on}: {fitted.path} does not exist; compute it first")
+    stored = fitted.read()
+    missing = [m for m in cfg.similarity_methods if m not in stored.transforms]
+    if missing:
+        raise ConfigError(f"{fitted.path} has no fitted {', '.join(missing)}; compute them on {cfg.fit_on}")
+    feats, transforms = {}, {m: stored.transforms[m] for m in cfg.similarity_methods}
+    not_train = np.zeros(len(x), dtype=bool)
+    for method, t in transforms.items():
+        m = METHODS[method]
+        feats[method] = m.score(t.arrays, apply_pca(t.arrays, x) if m.uses_pca else x, not_train)
+    return feats, transforms, stored.meta | {"dataset": cfg.dataset, "fit_on": cfg.fit_on}
 
-    source = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, store_name)
+
+def _read_space(cfg: Any, space: Space) -> StoredFeatures:
+    source = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, space.store)
     if not source.exists():
         raise FileNotFoundError(
-            f"similarity in the {space} space needs {source.path}; compute it first with {gen_command(store_name, cfg)}"
+            f"similarity in the {space.name} space needs {source.path}; compute it first with {space.command}"
         )
     return source.read()
 
 
-def _fit_space(cfg, data, x, out, train_ids, space, store_name, seed):  # noqa: ANN001, ANN202
+def _fit_space(cfg, data, x, out, train_ids, space, seed):  # noqa: ANN001, ANN202
     """Fit every method of ``cfg`` on the train rows of one space; keep methods fitted earlier on the same rows."""
     is_train = np.array([i in train_ids for i in data.ids])
     if is_train.sum() < 10:
-        raise ConfigError(f"{store_name} holds only {int(is_train.sum())} train videos; extract the train split")
+        raise ConfigError(f"{space.store} holds only {int(is_train.sum())} train videos; extract the train split")
     pca = fit_pca(x[is_train], seed)
     z = apply_pca(pca, x)  # (N, 10)
-    settings = {"source": store_name, "source_settings": data.meta.get("settings", {}), "seed": seed}
+    settings = {"source": space.store, "source_settings": data.meta.get("settings", {}), "seed": seed}
     smoke = bool(data.meta.get("smoke", False))
     previous = out.read() if out.exists() else None
     # methods fitted earlier are kept only if they were fitted on these very features (same videos, same settings)
-    same = (
-        previous
-        and previous.ids == data.ids
-        and (previous.meta.get("settings"), previous.meta.get("smoke"))
-        == (
-            settings,
-            smoke,
-        )
-    )
+    same = previous and previous.ids == data.ids and previous.meta.get("settings") == settings
+    same = same and previous.meta.get("smoke") == smoke
     feats = dict(previous.features) if same else {}
     transforms = dict(previous.transforms) if same else {}
     for method in cfg.similarity_methods:
         m = METHODS[method]
         space_x, reduce = (z, pca) if m.uses_pca else (x, {})
-        arrays = m.fit(space_x[is_train], "hrnet" if space == "hrnet" else "csn", seed)
+        arrays = m.fit(space_x[is_train], space, seed)
         feats[method] = m.score(arrays, space_x, is_train).astype(np.float32)
-        info = {"space": space, "seed": seed, "fitted_on": "train", "n_train": int(is_train.sum())}
+        info = {"space": space.name, "seed": seed, "fitted_on": "train", "n_train": int(is_train.sum())}
         transforms[method] = Transform(reduce | arrays, info)
     meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": smoke, "settings": settings,
             "code_version": code_version()}  # fmt: skip

@@ -20,23 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from core.io import StoreError, atomic_write
+
+__all__ = ["FeatureStore", "StoreError", "StoredFeatures", "Transform", "check_compatible"]
+
 STORE_FORMAT = 1
 _STR = h5py.string_dtype("utf-8")
-
-
-class StoreError(RuntimeError):
-    """A store is missing, corrupt, or does not match what the caller expects."""
 
 
 @dataclass
@@ -71,22 +67,6 @@ class StoredFeatures:
         return {name: int(m.shape[1]) for name, m in self.features.items()}
 
 
-@contextmanager
-def atomic_write(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one step (same directory, so
-    ``os.replace`` is atomic), on failure it is removed. Readers ignore its name (``.<name>.<random><suffix>``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_h5(path: Path, data: StoredFeatures) -> None:
     """Write ``data`` to ``path`` atomically and deterministically (no timestamps: same data, same bytes)."""
     with atomic_write(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
@@ -114,14 +94,17 @@ def _dataset(f: h5py.File, name: str, arr: np.ndarray, dtype=None) -> None:
     f.create_dataset(name, data=arr, dtype=dtype, track_times=False)
 
 
+def _strings(dataset: h5py.Dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else s for s in dataset[()]]
+
+
 def _read_h5(path: Path) -> StoredFeatures:
     try:
         with h5py.File(path, "r") as f:
             meta = json.loads(f.attrs["meta"])
-            ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+            ids = _strings(f["ids"])
             features = {name: f["features"][name][()] for name in f.get("features", {})}
-            fids = [s.decode() if isinstance(s, bytes) else s for s in f["failures/ids"][()]]
-            reasons = [s.decode() if isinstance(s, bytes) else s for s in f["failures/reasons"][()]]
+            fids, reasons = _strings(f["failures/ids"]), _strings(f["failures/reasons"])
             transforms = {
                 tname: Transform({a: g[a][()] for a in g}, json.loads(g.attrs["info"]))
                 for tname, g in f.get("transforms", {}).items()
@@ -154,9 +137,16 @@ class FeatureStore:
         """The main file plus every finished part. Retries if a concurrent ``compact`` removes a part under us."""
         if not self.exists():
             raise StoreError(f"no feature store at {self.path}")
+        return self._retrying(lambda: self._merge([_read_h5(p) for p in self._files()]))
+
+    def _files(self) -> list[Path]:
+        return ([self.path] if self.path.exists() else []) + self._parts()
+
+    @staticmethod
+    def _retrying(read):  # noqa: ANN001, ANN205 - a callable reading the files, and what it returns
         for attempt in range(5):
             try:
-                return self._merge([_read_h5(p) for p in ([self.path] if self.path.exists() else []) + self._parts()])
+                return read()
             except (FileNotFoundError, StoreError):
                 if attempt == 4:
                     raise
@@ -165,18 +155,32 @@ class FeatureStore:
 
     def meta(self) -> dict:
         """Metadata only (cheap: no matrices are read)."""
-        for p in ([self.path] if self.path.exists() else []) + self._parts():
+        for p in self._files():
             with h5py.File(p, "r") as f:
                 return json.loads(f.attrs["meta"])
         raise StoreError(f"no feature store at {self.path}")
 
     def done_ids(self, include_failed: bool = True) -> set[str]:
         """Ids already stored (and already failed, unless ``include_failed`` is False, as for ``--retry_failed``):
-        an extraction skips them, which is how a killed run resumes."""
-        if not self.exists():
-            return set()
-        data = self.read()
-        return set(data.ids) | (set(data.failures) if include_failed else set())
+        an extraction skips them, which is how a killed run resumes. Reads the id lists only, never a matrix."""
+
+        def read() -> set[str]:
+            done: set[str] = set()
+            for p in self._files():
+                try:
+                    with h5py.File(p, "r") as f:
+                        done.update(_strings(f["ids"]))
+                        if include_failed:
+                            done.update(_strings(f["failures/ids"]))
+                except (OSError, KeyError) as err:
+                    if not p.exists():
+                        raise FileNotFoundError(p) from err  # compacted away meanwhile: read again
+                    raise StoreError(
+                        f"{p} is not a readable m3s feature store ({err}); delete it and extract again"
+                    ) from err
+            return done
+
+        return self._retrying(read)
 
     def append(
         self,
@@ -186,8 +190,11 @@ class FeatureStore:
         failures: dict[str, str] | None = None,
         shard: str = "0",
     ) -> Path:
-        """Add rows (and failures) as one new part file; refuses rows whose settings or dims differ from the store."""
+        """Add rows (and failures) as one new part file; refuses rows whose settings, feature names or dims differ from
+        the store's (its metadata records the names and dims of its features)."""
         features = {k: _as_rows(v, len(ids)) for k, v in features.items()}
+        if features and ids:  # a batch of failures only says nothing about the features
+            meta = meta | {"dims": {k: int(v.shape[1]) for k, v in sorted(features.items())}}
         if self.exists():
             check_compatible(self.meta(), meta, str(self.path))
         self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -258,9 +265,12 @@ def check_compatible(have: dict, want: dict, where: str) -> None:
     for key in ("family", "settings", "smoke"):
         if have.get(key) != want.get(key):
             diffs.append(f"{key}: store has {have.get(key)!r}, requested {want.get(key)!r}")
-    for name, dim in want.get("dims", {}).items():
-        if name in have.get("dims", {}) and have["dims"][name] != dim:
-            diffs.append(f"dim of {name}: store has {have['dims'][name]}, requested {dim}")
+    have_dims, want_dims = have.get("dims", {}), want.get("dims", {})
+    for name, dim in want_dims.items():
+        if name in have_dims and have_dims[name] != dim:
+            diffs.append(f"dim of {name}: store has {have_dims[name]}, requested {dim}")
+    if have_dims and want_dims and set(have_dims) != set(want_dims):  # rows must have every feature of the store
+        diffs.append(f"features: store has {sorted(have_dims)}, requested {sorted(want_dims)}")
     if diffs:
         raise StoreError(
             f"{where} was computed with other settings:\n  " + "\n  ".join(diffs) + "\n"

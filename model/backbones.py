@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from config import ConfigError
+from core.io import ConfigError
 from model.csn import ip_csn_152, ir_csn_152
 from model.hrnet import HRNetV2
 
@@ -33,6 +33,7 @@ class Backbone:
     """One pretrained backbone: how to build it and which official file holds its weights."""
 
     build: Callable[[], nn.Module]
+    family: str  # the feature family (tier) it serves: "hrnet" or "csn"; a new csn variant is one entry here
     file: str  # path under the weights folder, spelled as published
     url: str
     feature_dim: int
@@ -44,6 +45,7 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     "hrnetv2_w48": Backbone(
         build=HRNetV2,
+        family="hrnet",
         file="ade20k-hrnetv2-c1/encoder_epoch_30.pth",
         url="http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-hrnetv2-c1/encoder_epoch_30.pth",
         feature_dim=720,
@@ -53,6 +55,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "ip_csn_152": Backbone(
         build=ip_csn_152,
+        family="csn",
         file="ipCSN_152_ft_kinetics_from_ig65m_f133090949.pth",
         url="https://github.com/bjuncek/VMZ/releases/download/test_models/ipCSN_152_ft_kinetics_from_ig65m_f133090949.pth",
         feature_dim=2048,
@@ -61,6 +64,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "ir_csn_152": Backbone(
         build=ir_csn_152,
+        family="csn",
         file="irCSN_152_ft_kinetics_from_ig65m_f126851907.pth",
         url="https://github.com/bjuncek/VMZ/releases/download/test_models/irCSN_152_ft_kinetics_from_ig65m_f126851907.pth",
         feature_dim=2048,
@@ -68,6 +72,11 @@ BACKBONES: dict[str, Backbone] = {
         min_bytes=119_421_208,
     ),
 }
+
+
+def archs(family: str) -> tuple[str, ...]:
+    """The backbones that serve a feature family (``--csn_arch`` choices for ``csn``)."""
+    return tuple(name for name, b in BACKBONES.items() if b.family == family)
 
 
 def weights_path(name: str, weights_dir: str | Path) -> Path:

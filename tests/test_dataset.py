@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from config import ConfigError, Paths, TrainConfig
-from dataset import DATASETS, FeatureTable, load_records
+from dataset import DATASETS, load_records
 from features.store import FeatureStore
+from pipeline.table import FeatureTable
 from tests.conftest import REALDATA, write_memento
 
 META = {"family": "import", "dataset": "Memento10k", "settings": {}, "smoke": False}

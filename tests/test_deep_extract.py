@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from config import ROOT, GenConfig
-from features.base import EXTRACTORS, Clip, FrameSpec
+from features.base import Clip, FrameSpec
 from features.deep import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -32,6 +32,7 @@ from features.deep import (
 )
 from model import csn, hrnet
 from model.backbones import BACKBONES, weights_path
+from tiers import TIERS
 
 TINY = FrameSpec(9, (64, 64), "squash")
 # (family, config overrides, store name, feature dim)
@@ -51,7 +52,7 @@ def extractor(
     key = f"{family}-{sorted(overrides.items())}-{device}-{weights_dir}"
     if key not in _CACHE:
         cfg = GenConfig(smoke_random_weights=not weights_dir, weights_dir=weights_dir or "/nonexistent", **overrides)
-        ext = EXTRACTORS[family](cfg, device)
+        ext = TIERS[family].extractor(cfg, device)
         ext.frame_spec = spec  # tiny clips for speed; the class default is 45 x 256x256
         _CACHE[key] = ext
     return _CACHE[key]
@@ -63,7 +64,7 @@ def clips(n: int, t: int = 9, size: int = 64, seed: int = 0) -> list[Clip]:
 
 
 def test_registered_with_the_contract():
-    assert EXTRACTORS["hrnet"] is HRNetExtractor and EXTRACTORS["csn"] is CSNExtractor
+    assert TIERS["hrnet"].extractor is HRNetExtractor and TIERS["csn"].extractor is CSNExtractor
     for cls in (HRNetExtractor, CSNExtractor):
         assert cls.frame_spec == FrameSpec(45, (256, 256), "squash")
 
@@ -85,7 +86,7 @@ def test_hrnet_frame_indices(t, k, expected):
 @pytest.mark.parametrize(("family", "overrides", "store", "dim"), VARIANTS)
 def test_store_name_settings_and_output(family, overrides, store, dim):
     ext = extractor(family, overrides)
-    assert ext.store_name() == store
+    assert TIERS[family].store(GenConfig(**overrides)) == store
     settings = ext.settings()
     assert ext.smoke is True and settings["smoke"] is True and settings["weights"] == "RANDOM (smoke)"
     assert settings["dtype"] == "float32" and settings["input_size"] == [64, 64] and settings["dim"] == dim
@@ -149,7 +150,7 @@ def test_wrong_frame_size_or_dtype_is_an_error():
 @pytest.mark.parametrize("family", ["hrnet", "csn"])
 def test_no_silent_random_weights(family, tmp_path):
     with pytest.raises(FileNotFoundError, match="download.sh"):
-        EXTRACTORS[family](GenConfig(weights_dir=str(tmp_path)), "cpu")
+        TIERS[family].extractor(GenConfig(weights_dir=str(tmp_path)), "cpu")
 
 
 def test_bad_variant_is_refused():
@@ -230,7 +231,7 @@ import json, sys
 from config import GenConfig
 from features.base import FrameSpec
 from features.deep import CSNExtractor, HRNetExtractor
-from features.extract import run
+from pipeline.extraction import run
 for cls in (HRNetExtractor, CSNExtractor):  # tiny decode: 6 frames of 64x64 instead of 45 x 256x256
     cls.frame_spec = FrameSpec(6, (64, 64), "squash")
 print(json.dumps([s.extracted for s in run(GenConfig(**json.loads(sys.argv[1])))]))

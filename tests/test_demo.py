@@ -7,8 +7,8 @@ import json
 import numpy as np
 from scipy.stats import spearmanr
 
+from core.demo import demo_records, ensure_demo_corpus
 from features.base import FrameSpec
-from features.demo import demo_records, ensure_demo_corpus
 from features.video import read_clip
 
 KEYS = ["filename", "url", "mem_score", "alpha", "audio_description", "captions", "action_labels"]

@@ -16,8 +16,9 @@ import pytest
 import gen_features
 from config import ROOT, GenConfig
 from features.base import Clip, Extractor, FrameSpec
-from features.extract import extract_family, run
+from features.extract import extract_family
 from features.store import FeatureStore
+from pipeline.extraction import run
 from tests.fixtures_video import memento_layout
 
 BAD = {"broken_x.mp4": b"\x00not a video" * 100, "empty_y.mp4": b""}
@@ -130,7 +131,7 @@ def test_extract_family_with_a_gpu_style_extractor(corpus, tmp_path):
     records = load_records("Memento10k", cfg)
     from features.extract import Dist
 
-    summary = extract_family(_CropProbe(cfg, "cpu"), records, cfg, Dist())
+    summary = extract_family(_CropProbe(cfg, "cpu"), "probe", records, cfg, Dist())
     data = FeatureStore.at(tmp_path, "Memento10k", "probe").read()
     assert summary.extracted == N_GOOD and set(data.failures) == {"broken_x", "empty_y"}
     assert (data.features["shape"] == [4, 32, 32, 3]).all()

@@ -9,12 +9,12 @@ from skimage.feature import hog as skimage_hog
 from sklearn.decomposition import PCA
 
 from features.base import Clip
+from features.blur import resize_frames
 from features.raw import (
     BLUR_FLOOR,
     RAW_FEATURES,
     HogPCA,
     RawExtractor,
-    _resize_frames,
     hog_descriptors,
     stored_dims,
 )
@@ -112,7 +112,7 @@ def test_blurriness_against_the_reference_on_other_shapes(shape):
 def test_blur_resize_of_the_stacked_clip_is_the_per_frame_resize():
     frames = np.random.default_rng(2).integers(0, 256, (45, 256, 256, 3), dtype=np.uint8)
     per_frame = np.stack([cv2.resize(f, (500, 500), interpolation=cv2.INTER_AREA) for f in frames])
-    np.testing.assert_array_equal(_resize_frames(frames, 500, 500), per_frame)
+    np.testing.assert_array_equal(resize_frames(frames, 500, 500), per_frame)
 
 
 def translating(n: int, step: int, size: int = 256) -> np.ndarray:

@@ -7,9 +7,10 @@ import shutil
 import pytest
 
 from config import ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
-from features.extract import run
 from features.store import FeatureStore, Transform
-from model.training import run_evaluation, run_training
+from pipeline.evaluation import run_evaluation
+from pipeline.extraction import run
+from pipeline.training import run_training
 from tests.fixtures_video import memento_layout
 
 

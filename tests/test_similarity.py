@@ -6,10 +6,11 @@ import torch
 
 from config import ConfigError, GenConfig, TrainConfig, parse_explicit
 from dataset import load_records
-from features.similarity import METHODS, apply_pca, compute_similarity, fit_pca
+from features.similarity import METHODS, apply_pca, fit_pca
 from features.store import FeatureStore, StoredFeatures
-from model.training import run_training
+from pipeline.training import run_training
 from tests.conftest import write_memento
+from tiers import TIERS
 
 META = {"family": "hrnet", "dataset": "Memento10k", "settings": {"frames": 1}, "smoke": False}
 CENTRES = np.eye(720)[:3] * 40  # three well separated scene types in a 720-d space
@@ -37,7 +38,7 @@ def test_every_method_scores_against_direct_computation(corpus):
         similarity_features=["hrnet"],
         similarity_methods=sorted(set(METHODS) - {"dbscan"}),
     )  # dbscan: its own test below
-    compute_similarity(cfg)
+    TIERS["similarity"].compute(cfg)
     data = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
     assert set(data.features) == set(METHODS) - {"dbscan"} and set(data.transforms) == set(data.features)
     row = {i: k for k, i in enumerate(data.ids)}
@@ -69,7 +70,7 @@ def test_dbscan_finds_planted_clusters_and_classifies_val(corpus, monkeypatch):
     import features.similarity as sim
 
     monkeypatch.setitem(sim.TSNE_PARAMS, "learning_rate", 10.0)
-    monkeypatch.setitem(sim.DBSCAN_EPS, "hrnet", 3.0)
+    monkeypatch.setattr(type(TIERS["hrnet"]), "dbscan_eps", 3.0)
     data_dir, records, cluster, _ = corpus
     rng = np.random.default_rng(1)
     planted = np.array([cluster[r.id] for r in records])
@@ -77,7 +78,7 @@ def test_dbscan_finds_planted_clusters_and_classifies_val(corpus, monkeypatch):
     FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(
         StoredFeatures([r.id for r in records], {"hrnet": x}, META)
     )
-    compute_similarity(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+    TIERS["similarity"].compute(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                                  similarity_methods=["dbscan"]))  # fmt: skip
     data = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
     row = {i: k for k, i in enumerate(data.ids)}
@@ -96,7 +97,7 @@ def test_fitted_on_train_only(corpus):
     data_dir, records, _, x = corpus
     cfg = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                     similarity_methods=["cosine_mean", "kde"])  # fmt: skip
-    compute_similarity(cfg)
+    TIERS["similarity"].compute(cfg)
     store = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1")
     before = store.read()
     val = np.array([r.split == "val" for r in records])
@@ -105,7 +106,7 @@ def test_fitted_on_train_only(corpus):
     FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(
         StoredFeatures([r.id for r in records], {"hrnet": x2}, META)
     )
-    compute_similarity(cfg)
+    TIERS["similarity"].compute(cfg)
     after = store.read()
     train_ids = {r.id for r in records if r.split == "train"}
     train_rows = [i for i, vid in enumerate(after.ids) if vid in train_ids]
@@ -122,7 +123,7 @@ def test_training_with_similarity_module(corpus, tmp_path, monkeypatch):
     data_dir, *_ = corpus
     gen = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                     similarity_methods=["dbscan", "cosine_mean"])  # fmt: skip
-    compute_similarity(gen)
+    TIERS["similarity"].compute(gen)
     argv = ["--data_dir", str(data_dir), "--runs_dir", str(tmp_path / "runs"), "-n", "sim", "--use_similarity",
             "--similarity_features", "hrnet", "--similarity_methods", "dbscan", "cosine_mean", "--epochs", "2",
             "--hidden_channels", "8", "--seed", "1", "-s"]  # fmt: skip
@@ -159,7 +160,7 @@ def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
     data_dir, records, _, x = corpus
     features_dir = data_dir / "features"
     methods = ["cosine_mean", "cosine_threshold0.5", "kde", "fractional_mean"]
-    compute_similarity(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+    TIERS["similarity"].compute(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                                  similarity_methods=methods))  # fmt: skip
     fitted = FeatureStore.at(features_dir, "Memento10k", "similarity_hrnet_f1").read()
     val = [k for k, r in enumerate(records) if r.split == "val"][:4]
@@ -172,7 +173,7 @@ def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
     )
     cfg = GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder", fit_on="Memento10k",
                     similarity_features=["hrnet"], similarity_methods=methods)  # fmt: skip
-    compute_similarity(cfg)
+    TIERS["similarity"].compute(cfg)
     scored = FeatureStore.at(features_dir, "folder", "similarity_hrnet_f1").read()
     row = {i: k for k, i in enumerate(fitted.ids)}
     for method in methods:
@@ -180,7 +181,7 @@ def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
         np.testing.assert_allclose(scored.features[method], expected, rtol=1e-5, atol=1e-6)
     assert scored.meta["settings"] == fitted.meta["settings"] and scored.meta["fit_on"] == "Memento10k"
     with pytest.raises(ConfigError, match="no train split"):
-        compute_similarity(GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder",
+        TIERS["similarity"].compute(GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder",
                                      similarity_features=["hrnet"], similarity_methods=methods))  # fmt: skip
 
 
@@ -189,15 +190,15 @@ def test_methods_of_an_older_source_are_dropped(corpus):
     data_dir, records, _, x = corpus
     cfg = GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                     similarity_methods=["kde"])  # fmt: skip
-    compute_similarity(cfg)
+    TIERS["similarity"].compute(cfg)
     FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1").write(
         StoredFeatures([r.id for r in records], {"hrnet": x * 2}, META | {"settings": {"frames": 1, "weights": "real"}})
     )
-    compute_similarity(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
+    TIERS["similarity"].compute(GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_features=["hrnet"],
                                  similarity_methods=["cosine_mean"]))  # fmt: skip
     after = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
     assert set(after.features) == {"cosine_mean"}  # the stale kde is gone
-    compute_similarity(cfg)  # same source again: methods accumulate
+    TIERS["similarity"].compute(cfg)  # same source again: methods accumulate
     assert set(FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read().features) == {
         "cosine_mean",
         "kde",

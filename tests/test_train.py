@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
-from features.importer import import_features
 from features.store import FeatureStore
-from model.training import run_evaluation, run_training
+from pipeline.evaluation import run_evaluation
+from pipeline.extraction import run_import as import_features
+from pipeline.training import run_training
 from tests.conftest import signal_features
 
 
@@ -58,8 +59,8 @@ def test_import_refusals(memento, tmp_path):
     with pytest.raises(ConfigError, match="none of the 2 ids"):
         import_features(parse(GenConfig, [*base, str(tmp_path / "y.npz")]))
     for name, message in (
-        ("raw", "built-in module"),
-        ("similarity_hrnet_f1", "built-in module"),
+        ("raw", "built-in raw tier"),
+        ("similarity_hrnet_f1", "built-in similarity tier"),
         ("../x", "use letters"),
     ):
         with pytest.raises(ConfigError, match=message):
@@ -125,7 +126,7 @@ def test_train_learns_writes_run_dir_and_is_reproducible(memento, tmp_path):
 @pytest.mark.parametrize("scheduler", ["step", "cosine"])
 def test_interrupted_run_resumes_exactly(memento, tmp_path, monkeypatch, scheduler):
     """A run killed during epoch 2 of 4, resumed from its last.pt, ends exactly like an uninterrupted one."""
-    from model.training import Trainer
+    from pipeline.training import Trainer
 
     _import(memento, tmp_path)
     sched = ["--scheduler", scheduler, "--scheduler_step_size", "1", "--epochs", "4"]

@@ -18,23 +18,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import ConfigError, EvalConfig, TrainConfig, code_version, from_dict
-from dataset import SPLITS, FeatureTable, SplitData, load_records
+from config import TrainConfig, from_dict
+from core.device import resolve_device
+from core.io import ConfigError, code_version
+from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
-from model.report import RunLogger, write_json, write_predictions
-
-CHECKPOINT_FORMAT = 1
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    return device
+from pipeline.checkpoint import CHECKPOINT_FORMAT, check_sources, load_checkpoint, stats_from_checkpoint
+from pipeline.report import RunLogger, fetch_wandb_checkpoint
+from pipeline.table import FeatureTable, SplitData
+from tiers import module_tiers
 
 
 def seed_everything(seed: int) -> None:
@@ -65,47 +59,6 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.
 def predict(model: ModularMLP, x: torch.Tensor, batch: int = 8192) -> np.ndarray:
     model.eval()
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().cpu().numpy()
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (train.py --save writes best.pt and last.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not an m3s checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> ModularMLP:
-    model = ModularMLP(ckpt["dims"], ckpt["config"]["hidden_channels"])
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
-def stats_from_checkpoint(ckpt: dict) -> dict[str, dict[str, torch.Tensor]]:
-    return {m: {k: v.float() for k, v in s.items()} for m, s in ckpt["stats"].items()}
-
-
-def check_sources(want: dict, have: dict) -> None:
-    """Refuse features whose dims or extraction settings differ from those a checkpoint was trained on."""
-    diffs = []
-    for store, w in want.items():
-        h = have.get(store)
-        if h is None:
-            diffs.append(f"{store}: the checkpoint needs it, it is not selected")
-            continue
-        for key in ("features", "dims", "settings", "smoke"):
-            if w.get(key) != h.get(key):
-                diffs.append(f"{store} {key}: checkpoint {w.get(key)!r}, feature store {h.get(key)!r}")
-        if w.get("transforms", {}) != h.get("transforms", {}):
-            diffs.append(
-                f"{store}: its fitted transforms ({', '.join(h.get('transforms', {})) or 'none'}) are not the ones "
-                "the checkpoint was trained with, so its features are in another basis; extract them with "
-                "gen_features.py --fit_on <the training dataset>"
-            )
-    if diffs:
-        raise ConfigError("the feature stores differ from the checkpoint's:\n  " + "\n  ".join(diffs))
 
 
 class Trainer:
@@ -142,6 +95,7 @@ class Trainer:
             "code_version": code_version(),
             "config": asdict(self.cfg),
             "modules": self.table.modules,
+            "tiers": {m: t.name for m, t in module_tiers(self.cfg).items()},  # the tier of each module
             "dims": self.table.dims,
             "stats": self.table.stats,
             "sources": self.table.sources,
@@ -231,8 +185,6 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
     flags given explicitly now override it (typically ``--epochs``)."""
     if not (cfg.checkpoint_local or cfg.checkpoint_run_id):
         return cfg, None
-    from model.report import fetch_wandb_checkpoint
-
     path = cfg.checkpoint_local or fetch_wandb_checkpoint(cfg.checkpoint_run_id, cfg.checkpoint_epoch, cfg.project)
     ckpt = load_checkpoint(path)
     values = dict(ckpt["config"]) | explicit
@@ -254,7 +206,7 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     """Everything ``train.py`` does: resolve, build the table, train, write the run directory."""
     cfg, ckpt = resolve_resume(cfg, explicit or {})
     cfg.check()
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     records = load_records(cfg.dataset, cfg)
     table = FeatureTable.build(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
     if ckpt:
@@ -284,39 +236,3 @@ def summary_lines(result: dict) -> list[str]:
     if math.isnan(best["val_spearman"]):
         lines.insert(0, "warning: val Spearman is NaN")
     return lines
-
-
-def run_evaluation(cfg: EvalConfig) -> dict:
-    """Score a checkpoint on a split: metrics (where scores are known) and predictions, written next to it."""
-    ckpt = load_checkpoint(cfg.checkpoint)
-    values = dict(ckpt["config"])
-    for key in ("data_dir", "features_dir", "dataset"):
-        if getattr(cfg, key):
-            values[key] = getattr(cfg, key)
-    train_cfg = from_dict(TrainConfig, values, source=f"checkpoint {cfg.checkpoint}")
-    device = pick_device(cfg.device)
-    splits = SPLITS if cfg.split == "all" else (cfg.split,)
-    records = load_records(train_cfg.dataset, train_cfg)
-    table = FeatureTable.build(
-        train_cfg, records, device, stats=stats_from_checkpoint(ckpt), splits=splits, scored_only=False
-    )
-    check_sources(ckpt["sources"], table.sources)
-    if not table.splits:
-        raise ConfigError(f"{train_cfg.dataset} has no videos in split {cfg.split!r}")
-    model = model_from_checkpoint(ckpt).to(device)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict = {"checkpoint": str(cfg.checkpoint), "epoch": ckpt["epoch"], "dataset": train_cfg.dataset}
-    for split, data in table.splits.items():
-        pred = predict(model, data.x)
-        true = data.y.cpu().numpy()
-        known = ~np.isnan(true)
-        tag = f"{train_cfg.dataset}_{split}"
-        write_predictions(
-            out_dir / f"predictions_{tag}.csv", data.ids, None if not known.any() else true, {"pred": pred}
-        )
-        metrics = compute_metrics(pred[known], true[known]) if known.sum() > 1 else {}
-        result[split] = {"n": len(pred), "n_scored": int(known.sum()), **metrics}
-    write_json(out_dir / f"metrics_{train_cfg.dataset}_{cfg.split}.json", result)
-    result["out_dir"] = str(out_dir)
-    return result

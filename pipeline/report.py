@@ -9,28 +9,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
+from matplotlib.figure import Figure
 
-from config import ConfigError, TrainConfig
-from features.store import atomic_write
+from config import TrainConfig
+from core.io import ConfigError, atomic_write, write_json, write_text
 from model.metrics import HIST_BINS, histogram
+from pipeline.checkpoint import save_checkpoint
 
 PLOTS = ("scatter_val.png", "histograms_val.png", "learning_curves.png")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def save_torch(obj: dict, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, columns: dict[str, np.ndarray]) -> None:
@@ -45,22 +32,19 @@ def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, colum
 
 def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndarray, title: str) -> list[Path]:
     """Predicted-vs-true scatter, the two score histograms, and learning curves, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # matplotlib.figure.Figure draws without pyplot: no global backend switch, no figure registry to leak into
     paths = [run_dir / name for name in PLOTS]
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.scatter(true, pred, s=6, alpha=0.5)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set(xlabel="true memorability", ylabel="predicted", title=title)
     fig.tight_layout()
     fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     edges = np.linspace(0, 1, HIST_BINS + 1)
     ax.stairs(histogram(true), edges, label="truth", fill=True, alpha=0.5)
     ax.stairs(histogram(pred), edges, label="prediction", fill=True, alpha=0.5)
@@ -68,10 +52,10 @@ def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndar
     ax.legend()
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
 
     epochs = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    a1, a2 = fig.subplots(1, 2)
     a1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     a1.plot(epochs, [h["val_loss"] for h in history], label="val loss")
     a1.set(xlabel="epoch", title="loss")
@@ -82,7 +66,6 @@ def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndar
     a2.legend()
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
-    plt.close(fig)
     return paths
 
 
@@ -95,14 +78,14 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
-        write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        write_text(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
         # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
         kept = []
         if resume_epoch and self.metrics_path.exists():
             kept = [
                 line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["epoch"] < resume_epoch
             ]
-        write_atomic(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
         if cfg.log:
             self._init_wandb()
 
@@ -140,9 +123,9 @@ class RunLogger:
         is a version of the artifact ``model-<run id>`` with aliases ``epoch-N`` and ``latest`` (plus ``best``), which
         is what ``--checkpoint_run_id`` / ``--checkpoint_epoch`` fetch."""
         last = self.run_dir / "last.pt"
-        save_torch(state, last)
+        save_checkpoint(state, last)
         if is_best:
-            save_torch(state, self.run_dir / "best.pt")
+            save_checkpoint(state, self.run_dir / "best.pt")
         if self.wandb is not None:
             import wandb
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from features.store import atomic_write
+from core.io import atomic_write, write_text
 
 DEMO_VERSION = 1
 N_FRAMES, HEIGHT, WIDTH, FPS = 24, 96, 128, 24
@@ -144,10 +144,5 @@ def ensure_demo_corpus(root: Path, n_videos: int = 300, seed: int = 0) -> None:
         if split == "test":
             for r in records:
                 del r["mem_score"]
-        _write_text(root / f"memento_{split}_data.json", json.dumps(records, indent=1))
-    _write_text(marker, json.dumps(wanted))
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        write_text(root / f"memento_{split}_data.json", json.dumps(records, indent=1))
+    write_text(marker, json.dumps(wanted))

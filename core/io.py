@@ -1,0 +1,80 @@
+"""Errors, atomic writes and the code version: the small I/O helpers every layer uses.
+
+``M3SError`` is the base of every error m3s raises on purpose (bad config, bad store, bad weights...): the scripts'
+``main_guard`` turns any of them into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__version__ = "0.1.0"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class M3SError(Exception):
+    """An error raised on purpose; its message says what is wrong and how to fix it."""
+
+
+class ConfigError(M3SError, ValueError):
+    """A bad config value or key, or data that does not fit the config; the message says what is valid."""
+
+
+class StoreError(M3SError, RuntimeError):
+    """A feature store is missing, corrupt, or does not match what the caller expects."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp gives 0600
+
+
+@contextmanager
+def atomic_write(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one step (same directory, so
+    ``os.replace`` is atomic), on failure it is removed. Readers ignore its name (``.<name>.<random><suffix>``).
+    The file gets the mode of any new file (``0666`` minus the umask), not ``mkstemp``'s private ``0600``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path | str, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout (recorded in stores and checkpoints).
+    Computed once per process: it is asked for at every checkpoint."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__

@@ -1,0 +1,55 @@
+"""What ``gen_features.py`` runs: the chosen tiers' stores for a dataset, or an import of your own features.
+
+Video tiers come first (each tier's extractor into the store the tier names, ``features/extract.py``), derived tiers
+(similarity) after them, since they read the video tiers' stores.
+"""
+
+from __future__ import annotations
+
+import re
+
+from config import GenConfig
+from core.io import ConfigError
+from dataset import DATASETS, load_records
+from features.extract import Dist, Summary, device_for, extract_family, with_crop
+from features.importer import import_features
+from features.store import StoredFeatures
+from tiers import TIERS, owner
+
+
+def run(cfg: GenConfig) -> list[Summary]:
+    """Compute every tier of ``cfg.features`` for ``cfg.dataset``; returns one summary per video tier."""
+    chosen = [TIERS[name] for name in cfg.features]
+    dist = Dist.from_env()
+    dist.init()
+    try:
+        records = load_records(cfg.dataset, cfg)
+        device = device_for(cfg.device, dist)
+        # new videos are framed like the training dataset's (VideoMem: centre crop)
+        crop = DATASETS[cfg.fit_on or cfg.dataset].crop
+        summaries = []
+        for tier in (t for t in chosen if t.extractor is not None):
+            ext = with_crop(tier.extractor(cfg, device), crop)
+            summary = extract_family(ext, tier.store(cfg), records, cfg, dist)
+            if dist.rank == 0:
+                print(summary.text(), flush=True)
+            summaries.append(summary)
+        if dist.rank == 0:
+            for tier in (t for t in chosen if t.derived):
+                tier.compute(cfg, records)
+        return summaries
+    finally:
+        dist.close()
+
+
+def run_import(cfg: GenConfig) -> StoredFeatures:
+    """``--import FILE --name NAME``: the name must be free (no tier owns it) and usable as a file name."""
+    taken = owner(cfg.name)
+    if taken is not None or cfg.name in TIERS:
+        raise ConfigError(
+            f"--name {cfg.name!r} is a store of the built-in {(taken or TIERS[cfg.name]).name} tier; "
+            "choose another name for imported features"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
+        raise ConfigError(f"--name {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a file)")
+    return import_features(cfg, load_records(cfg.dataset, cfg))
