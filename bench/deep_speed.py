@@ -28,10 +28,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import GenConfig  # noqa: E402
-from features.base import Clip, FrameSpec  # noqa: E402
-from features.deep import CSNExtractor, DeepExtractor, HRNetExtractor  # noqa: E402
-from model.backbones import BACKBONES  # noqa: E402
+from config import GenConfig
+from features.base import Clip, FrameSpec
+from features.deep import CSNExtractor, DeepExtractor, HRNetExtractor
+from model.backbones import BACKBONES
 
 # SPEC GFLOPs and the input they were counted for: (GFLOPs, frames, height, width)
 SPEC_GFLOPS = {

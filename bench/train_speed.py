@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import TrainConfig  # noqa: E402
-from features.store import FeatureStore, StoredFeatures  # noqa: E402
-from model.metrics import compute_metrics  # noqa: E402
-from model.mlp import ModularMLP  # noqa: E402
-from pipeline.training import run_training  # noqa: E402
+from config import TrainConfig
+from features.store import FeatureStore, StoredFeatures
+from model.metrics import compute_metrics
+from model.mlp import ModularMLP
+from pipeline.training import run_training
 
 N_TRAIN, N_VAL = 7000, 1500
 RAW = {"hog": 10, "brightness": 1, "contrast": 1, "blurriness": 1, "size_orig": 1, "meanOF": 1}

@@ -14,7 +14,7 @@ BLUR_FLOOR = 1e-3
 
 def grey_frames(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) RGB uint8 -> (T, H, W) grey uint8 (OpenCV's RGB2GRAY), in one call."""
-    T, H, W, _ = frames.shape  # noqa: N806
+    T, H, W, _ = frames.shape
     return cv2.cvtColor(frames.reshape(T * H, W, 3), cv2.COLOR_RGB2GRAY).reshape(T, H, W)
 
 
@@ -27,7 +27,7 @@ def resize_frames(frames: np.ndarray, w: int, h: int) -> np.ndarray:
     One call on the frames stacked vertically is twice as fast as T calls; it is bit-identical to the per-frame
     calls whenever OpenCV's row mapping of the stack tiles the per-frame one, which is checked once per shape on a
     random probe (falling back to per-frame calls otherwise)."""
-    T, H, W, C = frames.shape  # noqa: N806
+    T, H, W, C = frames.shape
     key = (T, H, W, C, w, h)
     ok = _STACKED_RESIZE_OK.get(key)
     if ok is None:
@@ -65,7 +65,7 @@ def _blur_log_power(grey: np.ndarray, r: int) -> np.ndarray:
     imaginary part comes only from the frequencies with k = -r or l = -r (whose mirror is not in M): two rank-1
     terms, ``Im(u_r (x) a + b (x) u_c)`` with ``u = exp(-2 pi i r m / n)``. Frame by frame, so that every
     temporary stays in cache."""
-    T, nr, nc = grey.shape  # noqa: N806
+    T, nr, nc = grey.shape
     ms, _ = _blur_lowpass_masks(nr, nc, r)
     ms = (ms / nc).astype(np.float32)  # scipy's column inverse divides by nr; OpenCV's row inverse does not scale
     ur = np.exp(-2j * np.pi * r * np.arange(nr) / nr)
@@ -109,7 +109,7 @@ def _blur_log_power(grey: np.ndarray, r: int) -> np.ndarray:
 
 def _blur_log_power_full(grey: np.ndarray, r: int) -> np.ndarray:
     """The same by two full complex FFTs (any size; used when a side is <= 2r)."""
-    T, nr, nc = grey.shape  # noqa: N806
+    T, nr, nc = grey.shape
     spec = scipy.fft.fft2(grey, axes=(1, 2), workers=1)
     rows = np.r_[0:r, nr - r : nr]
     cols = np.r_[0:r, nc - r : nc]

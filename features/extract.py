@@ -133,7 +133,7 @@ class _Videos(torch.utils.data.Dataset):
             return rec.id, clip, None
         except VideoError as err:
             return rec.id, None, str(err)
-        except Exception as err:  # noqa: BLE001 - one bad video must not stop the run; the reason is recorded
+        except Exception as err:
             return rec.id, None, f"{rec.path}: {type(err).__name__}: {err}"
 
 
@@ -170,7 +170,7 @@ def _loader(records: list, ext: Extractor, mode: str, cfg: Any, dist: Dist) -> t
     )  # fmt: skip
 
 
-def _progress(total: int, desc: str, dist: Dist):  # noqa: ANN202
+def _progress(total: int, desc: str, dist: Dist):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="video", disable=dist.rank != 0 or total == 0, file=sys.stderr)
@@ -304,11 +304,11 @@ def _extract_clips(ext: Extractor, clips: list[Clip]) -> tuple[list[tuple[str, d
     """Extract a batch; if it raises, retry clip by clip so that only the bad clips fail."""
     try:
         return list(zip([c.id for c in clips], ext.extract(clips), strict=True)), {}
-    except Exception:  # noqa: BLE001
+    except Exception:
         ok, failed = [], {}
         for clip in clips:
             try:
                 ok.append((clip.id, ext.extract([clip])[0]))
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 failed[clip.id] = f"{clip.path}: {type(err).__name__}: {err}"
         return ok, failed

@@ -45,7 +45,7 @@ _HOG_INDEX_CACHE: dict[tuple, tuple[np.ndarray, int]] = {}
 HOG_CHUNK = 3  # frames per pass: every temporary of a chunk stays in cache
 
 
-def _hog_cell_index(T: int, H: int, W: int, cell: int) -> tuple[np.ndarray, int]:  # noqa: N803
+def _hog_cell_index(T: int, H: int, W: int, cell: int) -> tuple[np.ndarray, int]:
     """Histogram slot of every pixel's bin 0 in a chunk of T frames, as (T*H, W) intp, and the slots per frame."""
     key = (T, H, W, cell)
     if key not in _HOG_INDEX_CACHE:
@@ -61,7 +61,7 @@ def _hog_cell_index(T: int, H: int, W: int, cell: int) -> tuple[np.ndarray, int]
 
 def _hog_cell_histograms(frames: np.ndarray, cell: int) -> np.ndarray:
     """Unnormalised orientation histograms (sum of magnitudes) of every cell, flat float64 (T * per_frame,)."""
-    T, H, W, C = frames.shape  # noqa: N806
+    T, H, W, C = frames.shape
     planes = cv2.split(np.ascontiguousarray(frames).reshape(T * H, W, C)) if C > 1 else [frames.reshape(T * H, W)]
     best = code = None
     for p in planes:
@@ -90,7 +90,7 @@ def hog_descriptors(frames: np.ndarray, cell: int = HOG_CELL, block: int = HOG_B
     ``HOG_CHUNK`` frames at a time (OpenCV element-wise kernels on the stacked frames, one ``np.bincount``); the
     gradients, squared magnitudes and channel choice are exact integers, the bins come from the exact table.
     """
-    T, H, W, _ = frames.shape  # noqa: N806
+    T, H, W, _ = frames.shape
     n_cr, n_cc = H // cell, W // cell
     hist = np.concatenate([_hog_cell_histograms(frames[s : s + HOG_CHUNK], cell) for s in range(0, T, HOG_CHUNK)])
     hist = hist.reshape(T, n_cr + 1, n_cc + 1, HOG_ORIENTATIONS + 1)[:, :n_cr, :n_cc, :HOG_ORIENTATIONS]

@@ -86,7 +86,7 @@ def hog_feature(clip: Clip, ctx: dict) -> np.ndarray:
 def brightness(clip: Clip, ctx: dict) -> np.ndarray:
     """(T, 1): mean of HSV V = max(R, G, B) (exact integer sums per frame)."""
     f = clip.frames
-    T, H, W, _ = f.shape  # noqa: N806
+    T, H, W, _ = f.shape
     r, g, b = cv2.split(np.ascontiguousarray(f).reshape(T * H, W, 3))
     v = cv2.max(cv2.max(r, g), b).reshape(T, H * W)
     return cv2.reduce(v, 1, cv2.REDUCE_SUM, dtype=cv2.CV_64F) / (H * W)
@@ -101,7 +101,7 @@ def contrast(clip: Clip, ctx: dict) -> np.ndarray:
 
 def blurriness(clip: Clip, ctx: dict) -> np.ndarray:
     """(T, 1): mean log-magnitude of the high-pass (DC square removed) image at width 500; high = sharp."""
-    T, H, W, _ = clip.frames.shape  # noqa: N806
+    T, H, W, _ = clip.frames.shape
     h = int(H * BLUR_WIDTH / W)  # imutils.resize: int(h * width / w)
     grey = grey_frames(resize_frames(clip.frames, BLUR_WIDTH, h))  # (T, h, 500) uint8
     return blur_log_power(grey, BLUR_RADIUS)[:, None]
@@ -111,7 +111,7 @@ def mean_optical_flow(clip: Clip, ctx: dict) -> np.ndarray:
     """(1,): mean Farneback flow magnitude between consecutive frames, in pixels of the input frame."""
     g = ctx.get("grey")
     g = grey_frames(clip.frames) if g is None else g
-    H, W = g.shape[1:]  # noqa: N806
+    H, W = g.shape[1:]
     small = [cv2.resize(f, (FLOW_SIZE, FLOW_SIZE), interpolation=cv2.INTER_AREA) for f in g]
     mags = []
     for a, b in zip(small[:-1], small[1:], strict=True):
@@ -188,7 +188,7 @@ class RawExtractor(Extractor):
     has_prepass = True
     transform_name = "hog_pca"
 
-    def __init__(self, cfg, device) -> None:  # noqa: ANN001
+    def __init__(self, cfg, device) -> None:
         super().__init__(cfg, device)
         self.hog_pca: HogPCA | None = None
 

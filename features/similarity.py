@@ -95,7 +95,7 @@ def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 class CosineMean(Method):
     uses_pca = False
 
-    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+    def score(self, arrays, x, is_train):
         return _cosine(x, arrays["train_mean"][None])  # (N, 1)
 
 
@@ -104,7 +104,7 @@ class FractionalMean(Method):
 
     p = 0.5
 
-    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+    def score(self, arrays, x, is_train):
         return (np.abs(x - arrays["train_mean"]) ** self.p).sum(axis=1, keepdims=True) ** (1 / self.p)
 
 
@@ -116,10 +116,10 @@ class CosineThreshold(Method):
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
 
-    def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+    def fit(self, train, space, seed):
         return {"train": train}
 
-    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+    def score(self, arrays, x, is_train):
         train = arrays["train"]
         out = np.empty((len(x), 1))
         for start in range(0, len(x), 2048):  # blocks keep the (block, N_train) matrix small
@@ -132,7 +132,7 @@ class CosineThreshold(Method):
 class KDE(Method):
     """Minus the log-density of an Epanechnikov KDE fitted on train (bandwidth: 5-fold grid search, 100 values)."""
 
-    def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+    def fit(self, train, space, seed):
         import warnings
 
         from sklearn.model_selection import GridSearchCV, KFold
@@ -154,7 +154,7 @@ class KDE(Method):
         logp = KernelDensity(kernel="epanechnikov", bandwidth=bandwidth).fit(train).score_samples(train)
         return {"train": train, "bandwidth": np.array([bandwidth]), "train_logp_min": np.array([logp.min()])}
 
-    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+    def score(self, arrays, x, is_train):
         from sklearn.neighbors import KernelDensity
 
         kde = KernelDensity(kernel="epanechnikov", bandwidth=float(arrays["bandwidth"][0])).fit(arrays["train"])
@@ -169,7 +169,7 @@ class DBSCANClusters(Method):
     """t-SNE (3-d) of the train features, DBSCAN on it, an MLP classifier from features to cluster labels for
     non-train videos, then a one-hot of the cluster: one column per cluster plus one for noise (label -1)."""
 
-    def fit(self, train, space, seed):  # noqa: ANN001, ANN201
+    def fit(self, train, space, seed):
         from sklearn.cluster import DBSCAN
         from sklearn.manifold import TSNE
         from sklearn.neural_network import MLPClassifier
@@ -195,7 +195,7 @@ class DBSCANClusters(Method):
             return arrays["classes"][(logits[:, 0] > 0).astype(int)]
         return arrays["classes"][logits.argmax(axis=1)]
 
-    def score(self, arrays, x, is_train):  # noqa: ANN001, ANN201
+    def score(self, arrays, x, is_train):
         labels = self.predict(arrays, x)
         if is_train.sum() == len(arrays["train_labels"]):  # the training videos keep their DBSCAN cluster
             labels[is_train] = arrays["train_labels"]
@@ -247,7 +247,7 @@ def compute_similarity(cfg: Any, records: list, spaces: list[Space], seed: int =
     return written
 
 
-def _score_fitted_elsewhere(cfg: Any, x: np.ndarray, out: FeatureStore):  # noqa: ANN202 - as _fit_space
+def _score_fitted_elsewhere(cfg: Any, x: np.ndarray, out: FeatureStore):
     """``--fit_on D``: score every row with the state D's store of the same name holds (none is a train video)."""
     fitted = FeatureStore.at(cfg.resolved_features_dir(), cfg.fit_on, out.path.stem)
     if not fitted.exists():
@@ -273,7 +273,7 @@ def _read_space(cfg: Any, space: Space) -> StoredFeatures:
     return source.read()
 
 
-def _fit_space(cfg, data, x, out, train_ids, space, seed):  # noqa: ANN001, ANN202
+def _fit_space(cfg, data, x, out, train_ids, space, seed):
     """Fit every method of ``cfg`` on the train rows of one space; keep methods fitted earlier on the same rows."""
     is_train = np.array([i in train_ids for i in data.ids])
     if is_train.sum() < 10:

@@ -143,7 +143,7 @@ class FeatureStore:
         return ([self.path] if self.path.exists() else []) + self._parts()
 
     @staticmethod
-    def _retrying(read):  # noqa: ANN001, ANN205 - a callable reading the files, and what it returns
+    def _retrying(read):
         for attempt in range(5):
             try:
                 return read()

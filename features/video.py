@@ -27,10 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # a corrupt file is reported once, as a VideoError
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from features.base import FrameSpec  # noqa: E402
+from features.base import FrameSpec
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
 MIN_FRAMES = 2  # meanOF needs a pair of frames; a 1-frame "video" is an image, not a clip
@@ -57,7 +57,7 @@ def sample_indices(length: int, n: int) -> np.ndarray:
 def resize_frame(frame: np.ndarray, size: tuple[int, int], crop: str = "squash") -> np.ndarray:
     """Resize one ``(h, w, C)`` frame to ``size`` = (H, W): squash, or fit the short side and centre-crop."""
     h, w = frame.shape[:2]
-    H, W = size  # noqa: N806
+    H, W = size
     if crop == "center":
         scale = max(H / h, W / w)
         rh, rw = max(H, round(h * scale)), max(W, round(w * scale))

@@ -134,7 +134,7 @@ class RunLogger:
             aliases = [f"epoch-{state['epoch']}", "latest"] + (["best"] if is_best else [])
             self.wandb.log_artifact(art, aliases=aliases)
 
-    def finish(self, history: list[dict], best: dict, val, best_pred: np.ndarray, last_pred: np.ndarray) -> None:  # noqa: ANN001
+    def finish(self, history: list[dict], best: dict, val, best_pred: np.ndarray, last_pred: np.ndarray) -> None:
         true = val.y.cpu().numpy()
         write_predictions(
             self.run_dir / "predictions_val.csv", val.ids, true, {"pred_best": best_pred, "pred_last": last_pred}

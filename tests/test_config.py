@@ -133,3 +133,26 @@ def test_other_scripts_configs():
 def test_shipped_configs_parse(path):
     cfg = parse(TrainConfig, ["--config", str(path)])
     assert cfg.modules()
+
+
+def test_aliases_rewrite_only_optimizer_and_scheduler():
+    cfg = parse(TrainConfig, ["--use_raw", "-n", "SGD", "--tags", "AdamW", "StepLR", "--optimizer", "SGD"])
+    assert (cfg.name, cfg.tags, cfg.optimizer) == ("SGD", ["AdamW", "StepLR"], "sgd")
+    assert parse(TrainConfig, ["--use_raw", "--scheduler", "CosineAnnealingLR"]).scheduler == "cosine"
+
+
+def test_help_shows_every_default():
+    out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=config.ROOT)
+    text = " ".join(out.stdout.split())
+    assert "(default: 0.001)" in text and "(default: 512 64)" in text and "(default: adam)" in text
+
+
+def test_one_device_resolver():
+    from core.device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("tpu")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:0")

@@ -118,3 +118,28 @@ def test_written_file_layout(tmp_path):
         assert [s.decode() for s in f["ids"][()]] == ["a", "b"]
         assert f["features/f"].dtype == np.float32 and f["features/f"][()].ravel().tolist() == [1.0, 2.0]
         assert [s.decode() for s in f["failures/reasons"][()]] == ["why"]
+
+
+def test_append_refuses_other_feature_names(tmp_path):
+    """A raw store made with other features (another version, another extractor) is a clear error, not a KeyError."""
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v1"], _rows(["v1"]), META)
+    store.compact()
+    assert store.meta()["dims"] == {"a": 3, "b": 1}
+    with pytest.raises(StoreError, match=r"features: store has \['a', 'b'\], requested \['a'\]"):
+        store.append(["v2"], {"a": np.zeros((1, 3))}, META)
+
+
+def test_done_ids_reads_no_matrix(tmp_path, monkeypatch):
+    import features.store as store_module
+
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v1"], _rows(["v1"]), META, failures={"bad": "x"})
+    store.compact()
+    store.append(["v2"], _rows(["v2"]), META)
+
+    def no_full_read(path):
+        raise AssertionError(f"done_ids read the whole of {path}")
+
+    monkeypatch.setattr(store_module, "_read_h5", no_full_read)
+    assert store.done_ids() == {"v1", "v2", "bad"} and store.done_ids(include_failed=False) == {"v1", "v2"}

@@ -289,7 +289,7 @@ def test_resume_from_a_wandb_artifact(memento, tmp_path, monkeypatch):
             return str(folder)
 
     class FakeApi:
-        def artifact(self, name, type=None):  # noqa: A002 - wandb's own keyword
+        def artifact(self, name, type=None):
             asked.append((name, type))
             return FakeArtifact()
 
@@ -300,3 +300,30 @@ def test_resume_from_a_wandb_artifact(memento, tmp_path, monkeypatch):
     result = run_training(*parse_explicit(TrainConfig, argv, check=False))
     assert asked == [("me/m3s/model-abc123:epoch-1", "model")]
     assert result["last"]["epoch"] == 2 and result["run_dir"] == str(tmp_path / "runs2/src")
+
+
+def test_code_version_runs_git_once(monkeypatch):
+    import core.io
+
+    calls = []
+    real = core.io.subprocess.run
+    monkeypatch.setattr(core.io.subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    core.io.code_version.cache_clear()
+    first = [core.io.code_version() for _ in range(3)]
+    assert len(calls) == 1 and len(set(first)) == 1
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from pipeline.report import plot_run
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.0, "val_spearman": 0.1, "val_kendall": 0.1}
+                   for e in range(3)]  # fmt: skip
+        paths = plot_run(tmp_path, history, np.linspace(0.5, 1, 10), np.linspace(0.6, 0.9, 10), "t")
+        assert matplotlib.get_backend() == "pdf" and all(p.stat().st_size > 0 for p in paths)
+    finally:
+        matplotlib.use(before)
