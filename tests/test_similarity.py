@@ -203,3 +203,21 @@ def test_methods_of_an_older_source_are_dropped(corpus):
         "cosine_mean",
         "kde",
     }
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_fits_on_train_and_scores_any_rows(name):
+    """The contract of a registered method: seeded, finite, one row per video, new rows scored like train rows."""
+    from features.similarity import Space
+
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.normal(c, 0.3, size=(40, 4)) for c in (0.0, 3.0, 6.0)])
+    space = Space("s", "store", "f", eps=3.0, command="")
+    method = METHODS[name]
+    arrays = method.fit(train, space, seed=0)
+    again = method.fit(train, space, seed=0)
+    assert arrays.keys() == again.keys() and all(np.array_equal(arrays[k], again[k]) for k in arrays)
+    scores = method.score(arrays, train, np.ones(len(train), dtype=bool))
+    fresh = method.score(arrays, train[:5] + 1e-9, np.zeros(5, dtype=bool))
+    assert scores.ndim == 2 and len(scores) == len(train) and np.isfinite(scores).all()
+    assert fresh.shape == (5, scores.shape[1]) and np.isfinite(fresh).all()
