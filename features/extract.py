@@ -28,8 +28,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.device import resolve_device
 from core.io import ConfigError, StoreError, code_version
@@ -144,8 +146,6 @@ def _collate(items: list) -> list:
 def _worker_init(_: int) -> None:
     # one thread per worker process: the workers are the parallelism
     torch.set_num_threads(1)
-    import cv2
-
     cv2.setNumThreads(1)
 
 
@@ -171,8 +171,6 @@ def _loader(records: list, ext: Extractor, mode: str, cfg: Any, dist: Dist) -> t
 
 
 def _progress(total: int, desc: str, dist: Dist):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="video", disable=dist.rank != 0 or total == 0, file=sys.stderr)
 
 

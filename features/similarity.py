@@ -16,6 +16,7 @@ Everything random is seeded (the reference seeded nothing).
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ def fit_pca(train: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Whitened PCA to 10 components (identity when the space is already small)."""
     if train.shape[1] <= PCA_DIM:
         return {}
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # lazy: see KDE.fit
 
     pca = PCA(n_components=PCA_DIM, whiten=True, random_state=seed).fit(train)
     return {"pca_mean": pca.mean_, "pca_components": pca.components_, "pca_scale": np.sqrt(pca.explained_variance_)}
@@ -133,8 +134,8 @@ class KDE(Method):
     """Minus the log-density of an Epanechnikov KDE fitted on train (bandwidth: 5-fold grid search, 100 values)."""
 
     def fit(self, train, space, seed):
-        import warnings
-
+        # scikit-learn's estimators are imported where they are used: deliberately lazy, they add about a second
+        # to the start of every script (config.py imports this module through the tier registry)
         from sklearn.model_selection import GridSearchCV, KFold
         from sklearn.neighbors import KernelDensity
 
@@ -155,7 +156,7 @@ class KDE(Method):
         return {"train": train, "bandwidth": np.array([bandwidth]), "train_logp_min": np.array([logp.min()])}
 
     def score(self, arrays, x, is_train):
-        from sklearn.neighbors import KernelDensity
+        from sklearn.neighbors import KernelDensity  # lazy: see KDE.fit
 
         kde = KernelDensity(kernel="epanechnikov", bandwidth=float(arrays["bandwidth"][0])).fit(arrays["train"])
         logp = kde.score_samples(x)
@@ -170,7 +171,7 @@ class DBSCANClusters(Method):
     non-train videos, then a one-hot of the cluster: one column per cluster plus one for noise (label -1)."""
 
     def fit(self, train, space, seed):
-        from sklearn.cluster import DBSCAN
+        from sklearn.cluster import DBSCAN  # lazy: see KDE.fit
         from sklearn.manifold import TSNE
         from sklearn.neural_network import MLPClassifier
 

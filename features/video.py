@@ -27,6 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # a corrupt file is reported once, as a VideoError
 
+import av
 import cv2
 import numpy as np
 
@@ -102,8 +103,6 @@ def _open_cv2(path: Path) -> tuple[int, Iterator[Callable[[], np.ndarray]]]:
 
 
 def _open_av(path: Path) -> tuple[int, Iterator[Callable[[], np.ndarray]]]:
-    import av
-
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
@@ -226,8 +225,6 @@ def original_video(path: Path | str) -> Path | None:
 
 def video_stream_bytes(path: Path | str) -> int:
     """Bytes of the compressed video stream of ``path`` (sum of its packet sizes; container and audio excluded)."""
-    import av
-
     path = Path(path)
     try:
         with av.open(str(path)) as container:

@@ -90,7 +90,7 @@ class RunLogger:
             self._init_wandb()
 
     def _init_wandb(self) -> None:
-        import wandb
+        import wandb  # deliberately lazy here and below: half a second of start-up, needed only with -l
 
         self.wandb = wandb.init(
             project=self.cfg.project,
