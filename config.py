@@ -119,8 +119,25 @@ class TrainConfig(ModuleConfig):
     checkpoint_run_id: str = opt("", "resume from the checkpoint artifact of this wandb run (entity/project/id or id)")
     checkpoint_epoch: int | None = opt(None, "epoch of the wandb checkpoint artifact to fetch (default: latest)")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (a GPU when present)")
+    threads: int = opt(0, "CPU threads torch may use (0: chosen from the work of one step; a batch-32 MLP gets 1)")
+    # experiments: any of these makes train.py train a grid of runs and write a summary (pipeline/experiments.py)
+    seeds: list[int] = opt([], "train one run per seed; the summary gives mean +- std and the seed ensemble")
+    folds: int = opt(0, "K-fold cross-validation over the scored train+val videos (0: the dataset's own split)")
+    fold_seed: int = opt(0, "seed of the fold partition (written once beside the dataset, then reused)")
+    ablate: bool = opt(False, "train every non-empty combination of the selected modules")
+    baselines: bool = opt(False, "also fit Ridge and RBF-SVR (standardised inputs, CV on train) on the same table")
+    batched: bool = opt(True, "train a grid's runs together as one batched model (--no-batched: one by one)")
+    search: int = opt(0, "run this many Optuna trials over --search_space (each scored over --seeds / --folds)")
+    search_space: str = opt("configs/search_paper.yaml", "YAML search space of --search")
+    search_storage: str = opt("", "Optuna storage URL (default: sqlite in the run directory, so a search resumes)")
+    search_seed: int = opt(0, "seed of the TPE sampler")
+
+    def grid(self) -> bool:
+        """Whether this config asks for an experiment (several runs and a summary) rather than one run."""
+        return bool(self.seeds or self.folds or self.ablate or self.baselines or self.search)
 
     def check(self) -> None:
+        self._check_experiment()
         if not self.modules():
             switches = ", ".join(f"--{t.switch}" for t in TIERS.values() if t.has_switch)
             raise ConfigError(f"no module selected: pass at least one of {switches} or --extra_features NAME")
@@ -142,6 +159,18 @@ class TrainConfig(ModuleConfig):
             raise ConfigError("--epochs, --batch_size and every --hidden_channels width must be >= 1")
         if self.checkpoint_epoch is not None and not self.checkpoint_run_id:
             raise ConfigError("--checkpoint_epoch needs --checkpoint_run_id")
+
+    def _check_experiment(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))}: each seed once")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError("--folds K needs K >= 2 (0: the dataset's own train/val split)")
+        if self.threads < 0 or self.search < 0:
+            raise ConfigError("--threads and --search must be >= 0")
+        if self.grid() and (self.checkpoint_local or self.checkpoint_run_id):
+            raise ConfigError("resuming (--checkpoint_local / --checkpoint_run_id) is for single runs, not grids")
+        if self.search and self.ablate:
+            raise ConfigError("--search tunes one combination of modules; run --ablate with the tuned values after")
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Train the M3-S MLP over pre-computed features: ``python train.py --dataset Memento10k --use_raw --use_hrnet ...``"""
+"""Train the M3-S MLP over pre-computed features: ``python train.py --dataset Memento10k --use_raw --use_hrnet ...``
+
+``--seeds``, ``--folds``, ``--ablate``, ``--baselines`` or ``--search`` train a grid of runs at once and print its
+summary (mean +- std, every run, the seed ensemble); see README "Experiments".
+"""
 
 from config import TrainConfig, main_guard, parse_explicit
 from pipeline.training import run_training, summary_lines
@@ -6,6 +10,12 @@ from pipeline.training import run_training, summary_lines
 
 def main() -> None:
     cfg, explicit = parse_explicit(TrainConfig, description=__doc__, check=False)
+    if cfg.grid():
+        from pipeline.experiments import run_experiment
+        from pipeline.summary import summary_lines as grid_lines
+
+        print("\n".join(grid_lines(run_experiment(cfg))))
+        return
     result = run_training(cfg, explicit)
     print("\n".join(summary_lines(result)))
 

@@ -26,6 +26,7 @@ from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
 from pipeline.checkpoint import CHECKPOINT_FORMAT, check_sources, load_checkpoint, stats_from_checkpoint
+from pipeline.fitted import pack as pack_fitted
 from pipeline.report import RunLogger, fetch_wandb_checkpoint
 from pipeline.table import FeatureTable, SplitData
 from tiers import module_tiers
@@ -35,6 +36,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # numpy seeds must fit in 32 bits (the reference overflowed here)
     torch.manual_seed(seed)
+
+
+def set_threads(cfg: TrainConfig, runs: int = 1) -> int:
+    """Set torch's CPU threads to ``--threads``, or choose them from the work of one step: one thread per 1024 rows
+    of a step (``batch_size`` x runs trained together), at least 1, at most the cores this process may use. A
+    batch-32 MLP step is too small to split: a second thread buys little when the machine is quiet and costs several
+    times over when other jobs load it (over-subscription), so a single run gets 1 and a batched grid more."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = cfg.threads or max(1, min(cores, (cfg.batch_size * runs) // 1024))
+    torch.set_num_threads(n)
+    return n
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -99,6 +111,7 @@ class Trainer:
             "dims": self.table.dims,
             "stats": self.table.stats,
             "sources": self.table.sources,
+            "fitted": pack_fitted(self.table.fitted),  # what evaluate.py --videos applies to new videos
             "train_mean": self.ctx.train_mean,
             "epoch": epoch,
             "metrics": metrics,
@@ -207,6 +220,7 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     cfg, ckpt = resolve_resume(cfg, explicit or {})
     cfg.check()
     device = resolve_device(cfg.device)
+    set_threads(cfg)
     records = load_records(cfg.dataset, cfg)
     table = FeatureTable.build(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
     if ckpt:

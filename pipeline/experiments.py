@@ -1,0 +1,215 @@
+"""Experiments: a grid of runs (seeds x folds x module combinations) trained at once, and what it leaves behind.
+
+``train.py --seeds 1 2 3 --folds 5 --ablate --baselines`` comes here (``TrainConfig.grid()``). The stores are read
+once, each fold's table is built once, and every run of the grid trains in one batched model
+(``pipeline.batched``; ``--no-batched`` trains them one by one through the ordinary ``Trainer`` instead). The run
+directory gets one sub-run per (combination, seed, fold), ``<combination>/seed<S>-fold<F>/``, with the files of an
+ordinary run (config.yaml, metrics.jsonl, predictions_val.csv, summary.json; last.pt with ``-s``), and the summary
+of the whole grid (``pipeline.summary``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from config import TrainConfig
+from core.device import resolve_device
+from core.io import ConfigError, code_version, write_json, write_text
+from dataset import load_records
+from pipeline.batched import EpochCallback, FoldData, RunResult, RunSpec, train_batched
+from pipeline.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from pipeline.folds import fold_data, load_or_make_folds
+from pipeline.report import RunLogger, write_predictions
+from pipeline.summary import summarise, write_summary
+from pipeline.table import FeatureTable, SplitData
+from pipeline.training import Trainer, predict, set_threads
+from tiers import TIERS, module_tiers
+
+
+def combinations(modules: list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty combination of ``modules``, smallest first, each in the model's input order."""
+    return [c for k in range(1, len(modules) + 1) for c in itertools.combinations(modules, k)]
+
+
+def subset_config(cfg: TrainConfig, modules: tuple[str, ...]) -> TrainConfig:
+    """``cfg`` with only ``modules`` switched on (tier switches, and the subset of ``--extra_features``)."""
+    sub = copy.deepcopy(cfg)
+    for tier in TIERS.values():
+        if tier.has_switch:
+            setattr(sub, tier.switch, any(m in modules for m in tier.modules(cfg)))
+    sub.extra_features = [m for m in cfg.extra_features if m in modules]
+    if list(module_tiers(sub)) != list(modules):
+        raise ConfigError(f"cannot select exactly the modules {modules} by switches (got {list(module_tiers(sub))})")
+    return sub
+
+
+def grid_seeds(cfg: TrainConfig) -> list[int]:
+    if cfg.seeds:
+        return list(cfg.seeds)
+    if cfg.seed is None:
+        cfg.seed = int.from_bytes(os.urandom(4), "little")  # recorded in config.yaml
+    return [cfg.seed]
+
+
+def plan_runs(cfg: TrainConfig, n_folds: int) -> list[RunSpec]:
+    """The grid, ordered by fold then seed (runs sharing a batch order are neighbours), then combination."""
+    combos = combinations(cfg.modules()) if cfg.ablate else [tuple(cfg.modules())]
+    return [RunSpec(s, f, c) for f in range(n_folds) for s in grid_seeds(cfg) for c in combos]
+
+
+def sub_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig:
+    """The config of one sub-run, as ``train.py`` would take it (one seed, its modules, no grid flags)."""
+    sub = subset_config(cfg, spec.modules)
+    sub.seed, sub.seeds, sub.ablate, sub.baselines, sub.search = spec.seed, [], False, False, 0
+    sub.name, sub.runs_dir = spec.dir_name, str(run_dir)
+    return sub
+
+
+def fold_table(fold: FoldData, modules: tuple[str, ...], dims: dict[str, int], sources: dict) -> FeatureTable:
+    """One fold as the ordinary ``FeatureTable`` of the runs over ``modules``."""
+
+    def split(ids: list[str], x: dict[str, torch.Tensor], y: torch.Tensor) -> SplitData:
+        return SplitData(ids, torch.cat([x[m] for m in modules], dim=1), y)
+
+    stats = {m: s for m, s in fold.stats.items() if m in modules}
+    splits = {
+        "train": split(fold.train_ids, fold.x_train, fold.y_train),
+        "val": split(fold.val_ids, fold.x_val, fold.y_val),
+    }
+    return FeatureTable(list(modules), {m: dims[m] for m in modules}, splits, stats, sources)
+
+
+def train_sequential(
+    cfg: TrainConfig, runs: list[RunSpec], folds: list[FoldData], dims: dict, sources: dict, run_dir: Path, device
+) -> list[RunResult]:
+    """Each run through the ordinary ``Trainer`` (and its run directory, plots included), one after another."""
+    out = []
+    for spec in runs:
+        sub = sub_config(cfg, spec, run_dir)
+        sub.save = False  # checkpoints are written as for batched runs, from the weights (write_subrun)
+        table = fold_table(folds[spec.fold], spec.modules, dims, sources)
+        trainer = Trainer(sub, table, device)
+        with RunLogger(sub) as logger:
+            trainer.fit(logger)
+        val = table.splits["val"].x
+        best_net = copy.deepcopy(trainer.model)
+        best_net.load_state_dict(trainer.best_model)
+        weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        out.append(
+            RunResult(spec, trainer.history, trainer.best, predict(best_net, val), predict(trainer.model, val), weights)
+        )
+    return out
+
+
+def train_grid(
+    cfg: TrainConfig,
+    runs: list[RunSpec],
+    folds: list[FoldData],
+    dims: dict,
+    sources: dict,
+    run_dir: Path,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+) -> list[RunResult]:
+    if cfg.batched:
+        return train_batched(cfg, runs, folds, dims, device, on_epoch)
+    return train_sequential(cfg, runs, folds, dims, sources, run_dir, device)
+
+
+def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, sources: dict, run_dir: Path) -> Path:
+    """The files of an ordinary run for one run of the grid (the sequential path's RunLogger has written most)."""
+    sub = sub_config(cfg, res.spec, run_dir)
+    path = run_dir / sub.name
+    path.mkdir(parents=True, exist_ok=True)
+    write_text(path / "config.yaml", yaml.safe_dump(asdict(sub), sort_keys=False))
+    write_text(path / "metrics.jsonl", "".join(f"{json.dumps(r)}\n" for r in res.history))
+    true = fold.y_val.cpu().numpy()
+    write_predictions(
+        path / "predictions_val.csv", fold.val_ids, true, {"pred_best": res.best_pred, "pred_last": res.last_pred}
+    )
+    write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})
+    if cfg.save:
+        modules = list(res.spec.modules)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "code_version": code_version(),
+            "config": asdict(sub),
+            "modules": modules,
+            "tiers": {m: t.name for m, t in module_tiers(sub).items()},
+            "dims": {m: dims[m] for m in modules},
+            "stats": {m: s for m, s in fold.stats.items() if m in modules},
+            "sources": sources,
+            "train_mean": float(fold.y_train.double().mean()),
+            "epoch": res.history[-1]["epoch"],
+            "metrics": res.history[-1],
+            "history": res.history,
+            "best": res.best,
+            "model": res.weights,
+        }
+        save_checkpoint(state, path / "last.pt")
+    return path
+
+
+class Grid:
+    """What a grid trains on: the folds' tables, built once, and the runs."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.check()
+        self.cfg, self.device = cfg, resolve_device(cfg.device)
+        records = load_records(cfg.dataset, cfg)
+        self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
+        self.folds, self.dims, self.sources = fold_data(cfg, records, self.fold_ids, self.device)
+        if not cfg.name:
+            cfg.name = f"{cfg.dataset}_{'+'.join(self.dims)}_grid_{time.strftime('%Y%m%d-%H%M%S')}"
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.runs = plan_runs(cfg, len(self.folds))
+        self.threads = set_threads(cfg, runs=len(self.runs) if cfg.batched else 1)
+
+    def describe(self) -> str:
+        n = {"train": len(self.folds[0].y_train), "val": len(self.folds[0].y_val)}
+        how = "batched" if self.cfg.batched else "one by one"
+        where = f"{self.cfg.folds} folds" if self.cfg.folds else "the dataset's split"
+        return (
+            f"{self.cfg.dataset}: {len(self.runs)} runs ({how}, {self.threads} threads) over {where} {n}; "
+            f"modules {self.dims}; device {self.device}"
+        )
+
+    def train(self, cfg: TrainConfig | None = None, on_epoch: EpochCallback | None = None) -> list[RunResult]:
+        cfg = cfg or self.cfg
+        return train_grid(cfg, self.runs, self.folds, self.dims, self.sources, self.run_dir, self.device, on_epoch)
+
+
+def run_experiment(cfg: TrainConfig) -> dict:
+    """Everything ``train.py`` does for a grid: train it, write the sub-runs and the summary (and the ablation)."""
+    if cfg.search:
+        from pipeline.search import run_search
+
+        return run_search(cfg)
+    grid = Grid(cfg)
+    print(grid.describe())
+    grid.run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(grid.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    t0 = time.perf_counter()
+    results = grid.train()
+    seconds = time.perf_counter() - t0
+    for res in results:
+        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+    baselines = []
+    if cfg.baselines:
+        from pipeline.baselines import run_baselines
+
+        combos = sorted({r.spec.modules for r in results}, key=lambda c: (len(c), c))
+        baselines = run_baselines(grid.folds, combos, seed=grid_seeds(cfg)[0])
+    summary = summarise(cfg, results, grid.folds, baselines, seconds)
+    summary["run_dir"] = str(grid.run_dir)
+    write_summary(grid.run_dir, summary, ablation=cfg.ablate)
+    return summary

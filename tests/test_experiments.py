@@ -1,0 +1,172 @@
+"""Experiments: seeds x folds x module combinations trained as one batched model, equal to sequential train.py runs;
+folds that partition the videos and are reused; the ablation's files; the baselines."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from config import TrainConfig, parse, parse_explicit
+from model.losses import LOSSES, LossContext
+from pipeline.batched import BATCHED_LOSSES
+from pipeline.experiments import combinations, run_experiment
+from pipeline.extraction import run_import
+from pipeline.folds import fold_path, scored_pool
+from pipeline.training import run_training
+from tests.conftest import signal_features
+
+
+def _import(data_dir, tmp_path, name, dim, seed):
+    from config import GenConfig
+
+    ids, x = signal_features(data_dir, dim=dim, noise=0.3, seed=seed)
+    np.savez(tmp_path / f"{name}.npz", ids=np.array(ids), emb=x)
+    argv = ["--dataset", "Memento10k", "--data_dir", str(data_dir), "--import", str(tmp_path / f"{name}.npz")]
+    run_import(parse(GenConfig, [*argv, "--name", name]))
+
+
+@pytest.fixture
+def two_modules(memento, tmp_path):
+    _import(memento, tmp_path, "a", 6, 1)
+    _import(memento, tmp_path, "b", 4, 2)
+    return memento
+
+
+def _argv(data_dir, tmp_path, *extra):
+    return ["--data_dir", str(data_dir), "--runs_dir", str(tmp_path / "runs"), "--extra_features", "a", "b",
+            "--normalize_extra", "--epochs", "3", "--hidden_channels", "16", "8", "--batch_size", "8", "--lr", "0.01",
+            "--device", "cpu", *extra]  # fmt: skip
+
+
+def _grid(data_dir, tmp_path, *extra):
+    return run_experiment(parse(TrainConfig, _argv(data_dir, tmp_path, *extra)))
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _preds(path):
+    with path.open() as f:
+        return np.array([[float(r["pred_best"]), float(r["pred_last"])] for r in csv.DictReader(f)])
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        ["--optimizer", "adam", "--scheduler", "step", "--scheduler_step_size", "1", "--loss", "mse"],
+        ["--optimizer", "adamw", "--scheduler", "cosine", "--loss", "mse_tails"],
+        ["--optimizer", "sgd", "--scheduler", "none", "--loss", "mse_to_spearman", "--weight_decay", "0.01"],
+    ],
+)
+def test_batched_grid_equals_sequential_train_py_runs(two_modules, tmp_path, opt):
+    """Every (combination, seed) of a batched ablation ends like the ordinary train.py run with those modules and
+    that seed: same metrics every epoch and same predictions, up to float summation order."""
+    summary = _grid(two_modules, tmp_path, "-n", "grid", "--ablate", "--seeds", "3", "4", *opt)
+    assert summary["runs"] == 6 and {r["combination"] for r in summary["rows"]} == {"a", "b", "a+b"}
+    worst = 0.0
+    for combo in (["a"], ["b"], ["a", "b"]):
+        for seed in (3, 4):
+            argv = [*_argv(two_modules, tmp_path, *opt), "--seed", str(seed), "-n", f"seq{seed}{''.join(combo)}"]
+            argv[argv.index("a") : argv.index("b") + 1] = combo
+            ref = run_training(*parse_explicit(TrainConfig, argv, check=False))
+            sub = tmp_path / "runs/grid" / f"{'+'.join(combo)}/seed{seed}-fold0"
+            got, want = _rows(sub / "metrics.jsonl"), _rows(tmp_path / "runs" / argv[-1] / "metrics.jsonl")
+            assert [r["epoch"] for r in got] == [0, 1, 2] and [r["lr"] for r in got] == [r["lr"] for r in want]
+            for key in ("train_loss", "val_spearman", "val_mse", "val_loss"):
+                diff = max(abs(g[key] - w[key]) for g, w in zip(got, want, strict=True))
+                worst = max(worst, diff)
+                assert diff < 1e-4, (combo, seed, key, diff)
+            pred_diff = np.abs(
+                _preds(sub / "predictions_val.csv") - _preds(tmp_path / "runs" / argv[-1] / "predictions_val.csv")
+            ).max()
+            assert pred_diff < 1e-5, pred_diff
+            assert ref["best"]["epoch"] == json.loads((sub / "summary.json").read_text())["best"]["epoch"]
+    print(f"largest batched-vs-sequential difference: {worst:.2e}")
+
+
+def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, tmp_path):
+    a = _grid(two_modules, tmp_path, "-n", "k3", "--folds", "3", "--seeds", "1", "2")
+    cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
+    path = fold_path(cfg)
+    assert path.parent == two_modules / "Memento10k" and path.name == "m3s_folds_k3_seed0.json"
+    folds = json.loads(path.read_text())["folds"]
+    from dataset import load_records
+
+    pool = sorted(r.id for r in scored_pool(load_records("Memento10k", cfg)))
+    assert sorted(i for f in folds for i in f) == pool  # every scored train+val video in exactly one fold
+    assert sorted(len(f) for f in folds) == [26, 27, 27]
+    stamp = path.stat().st_mtime_ns
+    path.write_text(json.dumps({"folds": [folds[1], folds[0], folds[2]]}))  # reused as written, not redrawn
+    b = _grid(two_modules, tmp_path, "-n", "k3b", "--folds", "3", "--seeds", "1", "2", "--no-batched")
+    assert path.stat().st_mtime_ns != stamp and json.loads(path.read_text())["folds"][0] == folds[1]
+    sizes = [len(f) for f in folds]
+    assert a["runs"] == b["runs"] == 6 and a["n_val"] == sizes and b["n_val"] == [sizes[1], sizes[0], sizes[2]]
+    # the same fold (fold 0 of a = fold 1 of b) trained batched and one by one through the ordinary Trainer
+    got = _rows(tmp_path / "runs/k3/a+b/seed2-fold0/metrics.jsonl")
+    want = _rows(tmp_path / "runs/k3b/a+b/seed2-fold1/metrics.jsonl")
+    assert max(abs(g["val_spearman"] - w["val_spearman"]) for g, w in zip(got, want, strict=True)) < 1e-4
+    assert (tmp_path / "runs/k3b/a+b/seed2-fold1/learning_curves.png").is_file()  # the ordinary run directory
+    row = a["rows"][0]
+    assert row["last"]["n"] == 6 and row["ensemble"]["n"] == 3 and len(row["runs"]) == 6
+    path.write_text(json.dumps({"folds": [folds[0]]}))
+    with pytest.raises(Exception, match="another set of videos"):
+        _grid(two_modules, tmp_path, "--folds", "3")
+
+
+def test_ablation_and_baselines_write_their_files(two_modules, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from config import ROOT
+
+    argv = _argv(two_modules, tmp_path, "-n", "abl", "--ablate", "--seeds", "1", "2", "--baselines", "-s")
+    out = subprocess.run([sys.executable, "train.py", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs/abl"
+    for name in ("summary.json", "ablation.csv", "ablation.md", "ablation.png", "config.yaml"):
+        assert (run / name).is_file(), name
+    with (run / "ablation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["combination"], r["model"]) for r in rows) == sorted(
+        (c, m) for c in ("a", "b", "a+b") for m in ("mlp", "ridge", "svr")
+    )
+    lasts = [float(r["last_mean"]) for r in rows]
+    assert lasts == sorted(lasts, reverse=True)  # sorted by the last epoch
+    summary = json.loads((run / "summary.json").read_text())
+    mlp = next(r for r in summary["rows"] if r["model"] == "mlp" and r["combination"] == "a+b")
+    assert [r["seed"] for r in mlp["runs"]] == [1, 2] and mlp["best"]["mean"] >= mlp["last"]["mean"] - 1e-12
+    assert "| combination | model |" in out.stdout and "seed ensemble" in out.stdout
+    ckpt = torch.load(run / "a+b/seed1-fold0/last.pt", weights_only=True)
+    assert ckpt["dims"] == {"a": 6, "b": 4} and ckpt["config"]["seed"] == 1 and not ckpt["config"]["ablate"]
+    from config import EvalConfig
+    from pipeline.evaluation import run_evaluation
+
+    scored = run_evaluation(parse(EvalConfig, ["--checkpoint", str(run / "a+b/seed1-fold0/last.pt")]))
+    assert scored["val"]["spearman"] == pytest.approx(mlp["runs"][0]["last_spearman"], abs=1e-5)
+
+
+def test_combinations():
+    assert combinations(["raw", "hrnet", "csn", "similarity"])[:5] == [
+        ("raw",),
+        ("hrnet",),
+        ("csn",),
+        ("similarity",),
+        ("raw", "hrnet"),
+    ]
+    assert len(combinations(["raw", "hrnet", "csn", "similarity"])) == 15
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_batched_losses_equal_the_registry(name):
+    """Every loss of the registry has a batched form, equal to it run by run."""
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(3, 16, generator=gen), torch.rand(3, 16, generator=gen)
+    means = torch.tensor([[0.4], [0.5], [0.6]])
+    ctx = LossContext(2, 5, 0.0, 4.0, 2.0)
+    got = BATCHED_LOSSES[name](pred, target, ctx, means)
+    for r in range(3):
+        one = LossContext(2, 5, float(means[r]), 4.0, 2.0)
+        assert float(got[r]) == pytest.approx(float(LOSSES[name](pred[r], target[r], one)), rel=1e-5, abs=1e-7)
