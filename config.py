@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -84,7 +86,7 @@ ModuleConfig = make_dataclass(
     "ModuleConfig",
     [("dataset", str, opt("Memento10k", "dataset to train on", DATASET_NAMES))]
     + _tier_fields(gen=False)
-    + [("fixed_features", bool, opt(True, "train on pre-computed features (the only mode implemented)"))],
+    + [("fixed_features", bool, opt(True, "MLP on pre-computed features (--no-fixed_features: end to end)"))],
     bases=(Paths,),
     namespace={"modules": _modules, "__module__": __name__},
 )
@@ -100,8 +102,8 @@ class TrainConfig(ModuleConfig):
     tags: list[str] = opt([], "wandb tags")
     project: str = opt("m3s", "wandb project")
     runs_dir: str = opt("runs", "parent of the run directories")
-    data_augmentation: bool = opt(False, "augment videos during training (needs end-to-end training; not implemented)")
-    compute_raw: bool = opt(False, "compute raw features on the fly (reference flag; use gen_features.py instead)")
+    data_augmentation: bool = opt(False, "end-to-end: random resized crop (scale 0.8-1, square) + flip of train clips")
+    compute_raw: bool = opt(False, "end-to-end: compute the raw tier from the decoded clips (implied by augmentation)")
     hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
     batch_size: int = opt(32, "batch size")
     loss: str = opt("mse", "training loss", tuple(LOSSES))
@@ -131,6 +133,19 @@ class TrainConfig(ModuleConfig):
     search_space: str = opt("configs/search_paper.yaml", "YAML search space of --search")
     search_storage: str = opt("", "Optuna storage URL (default: sqlite in the run directory, so a search resumes)")
     search_seed: int = opt(0, "seed of the TPE sampler")
+    # end-to-end training (--no-fixed_features): clips decoded, HRNet / CSN run inside the step (pipeline/e2e.py)
+    freeze_backbones: bool = opt(False, "end-to-end: keep HRNet / CSN frozen (features recomputed per augmented view)")
+    backbone_lr: float | None = opt(None, "end-to-end: learning rate of the fine-tuned backbones (default --lr / 100)")
+    grad_checkpointing: bool = opt(False, "end-to-end: recompute backbone activations in the backward (less memory)")
+    grad_accumulation: int = opt(1, "end-to-end: steps each process splits a --batch_size batch into (same update)")
+    clip_frames: int = opt(45, "end-to-end: frames decoded per clip (45, as the stored features)")
+    workers: int = opt(-1, "end-to-end: clip decoding processes (-1: one per core; 0: in the training process)")
+    prefetch: int = opt(2, "end-to-end: batches each decoding process prepares ahead")
+    deep_dtype: str = opt("auto", "end-to-end: backbone precision (auto: bf16 on GPUs that have it, else fp16 with "
+                          "loss scaling; fp32 on the CPU)", ("auto", "bf16", "fp16", "fp32"))  # fmt: skip
+    weights_dir: str = opt("weights", "end-to-end: folder of the official backbone checkpoints (weights/README.md)")
+    smoke_random_weights: bool = opt(False, "end-to-end: full-size backbones with RANDOM weights (pipeline tests)")
+    standin_backbones: bool = opt(False, "end-to-end: tiny random backbones of the same classes (CPU tests, demo)")
 
     def grid(self) -> bool:
         """Whether this config asks for an experiment (several runs and a summary) rather than one run."""
@@ -138,27 +153,77 @@ class TrainConfig(ModuleConfig):
 
     def check(self) -> None:
         self._check_experiment()
+        self._check_values()
         if not self.modules():
             switches = ", ".join(f"--{t.switch}" for t in TIERS.values() if t.has_switch)
             raise ConfigError(f"no module selected: pass at least one of {switches} or --extra_features NAME")
-        refused = {
-            "data_augmentation": "augmentation needs end-to-end training over videos, which m3s does not do yet; "
-            "train on pre-computed features without --data_augmentation",
-            "compute_raw": "raw features are computed offline: run `python gen_features.py --dataset "
-            f"{self.dataset} --features raw`, then train without --compute_raw",
-        }
-        for name, why in refused.items():
-            if getattr(self, name):
-                raise ConfigError(f"--{name} is not supported: {why}")
-        if not self.fixed_features:
-            raise ConfigError(
-                "--no-fixed_features (features computed inside the training step) is not implemented; "
-                "m3s trains on pre-computed features from gen_features.py"
-            )
+        self._check_end_to_end()
         if self.epochs < 1 or self.batch_size < 1 or not self.hidden_channels or min(self.hidden_channels) < 1:
             raise ConfigError("--epochs, --batch_size and every --hidden_channels width must be >= 1")
         if self.checkpoint_epoch is not None and not self.checkpoint_run_id:
             raise ConfigError("--checkpoint_epoch needs --checkpoint_run_id")
+
+    def _check_values(self) -> None:
+        """Values that would train nonsense or fail an epoch later are refused now, before any data loads."""
+        if self.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*", self.name):
+            raise ConfigError(f"--name {self.name!r}: a plain name (letters, digits, _ . + = -), not a path")
+        bad = [
+            f"--{name} {value!r} ({why})"
+            for name, value, ok, why in (
+                ("lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+                ("weight_decay", self.weight_decay, 0 <= self.weight_decay < math.inf, "finite, >= 0"),
+                ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+                ("scheduler_gamma", self.scheduler_gamma, 0 < self.scheduler_gamma <= 1, "in (0, 1]"),
+                ("scheduler_step_size", self.scheduler_step_size, self.scheduler_step_size >= 1, ">= 1"),
+                ("seed", self.seed, self.seed is None or 0 <= self.seed < 2**64, "in [0, 2**64)"),
+                ("raw_features", self.raw_features, bool(self.raw_features) or not self.use_raw, "at least one"),
+                ("device", self.device, re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device), "cpu, cuda[:N], auto"),
+            )
+            if not ok
+        ]
+        if bad:
+            raise ConfigError("invalid value(s): " + "; ".join(bad))
+
+    def _check_end_to_end(self) -> None:
+        """The end-to-end flags: only with --no-fixed_features, and with values that can train."""
+        e2e_only = {
+            "data_augmentation": self.data_augmentation,
+            "compute_raw": self.compute_raw,
+            "freeze_backbones": self.freeze_backbones,
+            "grad_checkpointing": self.grad_checkpointing,
+            "standin_backbones": self.standin_backbones,
+            "smoke_random_weights": self.smoke_random_weights,
+            "backbone_lr": self.backbone_lr is not None,
+            "grad_accumulation": self.grad_accumulation != 1,
+        }
+        if self.fixed_features:
+            given = [f"--{k}" for k, v in e2e_only.items() if v]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} need(s) end-to-end training over the videos: add --no-fixed_features "
+                    "(pre-computed features cannot be augmented or fine-tuned)"
+                )
+            return
+        if self.grid():
+            raise ConfigError("--seeds / --folds / --ablate / --baselines / --search train the MLP on pre-computed "
+                              "features; run end-to-end training (--no-fixed_features) one run at a time")  # fmt: skip
+        bad = [
+            f"--{name} {value!r} ({why})"
+            for name, value, ok, why in (
+                ("grad_accumulation", self.grad_accumulation, 1 <= self.grad_accumulation <= self.batch_size, "1..B"),
+                ("clip_frames", self.clip_frames, self.clip_frames >= 2, ">= 2"),
+                ("workers", self.workers, self.workers >= -1, "-1, 0 or more"),
+                ("prefetch", self.prefetch, self.prefetch >= 1, ">= 1"),
+                ("backbone_lr", self.backbone_lr, self.backbone_lr is None or 0 < self.backbone_lr < math.inf, "> 0"),
+            )
+            if not ok
+        ]
+        if self.freeze_backbones and self.backbone_lr is not None:
+            bad.append("--backbone_lr with --freeze_backbones (frozen backbones do not train)")
+        if self.standin_backbones and self.smoke_random_weights:
+            bad.append("--standin_backbones with --smoke_random_weights (choose one)")
+        if bad:
+            raise ConfigError("invalid end-to-end value(s): " + "; ".join(bad))
 
     def _check_experiment(self) -> None:
         if len(set(self.seeds)) != len(self.seeds):
@@ -180,10 +245,19 @@ class EvalConfig(Paths):
     split: str = opt("val", "split to score", ("train", "val", "test", "all"))
     out_dir: str = opt("", "where metrics and predictions go; default: the checkpoint's directory")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    # scoring new videos from the checkpoint alone (pipeline/apply.py)
+    videos: str = opt("", "score these videos: a folder (recursive) or a text file of video paths, one a line")
+    out: str = opt("", "CSV of --videos scores; default: scores_<videos>_<checkpoint>.csv beside the checkpoint")
+    weights_dir: str = opt("weights", "backbone checkpoints for --videos with deep tiers (weights/README.md)")
+    workers: int = opt(0, "decoding worker processes for --videos (0: one per available core)")
 
     def check(self) -> None:
         if not self.checkpoint:
             raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
+        if self.videos and self.dataset:
+            raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")
+        if self.out and not self.videos:
+            raise ConfigError("--out names the CSV of --videos scores; for a dataset split use --out_dir")
 
 
 @dataclass

@@ -8,7 +8,9 @@ Training needs only the annotation files and the feature stores, never the video
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import pickle
 import random
 from abc import ABC, abstractmethod
@@ -122,6 +124,7 @@ class VideoMem(Dataset):
         with gt.open(encoding="utf-8-sig", newline="") as f:
             rows = list(csv.DictReader(f))
         splits = self._splits(root, [r["video"] for r in rows])
+        captions = self._captions(root)
         records = []
         for r in rows:
             extras = {
@@ -129,10 +132,30 @@ class VideoMem(Dataset):
                 "long_term": float(r["long-term_memorability"]),
                 "nb_long": int(r["nb_long-term_annotations"]),
             }
+            if r["video"] in captions:
+                extras["captions"] = [captions[r["video"]]]
             vid = video_id(r["video"])
             score = float(r["short-term_memorability"])
             records.append(VideoRecord(vid, self._video(root, vid), splits[r["video"]], score, extras))
         return records
+
+    @staticmethod
+    def _captions(root: Path) -> dict[str, str]:
+        """``dev-set_video-captions.txt``: ``videoN.webm<TAB>hyphen-joined-title`` lines (CRLF); the title's hyphens
+        become spaces (``owl-in-tree-close-up`` -> ``owl in tree close up``). Absent file: no captions."""
+        candidates = (root / "dev-set_video-captions.txt", root / "dev-set" / "dev-set_video-captions.txt")
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            return {}
+        out = {}
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if not line.strip():
+                continue
+            name, sep, title = line.partition("\t")
+            if not sep:
+                raise ConfigError(f"{path}, line {n}: expected 'videoN.webm<TAB>title', got {line[:80]!r}")
+            out[name.strip()] = " ".join(title.replace("-", " ").split())
+        return out
 
     @staticmethod
     def _video(root: Path, vid: str) -> Path:
@@ -148,6 +171,8 @@ class VideoMem(Dataset):
     def _splits(self, root: Path, names: list[str]) -> dict[str, str]:
         """M3-S's pickle when present; else a seeded split written next to the data once, reused ever after."""
         official, ours = root / "train_test_split_videomem.pkl", root / "m3s_split_videomem.json"
+        fallback = _cache_dir(root) / ours.name  # where the split goes when the dataset's folder is read-only
+        ours = ours if ours.is_file() or not fallback.is_file() else fallback
         if official.is_file():
             try:
                 with official.open("rb") as f:
@@ -165,12 +190,35 @@ class VideoMem(Dataset):
             random.Random(self.split_seed).shuffle(shuffled)
             n_val = round(len(shuffled) * self.val_fraction)
             val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
-            write_text(ours, json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0))
+            text = json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0)
+            try:
+                write_text(ours, text)
+            except OSError as err:  # read-only storage: keep the split beside the user's cache instead
+                write_text(fallback, text)
+                print(f"{root} is not writable ({err.strerror}); the seeded VideoMem split is kept in {fallback}")
         split = {n: "train" for n in train} | {n: "val" for n in val}
         missing = [n for n in names if n not in split]
         if missing:
             raise ConfigError(f"{len(missing)} videos of the ground truth are in no split (first: {missing[:3]})")
         return split
+
+
+def _refuse_shared_ids(records: list[VideoRecord], root: Path) -> None:
+    """``a.mp4`` and ``a.avi`` would both be video ``a``: one's features would silently replace the other's."""
+    seen: dict[str, Path] = {}
+    for r in records:
+        if r.id in seen:
+            raise ConfigError(
+                f"{seen[r.id].relative_to(root)} and {r.path.relative_to(root)} would both be video {r.id!r}; rename "
+                "one of them (ids are file names without their suffix)"
+            )
+        seen[r.id] = r.path
+
+
+def _cache_dir(root: Path) -> Path:
+    """A writable per-dataset folder (``$XDG_CACHE_HOME/m3s/<hash of the dataset path>``)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "m3s" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
 
 
 class LaMem(Dataset):
@@ -205,9 +253,25 @@ class Demo(Memento10k):
 
 
 class Folder(Dataset):
-    """Your own videos: every video file in ``--data_dir`` (recursively), unscored, split ``test``."""
+    """Your own videos: every video file in ``--data_dir`` (recursively), unscored, split ``test``. An optional
+    ``captions.csv`` there (header ``id,caption``; one row per caption, a video may have several) gives the text
+    tier its captions; ``id`` is the video's path below the folder, with or without its suffix (``a/clip.mp4``)."""
 
     name = "folder"
+    captions_file = "captions.csv"
+
+    def _captions(self, root: Path) -> dict[str, list[str]]:
+        path = root / self.captions_file
+        if not path.is_file():
+            return {}
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not {"id", "caption"} <= set(reader.fieldnames or ()):
+                raise ConfigError(f"{path}: expected the columns id,caption; found {reader.fieldnames}")
+            out: dict[str, list[str]] = {}
+            for row in reader:
+                out.setdefault(video_id(row["id"].strip()), []).append(row["caption"] or "")
+        return out
 
     def index(self, root: Path) -> list[VideoRecord]:
         if not root.is_dir():
@@ -216,11 +280,15 @@ class Folder(Dataset):
         # the id is the path below the folder without its suffix, so a/clip.mp4 and b/clip.mp4 stay two videos;
         # a features/ folder inside it (the default feature store location) holds no videos
         rel = [p.relative_to(root) for p in files]
-        return [
-            VideoRecord(video_id(r.as_posix()), p, "test", None)
+        captions = self._captions(root)
+        records = [
+            VideoRecord(vid, p, "test", None, {"captions": captions[vid]} if vid in captions else {})
             for r, p in zip(rel, files, strict=True)
             if r.parts[0] != "features"
+            for vid in (video_id(r.as_posix()),)
         ]
+        _refuse_shared_ids(records, root)
+        return records
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (Memento10k(), VideoMem(), LaMem(), Demo(), Folder())}

@@ -1,16 +1,29 @@
 """Score a checkpoint: ``python evaluate.py --checkpoint runs/<name>/best.pt [--dataset D] [--split val|test|all]``.
 
 Writes ``metrics_<dataset>_<split>.json`` and ``predictions_<dataset>_<split>.csv`` next to the checkpoint (or in
-``--out_dir``). To score your own videos: extract features with ``gen_features.py --dataset folder --data_dir DIR``,
-then ``evaluate.py --checkpoint ... --dataset folder --data_dir DIR --split test``.
+``--out_dir``). To score your own videos in one command, from the checkpoint alone (its fitted transforms travel
+in it; the training dataset is not needed): ``evaluate.py --checkpoint best.pt --videos DIR_OR_LIST --out
+scores.csv`` (a failed video is listed with its reason).
 """
 
 from config import EvalConfig, main_guard, parse
+from pipeline.apply import score_videos
 from pipeline.evaluation import run_evaluation
+
+
+def print_scores(cfg: EvalConfig) -> None:
+    result = score_videos(cfg)
+    print(f"scored {result['n_scored']} of {result['n']} videos with {result['checkpoint']}")
+    for vid, reason in sorted(result["failed"].items())[:20]:
+        print(f"  failed {vid}: {reason}")
+    print(f"scores: {result['out']}")
 
 
 def main() -> None:
     cfg = parse(EvalConfig, description=__doc__)
+    if cfg.videos:
+        print_scores(cfg)
+        return
     result = run_evaluation(cfg)
     for split in ("train", "val", "test"):
         if split in result:

@@ -40,14 +40,18 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp gives 0600
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 @contextmanager
-def atomic_write(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_write(path: Path | str, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one step (same directory, so
-    ``os.replace`` is atomic), on failure it is removed. Readers ignore its name (``.<name>.<random><suffix>``).
+    ``os.replace`` is atomic), on failure it is removed. Readers ignore its name (``.<name>.<pid>-<random><suffix>``:
+    the writer's pid says whose it is, so ``remove_stale_temps`` never deletes another live process's file).
     The file gets the mode of any new file (``0666`` minus the umask), not ``mkstemp``'s private ``0600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix, dir=path.parent)
     os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp = Path(name)
@@ -56,6 +60,29 @@ def atomic_write(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path | str) -> list[Path]:
+    """Delete the temporary files that ``atomic_write`` left in ``directory`` when its writer was killed: those whose
+    writer process is gone (or this very process, which writes nothing at the time it cleans). Another running
+    writer's files are left alone. Returns what was removed."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}") if Path(directory).is_dir() else []:
+        owner = tmp.name.rsplit(".", 2)[-2].split("-")[0] if tmp.name.count(".") >= 3 else ""
+        if not owner.isdigit() or int(owner) == os.getpid() or not _alive(int(owner)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -44,46 +44,95 @@ def _pick_id_key(keys: list[str], wanted: str, path: Path) -> str:
     raise ConfigError(f"{path}: no id column found (looked for {', '.join(ID_KEYS)}); name it with --id_column")
 
 
+def _read_npy(path: Path, ids_file: str, id_column: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    if not ids_file:
+        raise ConfigError(f"{path}: a .npy holds no ids; pass --ids FILE (one video id per line, in row order)")
+    lines = Path(ids_file).read_text(encoding="utf-8-sig").splitlines()
+    return _ids_of([line.strip() for line in lines if line.strip()]), {"": np.load(path, allow_pickle=False)}
+
+
+def _read_npz(path: Path, ids_file: str, id_column: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as z:
+        return _split_ids({k: z[k] for k in z.files}, id_column, path)
+
+
+def _read_hdf5(path: Path, ids_file: str, id_column: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    with h5py.File(path, "r") as f:
+        datasets = {k: f[k] for k in f if isinstance(f[k], h5py.Dataset)}
+        for k, ds in datasets.items():
+            # external or virtual storage reads other files of this machine (any path: /etc/passwd was imported)
+            if ds.external or ds.is_virtual:
+                raise ConfigError(f"{path}: dataset {k!r} keeps its data in other files (external/virtual storage)")
+        return _split_ids({k: ds[()] for k, ds in datasets.items()}, id_column, path)
+
+
+def _split_ids(arrays: dict[str, np.ndarray], id_column: str, path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    key = _pick_id_key(list(arrays), id_column, path)
+    ids = _ids_of(arrays.pop(key))
+    feats = {k: v for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.number)}
+    if not feats:
+        raise ConfigError(f"{path}: no numeric array besides the ids {key!r}")
+    return ids, feats
+
+
+def _read_csv(path: Path, ids_file: str, id_column: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    for line, r in enumerate(rows, start=2):  # a short row fills with None, a long one keeps the rest under None
+        if None in r or None in r.values():
+            n = len(header) - sum(v is None for v in r.values()) + len(r.get(None) or [])
+            raise ConfigError(f"{path}: line {line} has {n} fields; the header has {len(header)}")
+    key = _pick_id_key(header, id_column, path)
+    cols = [c for c in header if c != key]
+    try:
+        matrix = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float64)
+    except ValueError as err:
+        raise ConfigError(f"{path}: every column but the id {key!r} must be numeric ({err})") from err
+    return _ids_of([r[key] for r in rows]), {"": matrix.reshape(len(rows), len(cols))}
+
+
+READERS = {".npy": _read_npy, ".npz": _read_npz, ".h5": _read_hdf5, ".hdf5": _read_hdf5, ".csv": _read_csv}
+
+
 def read_table(
     path: Path, name: str, ids_file: str = "", id_column: str = ""
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """``(ids, {feature name: (N, D) float32})`` from a user's file."""
+    """``(ids, {feature name: (N, D) array})`` from a user's file: one array is named ``name``; several (an .npz /
+    .h5 with more than one) keep their own names."""
     if not path.is_file():
         raise FileNotFoundError(f"feature file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        if not ids_file:
-            raise ConfigError(f"{path}: a .npy holds no ids; pass --ids FILE (one video id per line, in row order)")
-        ids = _ids_of(
-            [line.strip() for line in Path(ids_file).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(f"{path}: unsupported format {path.suffix!r}; use .npy (+ --ids), .npz, .h5 or .csv")
+    try:
+        ids, feats = reader(path, ids_file, id_column)
+    except (OSError, ValueError) as err:  # truncated/empty npy, npz or h5 files
+        raise ConfigError(f"{path}: not a readable {path.suffix} file ({err})") from None
+    if not ids:
+        raise ConfigError(f"{path}: no rows")
+    return ids, ({name: next(iter(feats.values()))} if len(feats) == 1 else feats)
+
+
+def _checked(path: Path, fname: str, values: np.ndarray, ids: list[str]) -> np.ndarray:
+    """(N, D) float32 with D >= 1, real and finite, one row per id."""
+    m = np.asarray(values)
+    if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
+        raise ConfigError(f"{path}: {fname} holds {m.dtype} values; expected real numbers")
+    m = m.astype(np.float32)
+    if m.ndim == 1:
+        m = m[:, None]
+    if m.ndim != 2 or len(m) != len(ids) or m.shape[1] < 1:
+        raise ConfigError(f"{path}: {fname} has shape {m.shape}; expected ({len(ids)}, D >= 1), one row per id")
+    bad = ~np.isfinite(m).all(axis=1)
+    if bad.any():
+        raise ConfigError(
+            f"{path}: {int(bad.sum())} rows of {fname} hold NaN or inf (first id {ids[int(np.argmax(bad))]})"
         )
-        return ids, {name: np.load(path, allow_pickle=False)}
-    if suffix in (".npz", ".h5", ".hdf5"):
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        else:
-            with h5py.File(path, "r") as f:
-                arrays = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
-        key = _pick_id_key(list(arrays), id_column, path)
-        ids = _ids_of(arrays.pop(key))
-        feats = {k: v for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.number)}
-        if not feats:
-            raise ConfigError(f"{path}: no numeric array besides the ids {key!r}")
-        return ids, ({name: next(iter(feats.values()))} if len(feats) == 1 else feats)
-    if suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            raise ConfigError(f"{path}: no rows")
-        key = _pick_id_key(list(rows[0]), id_column, path)
-        cols = [c for c in rows[0] if c != key]
-        try:
-            matrix = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float64)
-        except ValueError as err:
-            raise ConfigError(f"{path}: every column but the id {key!r} must be numeric ({err})") from err
-        return _ids_of([r[key] for r in rows]), {name: matrix}
-    raise ConfigError(f"{path}: unsupported format {suffix!r}; use .npy (+ --ids), .npz, .h5 or .csv")
+    return m
 
 
 def import_features(cfg: Any, records: list) -> StoredFeatures:
@@ -95,18 +144,7 @@ def import_features(cfg: Any, records: list) -> StoredFeatures:
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ConfigError(f"{path}: repeated ids (first: {dup})")
-    for fname, m in feats.items():
-        m = np.asarray(m, dtype=np.float32)
-        if m.ndim == 1:
-            m = m[:, None]
-        if m.ndim != 2 or len(m) != len(ids):
-            raise ConfigError(f"{path}: {fname} has shape {m.shape}; expected ({len(ids)}, D), one row per id")
-        bad = ~np.isfinite(m).all(axis=1)
-        if bad.any():
-            raise ConfigError(
-                f"{path}: {int(bad.sum())} rows of {fname} hold NaN or inf (first id {ids[int(np.argmax(bad))]})"
-            )
-        feats[fname] = m
+    feats = {fname: _checked(path, fname, m, ids) for fname, m in feats.items()}
     known = {r.id for r in records}
     unknown = [i for i in ids if i not in known]
     if len(unknown) == len(ids):

@@ -241,7 +241,8 @@ def compute_similarity(cfg: Any, records: list, spaces: list[Space], seed: int =
             feats, transforms, meta = _score_fitted_elsewhere(cfg, x, out)
         else:
             feats, transforms, meta = _fit_space(cfg, data, x, out, train_ids, space, seed)
-        out.write(StoredFeatures(data.ids, feats, meta, transforms=transforms))
+        # videos whose source features failed fail here too, with the same reason (training then leaves them out)
+        out.write(StoredFeatures(data.ids, feats, meta, dict(data.failures), transforms))
         dims = {m: feats[m].shape[1] for m in cfg.similarity_methods}
         print(f"similarity in {space.name} space ({space.store}): {dims} -> {out.path}")
         written.append(str(out.path))

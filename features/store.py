@@ -12,8 +12,9 @@ Writes never touch a file a reader may hold: an extraction appends *part* files 
 (``<family>.parts/<shard>-<seq>.h5``), each written to a temporary name and renamed, and ``compact`` folds the
 parts into a new main file, again written aside and renamed. A reader sees the main file plus every finished part,
 so it can read while another process appends, and a killed run leaves at most a temporary file behind, which is
-ignored and cleaned up. Rows are sorted by id on compaction, so the file does not depend on the order videos were
-processed in, nor on how many processes shared the work.
+ignored, and removed by the next compaction once its writer process is gone (another live writer's are kept). Rows
+are sorted by id on compaction, so the file does not depend on the order videos were processed in, nor on how many
+processes shared the work.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.io import StoreError, atomic_write
+from core.io import StoreError, atomic_write, remove_stale_temps
 
 __all__ = ["FeatureStore", "StoreError", "StoredFeatures", "Transform", "check_compatible"]
 
@@ -227,9 +228,11 @@ class FeatureStore:
         self.write(data)
 
     def _clean_parts_dir(self) -> None:
+        """Remove the temporary files of killed writers (never those of a live one: two extractions may share a
+        store), and the parts folder once empty."""
+        remove_stale_temps(self.path.parent)
         if self.parts_dir.is_dir():
-            for tmp in self.parts_dir.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+            remove_stale_temps(self.parts_dir)
             if not any(self.parts_dir.iterdir()):
                 self.parts_dir.rmdir()
 

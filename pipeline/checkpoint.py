@@ -19,14 +19,47 @@ def save_checkpoint(state: dict, path: Path) -> None:
         torch.save(state, tmp)
 
 
+REQUIRED = ("config", "model", "dims", "stats", "sources", "epoch", "modules")
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by ``train.py --save``; anything else (empty, truncated, another program's file, a
+    pickle that would need ``weights_only=False``) is one clear error, never torch's traceback or advice."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (train.py --save writes best.pt and last.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    not_ours = f"{path} is not an m3s checkpoint (best.pt / last.pt written by train.py --save)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types here (EOFError, RuntimeError, UnpicklingError, OSError...)
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{not_ours}: it cannot be read ({reason}); it may be truncated or empty") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not an m3s checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ConfigError(f"{not_ours} (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ConfigError(f"{not_ours}: it lacks {', '.join(missing)}")
     return ckpt
+
+
+def repair_best(run_dir: Path, ckpt: dict) -> bool:
+    """Make ``best.pt`` hold the best epoch that ``ckpt`` (the checkpoint a run resumes from) knows of. A kill between
+    writing one file and the other could leave it stale; it is rebuilt from the best weights kept in ``ckpt``, for
+    scoring (it holds no optimiser state of its own epoch, so it cannot be resumed from). True if it was rebuilt."""
+    best, path = ckpt.get("best"), Path(run_dir) / "best.pt"
+    if not best or not ckpt.get("best_model"):
+        return False
+    try:
+        if load_checkpoint(path)["epoch"] == best["epoch"]:
+            return False
+    except (FileNotFoundError, ConfigError):
+        pass
+    state = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "rng")}
+    history = [row for row in ckpt.get("history", []) if row["epoch"] <= best["epoch"]]
+    state |= {"model": ckpt["best_model"], "epoch": best["epoch"], "metrics": best, "history": history}
+    save_checkpoint(state, path)
+    print(f"warning: {path} did not hold the best epoch {best['epoch'] + 1}; rebuilt it from the run's last checkpoint")
+    return True
 
 
 def model_from_checkpoint(ckpt: dict) -> ModularMLP:

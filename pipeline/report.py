@@ -13,7 +13,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from config import TrainConfig
-from core.io import ConfigError, atomic_write, write_json, write_text
+from core.io import ConfigError, atomic_write, remove_stale_temps, write_json, write_text
 from model.metrics import HIST_BINS, histogram
 from pipeline.checkpoint import save_checkpoint
 
@@ -69,6 +69,14 @@ def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndar
     return paths
 
 
+def _epoch(line: str) -> float:
+    """The epoch of a metrics.jsonl line; a line cut short by a kill counts as no epoch (it is dropped)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLogger:
     """Writes ``runs/<name>/`` and, with ``cfg.log``, mirrors it to wandb. Use as a context manager."""
 
@@ -79,12 +87,11 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
         write_text(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        remove_stale_temps(self.run_dir)  # what a kill inside torch.save left
         # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
         kept = []
         if resume_epoch and self.metrics_path.exists():
-            kept = [
-                line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["epoch"] < resume_epoch
-            ]
+            kept = [line for line in self.metrics_path.read_text().splitlines() if _epoch(line) < resume_epoch]
         write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
         if cfg.log:
             self._init_wandb()
@@ -123,9 +130,9 @@ class RunLogger:
         is a version of the artifact ``model-<run id>`` with aliases ``epoch-N`` and ``latest`` (plus ``best``), which
         is what ``--checkpoint_run_id`` / ``--checkpoint_epoch`` fetch."""
         last = self.run_dir / "last.pt"
-        save_checkpoint(state, last)
-        if is_best:
+        if is_best:  # best first: a kill in between leaves last.pt behind, and resuming repeats this epoch
             save_checkpoint(state, self.run_dir / "best.pt")
+        save_checkpoint(state, last)
         if self.wandb is not None:
             import wandb
 

@@ -8,7 +8,7 @@ device, normalised with train-split statistics where the tier asks for it. An ep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from config import ModuleConfig
 from core.io import ConfigError
 from dataset import SPLITS, VideoRecord
 from features.store import FeatureStore, StoredFeatures
+from pipeline.fitted import Fitted, fitted_of
 from tiers import Source, Tier, module_tiers, sources
 
 
@@ -39,6 +40,7 @@ class FeatureTable:
     splits: dict[str, SplitData]
     stats: Stats
     sources: dict[str, dict]  # store name -> {"tier", "features", "settings", "smoke", "dims", "transforms"}
+    fitted: Fitted = field(default_factory=dict)  # the stores' fitted transforms, carried by checkpoints
 
     @property
     def in_dim(self) -> int:
@@ -68,7 +70,7 @@ class FeatureTable:
             blocks[module] = (blocks[module] - s["mean"].numpy()) / s["std"].numpy()
         split_data = to_splits(blocks, chosen, splits, device)
         dims = {m: blocks[m].shape[1] for m in plan}
-        return cls(list(plan), dims, split_data, stats, provenance(tiers, plan, stores))
+        return cls(list(plan), dims, split_data, stats, provenance(tiers, plan, stores), fitted_of(stores))
 
 
 def read_stores(cfg: ModuleConfig, tiers: dict[str, Tier]) -> dict[str, StoredFeatures]:

@@ -7,6 +7,7 @@ run continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -18,14 +19,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import TrainConfig, from_dict
+from config import ModuleConfig, TrainConfig, from_dict
 from core.device import resolve_device
 from core.io import ConfigError, code_version
 from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
-from pipeline.checkpoint import CHECKPOINT_FORMAT, check_sources, load_checkpoint, stats_from_checkpoint
+from pipeline.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_sources,
+    load_checkpoint,
+    repair_best,
+    stats_from_checkpoint,
+)
 from pipeline.fitted import pack as pack_fitted
 from pipeline.report import RunLogger, fetch_wandb_checkpoint
 from pipeline.table import FeatureTable, SplitData
@@ -193,6 +200,22 @@ class Trainer:
         return {"best": self.best, "last": last}
 
 
+# A resumed run keeps its model and its inputs: these options (every module option, and the network's widths)
+# cannot change under it. The paths may (the same stores can move), and so may --epochs, --save, --log...
+_FIXED_ON_RESUME = {f.name for f in dataclasses.fields(ModuleConfig)} - {"data_dir", "features_dir"} | {
+    "hidden_channels"
+}
+
+
+def _refuse_model_changes(path: str | Path, saved: dict, explicit: dict) -> None:
+    changed = [k for k in sorted(_FIXED_ON_RESUME & set(explicit)) if k in saved and explicit[k] != saved[k]]
+    if changed:
+        diffs = "; ".join(f"--{k} {explicit[k]!r} differs from the checkpoint's {saved[k]!r}" for k in changed)
+        raise ConfigError(
+            f"{diffs}. A resumed run keeps the model and inputs of {path}; start a new run (another -n NAME) instead"
+        )
+
+
 def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict | None]:
     """With ``--checkpoint_local`` / ``--checkpoint_run_id``, the checkpoint's config is the base and only the
     flags given explicitly now override it (typically ``--epochs``)."""
@@ -200,6 +223,9 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
         return cfg, None
     path = cfg.checkpoint_local or fetch_wandb_checkpoint(cfg.checkpoint_run_id, cfg.checkpoint_epoch, cfg.project)
     ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise ConfigError(f"{path} holds no optimiser state (a best.pt rebuilt after a kill); resume from last.pt")
+    _refuse_model_changes(path, ckpt["config"], explicit)
     values = dict(ckpt["config"]) | explicit
     values |= {"checkpoint_local": str(path), "checkpoint_run_id": cfg.checkpoint_run_id}
     resumed = from_dict(TrainConfig, values, source=f"checkpoint {path}")
@@ -212,6 +238,8 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
     if cfg.checkpoint_local and not explicit.get("name"):  # a local checkpoint's run goes on in its own directory
         resumed.name = Path(path).resolve().parent.name
         resumed.runs_dir = str(Path(path).resolve().parent.parent)
+    elif cfg.checkpoint_run_id:  # a downloaded checkpoint never chooses where this machine writes
+        resumed.runs_dir = cfg.runs_dir
     return resumed, ckpt
 
 
@@ -231,6 +259,8 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     n = {s: len(d.y) for s, d in table.splits.items()}
     print(f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; seed {cfg.seed}")
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+        if ckpt and cfg.save:
+            repair_best(logger.run_dir, ckpt)
         result = trainer.fit(logger)
         result["run_dir"] = str(logger.run_dir)
     return result

@@ -1,6 +1,7 @@
 """The HDF5 feature store: parts, compaction, atomicity, determinism, refusals."""
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,26 @@ def test_done_ids_reads_no_matrix(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_module, "_read_h5", no_full_read)
     assert store.done_ids() == {"v1", "v2", "bad"} and store.done_ids(include_failed=False) == {"v1", "v2"}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_compaction_removes_only_the_temp_files_of_dead_writers(tmp_path):
+    """Two writers on one store: one's compaction must not delete the other's in-flight part (it did: rc 2). A
+    killed writer's leftovers, in the parts folder or beside the store, go at the next compaction."""
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v1"], _rows(["v1"]), META)
+    live = store.parts_dir / f".0-000009.h5.{os.getppid()}-abcd.tmp"  # a writer that is still running
+    dead_part = store.parts_dir / f".0-000008.h5.{_dead_pid()}-abcd.tmp"
+    dead_main = store.path.parent / f".raw.h5.{_dead_pid()}-efgh.tmp"  # killed during a compaction
+    for p in (live, dead_part, dead_main):
+        p.write_bytes(b"half-written")
+    store.compact()
+    assert live.exists() and not dead_part.exists() and not dead_main.exists()
+    assert store.read().ids == ["v1"]

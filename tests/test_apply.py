@@ -1,0 +1,93 @@
+"""``evaluate.py --videos``: new videos scored from the checkpoint alone (its fitted transforms travel in it), with
+the training dataset's stores deleted, give the predictions the model gave the same videos inside the dataset."""
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
+from pipeline.apply import read_scores, score_videos, video_records
+from pipeline.evaluation import run_evaluation
+from pipeline.extraction import run
+from pipeline.training import run_training
+from tests.fixtures_video import memento_layout
+
+
+def _predictions(path):
+    with open(path, newline="") as f:
+        return {row["id"]: float(row["pred"]) for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A raw-tier model of a tiny Memento10k, its in-dataset val predictions, and the val videos."""
+    tmp = tmp_path_factory.mktemp("apply")
+    data, features = tmp / "data", tmp / "features"
+    names = memento_layout(data / "Memento10k", 20, n_frames=8)
+    run(GenConfig(data_dir=str(data), features_dir=str(features), dataset="Memento10k", workers=1))
+    argv = ["--data_dir", str(data), "--features_dir", str(features), "--runs_dir", str(tmp / "runs"), "-n", "m",
+            "--use_raw", "--epochs", "2", "--hidden_channels", "16", "--seed", "0", "-s"]  # fmt: skip
+    run_training(*parse_explicit(TrainConfig, argv, check=False))
+    ckpt = tmp / "runs/m/best.pt"
+    run_evaluation(parse(EvalConfig, ["--checkpoint", str(ckpt), "--split", "val"]))
+    in_dataset = _predictions(tmp / "runs/m/predictions_Memento10k_val.csv")
+    videos = [data / "Memento10k/videos" / n for n in names if n[: -len(".mp4")] in in_dataset]
+    shutil.rmtree(features)  # the training dataset's stores are gone: the checkpoint must be enough
+    return tmp, ckpt, in_dataset, videos
+
+
+def test_checkpoint_carries_its_fitted_transforms_and_loads_weights_only(trained):
+    _, ckpt, _, _ = trained
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hog = state["fitted"]["raw"]["transforms"]["hog_pca"]
+    assert hog["arrays"]["components"].shape[0] == 10 and '"family": "raw"' in state["fitted"]["raw"]["meta"]
+
+
+def test_a_folder_of_new_videos_is_scored_like_the_dataset_in_one_command(trained):
+    tmp, ckpt, in_dataset, videos = trained
+    mine = tmp / "my_videos"
+    (mine / "sub").mkdir(parents=True)
+    for k, v in enumerate(videos):
+        shutil.copy(v, mine / ("sub" if k == 0 else "") / v.name)  # ids are paths below the folder
+    (mine / "broken.mp4").write_bytes(b"not a video at all")
+    out = tmp / "scores.csv"
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(ckpt), "--videos", str(mine),
+           "--out", str(out), "--workers", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"scored {len(videos)} of {len(videos) + 1} videos" in proc.stdout and "failed broken" in proc.stdout
+    scores = read_scores(out)
+    assert len(scores) == len(videos) == len(in_dataset) == 4
+    for vid, pred in scores.items():
+        assert pred == pytest.approx(in_dataset[vid.rsplit("/", 1)[-1]], abs=1e-6)
+    with open(out, newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert rows["broken"]["prediction"] == "" and "raw:" in rows["broken"]["error"]
+
+
+def test_a_list_file_of_videos_and_the_default_output_name(trained):
+    tmp, ckpt, in_dataset, videos = trained
+    listing = tmp / "lists" / "to_score.txt"
+    listing.parent.mkdir()
+    listing.write_text("# my videos\n" + "\n".join(str(v) for v in videos[:2]) + "\nmissing/clip.mp4\n")
+    result = score_videos(parse(EvalConfig, ["--checkpoint", str(ckpt), "--videos", str(listing), "--workers", "1"]))
+    assert result["out"].endswith("scores_to_score_best.csv") and result["n_scored"] == 2
+    assert "no such file" in result["failed"]["clip"]
+    for vid, pred in read_scores(result["out"]).items():
+        assert pred == pytest.approx(in_dataset[vid], abs=1e-6)
+
+
+def test_video_records_refusals(tmp_path):
+    with pytest.raises(ConfigError, match="no video files"):
+        video_records(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such folder or list file"):
+        video_records(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="one video; pass its folder"):
+        (tmp_path / "a.mp4").write_bytes(b"")
+        video_records(tmp_path / "a.mp4")
+    with pytest.raises(ConfigError, match="--videos scores a folder"):
+        parse(EvalConfig, ["--checkpoint", "x.pt", "--videos", "d", "--dataset", "demo"])

@@ -1,0 +1,258 @@
+"""What real data and real machines do to a run: killed writes, bad files, bad values, hostile names.
+
+Each test reproduces one defect found by fault injection and failed before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from config import ConfigError, GenConfig, TrainConfig, parse, parse_explicit
+from features.store import FeatureStore
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training import run_training
+from tests.test_train import _import, _train
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--scheduler_gamma", "-1"], r"--scheduler_gamma -1.0 \(in \(0, 1\]\)"),
+        (["--scheduler_step_size", "0"], r"--scheduler_step_size 0 \(>= 1\)"),
+        (["--lr", "-0.1"], "--lr -0.1"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--weight_decay", "-1"], "--weight_decay -1.0"),
+        (["--momentum", "-0.5"], "--momentum -0.5"),
+        (["--device", "tpu"], "--device 'tpu'"),
+        (["--seed", str(2**64)], "--seed"),
+        (["-n", "../x"], "a plain name"),
+        (["-n", "/tmp/x"], "a plain name"),
+    ],
+)
+def test_bad_values_are_refused_at_parse_time(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(TrainConfig, ["--use_raw", *argv])
+
+
+def test_empty_raw_feature_list_from_yaml_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("use_raw: true\nraw_features: []\n")
+    with pytest.raises(ConfigError, match="--raw_features"):
+        parse(TrainConfig, ["--config", str(tmp_path / "c.yaml")])
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated", "foreign"])
+def test_unreadable_checkpoints_are_one_clear_error(tmp_path, content):
+    path = tmp_path / "x.pt"
+    if content == "truncated":
+        save_checkpoint({"format": 1, "model": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif content == "foreign":
+        torch.save({"format": 1, "state_dict": {}}, path)  # loads, but is someone else's file
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match="is not an m3s checkpoint") as err:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_repairs_a_stale_best_checkpoint(memento, tmp_path):
+    """Killed between writing last.pt and best.pt: after resuming, best.pt must hold the summary's best epoch."""
+    _import(memento, tmp_path)
+    first = _train(memento, tmp_path, "-n", "r", "-s", "--epochs", "3")
+    run = tmp_path / "runs" / "r"
+    stale = load_checkpoint(run / "last.pt") | {"epoch": -5}
+    save_checkpoint(stale, run / "best.pt")  # what the kill left: an older best
+    result = _train(memento, tmp_path, "--checkpoint_local", str(run / "last.pt"), "-s", "--epochs", "3")
+    assert result["best"]["epoch"] == first["best"]["epoch"]
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == result["best"]["epoch"]
+    assert all(torch.equal(best["model"][k], best["best_model"][k]) for k in best["model"])
+    with pytest.raises(ConfigError, match="holds no optimiser state"):
+        _train(memento, tmp_path, "--checkpoint_local", str(run / "best.pt"), "--epochs", "4")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--hidden_channels", ["16", "4"]), ("--use_temporal_std", [])])
+def test_resume_with_another_model_is_refused(memento, tmp_path, flag, value):
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "r", "-s", "--epochs", "2")
+    with pytest.raises(ConfigError, match=f"{flag} .* differs from the checkpoint's"):
+        _train(memento, tmp_path, "--checkpoint_local", str(tmp_path / "runs/r/last.pt"), flag, *value)
+
+
+def test_resume_survives_a_cut_metrics_line_and_kill_leftovers(memento, tmp_path):
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "r", "-s", "--epochs", "2")
+    run = tmp_path / "runs" / "r"
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "lr": 0.0')  # killed mid-line
+    leftover = run / ".last.pt.999999999-abcd.tmp"  # killed inside torch.save (no such pid)
+    leftover.write_bytes(b"half")
+    _train(memento, tmp_path, "--checkpoint_local", str(run / "last.pt"), "-s", "--epochs", "3")
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2] and not leftover.exists()
+
+
+def test_a_wandb_artifact_cannot_choose_where_the_run_writes(memento, tmp_path, monkeypatch):
+    import wandb
+
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "src", "-s", "--epochs", "2")
+    crafted = load_checkpoint(tmp_path / "runs/src/last.pt")
+    crafted["config"] = crafted["config"] | {"runs_dir": str(tmp_path / "elsewhere"), "name": "../../escape"}
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    save_checkpoint(crafted, folder / "checkpoint.pt")
+
+    class FakeArtifact:
+        def download(self):
+            return str(folder)
+
+    class FakeApi:
+        def artifact(self, name, type=None):
+            return FakeArtifact()
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    monkeypatch.delenv("WANDB_MODE")
+    argv = ["--checkpoint_run_id", "abc", "--epochs", "3", "--runs_dir", str(tmp_path / "runs2")]
+    with pytest.raises(ConfigError, match="a plain name"):
+        run_training(*parse_explicit(TrainConfig, argv, check=False))
+    result = run_training(*parse_explicit(TrainConfig, [*argv, "-n", "mine"], check=False))
+    assert result["run_dir"] == str(tmp_path / "runs2" / "mine") and not (tmp_path / "elsewhere").exists()
+
+
+def test_similarity_store_records_the_failures_of_its_space(memento, tmp_path):
+    """Videos whose deep features failed are failures of the similarity store too, so training leaves them out."""
+    from tests.conftest import signal_features
+
+    ids, x = signal_features(memento, dim=12)
+    store = FeatureStore.at(memento / "features", "Memento10k", "hrnet_f1")
+    meta = {"family": "hrnet", "dataset": "Memento10k", "settings": {}, "smoke": False}
+    store.append(ids[1:], {"hrnet": x[1:]}, meta, failures={ids[0]: "decoder crashed"})
+    store.compact()
+    gen = GenConfig(data_dir=str(memento), dataset="Memento10k", similarity_features=["hrnet"],
+                    similarity_methods=["cosine_mean"])  # fmt: skip
+    from tiers import TIERS
+
+    TIERS["similarity"].compute(gen)
+    sim = FeatureStore.at(memento / "features", "Memento10k", "similarity_hrnet_f1").read()
+    assert sim.failures == {ids[0]: "decoder crashed"}
+    cfg, explicit = parse_explicit(
+        TrainConfig,
+        [
+            "--data_dir",
+            str(memento),
+            "--use_similarity",
+            "--similarity_features",
+            "hrnet",
+            "--similarity_methods",
+            "cosine_mean",
+            "--epochs",
+            "1",
+            "--runs_dir",
+            str(tmp_path / "runs"),
+            "--seed",
+            "0",
+        ],  # fmt: skip
+        check=False,
+    )
+    assert run_training(cfg, explicit)["last"]["epoch"] == 0
+
+
+def test_files_differing_only_in_suffix_are_refused(tmp_path):
+    from dataset import DATASETS
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "a.avi").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"a\.avi.*a\.mp4|a\.mp4.*a\.avi"):
+        DATASETS["folder"].index(tmp_path)
+
+
+@pytest.mark.parametrize("row", ["v1,1.0", "v1,1.0,2.0,3.0"])
+def test_csv_import_with_a_short_or_long_row(memento, tmp_path, row):
+    from pipeline.extraction import run_import
+
+    (tmp_path / "f.csv").write_text(f"id,a,b\n{row}\nv2,1.0,2.0\n")
+    argv = ["--dataset", "Memento10k", "--data_dir", str(memento), "--import", str(tmp_path / "f.csv"), "--name", "f"]
+    with pytest.raises(ConfigError, match="line 2 has 2 fields|line 2 has 4 fields"):
+        run_import(parse(GenConfig, argv))
+
+
+@pytest.mark.parametrize("kind", ["empty_npy", "empty_npz", "empty_h5", "no_columns", "complex"])
+def test_empty_or_odd_imports_are_clear_errors(memento, tmp_path, kind):
+    import h5py
+
+    from pipeline.extraction import run_import
+    from tests.conftest import signal_features
+
+    ids, x = signal_features(memento)
+    path, extra = tmp_path / "f.npz", []
+    if kind == "empty_npy":
+        path = tmp_path / "f.npy"
+        np.save(path, np.zeros((0, 3)))
+        (tmp_path / "ids.txt").write_text("")
+        extra = ["--ids", str(tmp_path / "ids.txt")]
+    elif kind == "empty_npz":
+        np.savez(path, ids=np.array([], dtype=str), emb=np.zeros((0, 3)))
+    elif kind == "empty_h5":
+        path = tmp_path / "f.h5"
+        h5py.File(path, "w").close()
+    elif kind == "no_columns":
+        np.savez(path, ids=np.array(ids), emb=np.zeros((len(ids), 0)))
+    else:
+        np.savez(path, ids=np.array(ids), emb=x.astype(np.complex64))
+    argv = ["--dataset", "Memento10k", "--data_dir", str(memento), "--import", str(path), "--name", "f", *extra]
+    with pytest.raises(ConfigError):
+        run_import(parse(GenConfig, argv))
+
+
+def test_hdf5_external_storage_is_refused(memento, tmp_path):
+    """An .h5 whose dataset points at another local file (/etc/passwd was imported) is refused."""
+    import h5py
+
+    from pipeline.extraction import run_import
+    from tests.conftest import signal_features
+
+    ids, _ = signal_features(memento)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(len(ids) * 2, dtype=np.float32).tobytes())
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["ids"] = np.array(ids, dtype=object).astype("S")
+        f.create_dataset("emb", shape=(len(ids), 2), dtype=np.float32, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+    argv = ["--dataset", "Memento10k", "--data_dir", str(memento), "--import", str(tmp_path / "f.h5"), "--name", "f"]
+    with pytest.raises(ConfigError, match="external"):
+        run_import(parse(GenConfig, argv))
+
+
+def test_videomem_split_falls_back_to_a_writable_place(tmp_path, monkeypatch, capsys):
+    """Read-only dataset storage without the official pickle: the seeded split goes elsewhere, and it says where."""
+    import core.io
+    import dataset
+    from tests.conftest import REALDATA
+
+    if not (REALDATA / "videomem").is_dir():
+        pytest.skip(f"{REALDATA} is absent")
+    root = tmp_path / "data" / "VideoMem"
+    root.mkdir(parents=True)
+    shutil.copy(REALDATA / "videomem" / "ground-truth_dev-set.csv", root)
+    real_write = core.io.write_text
+
+    def read_only(path, text):
+        if root in Path(path).parents:
+            raise OSError(30, "Read-only file system", str(path))
+        return real_write(path, text)
+
+    monkeypatch.setattr(dataset, "write_text", read_only)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    paths = type("Paths", (), {"resolved_data_dir": lambda self: tmp_path / "data"})()
+    records = dataset.load_records("VideoMem", paths)
+    assert {r.split for r in records} == {"train", "val"}
+    assert "read-only" in capsys.readouterr().out.lower()
+    again = dataset.load_records("VideoMem", paths)
+    assert [r.split for r in again] == [r.split for r in records]
