@@ -85,6 +85,18 @@ def remove_stale_temps(directory: Path | str) -> list[Path]:
     return removed
 
 
+def ensure_writable(directory: Path | str) -> Path:
+    """Create ``directory`` if needed and prove a file can be written there, before hours of work depend on it."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".m3s-probe.{os.getpid()}-", suffix=TEMP_SUFFIX):
+            pass
+    except OSError as err:
+        raise M3SError(f"cannot write to {directory} ({err.strerror or err}); choose another --features_dir") from None
+    return directory
+
+
 def write_text(path: Path | str, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -22,8 +22,10 @@ compacted, gives the same bytes as an uninterrupted one (rows are sorted by id; 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,10 +145,22 @@ def _collate(items: list) -> list:
     return items
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, parent: int) -> None:
     # one thread per worker process: the workers are the parallelism
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    # A forkserver worker is the forkserver's child, not the extraction's: PyTorch's own watchdog watches the
+    # forkserver, which outlives a killed extraction. Watch the extraction itself and leave with it.
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="m3s-parent-watch").start()
+
+
+def _exit_with(parent: int, every: float = 0.5) -> None:
+    while True:
+        time.sleep(every)
+        try:
+            os.kill(parent, 0)
+        except (ProcessLookupError, PermissionError):  # gone (PermissionError: the pid is another user's now)
+            os._exit(1)
 
 
 def available_cores() -> int:
@@ -160,7 +174,11 @@ def _loader(records: list, ext: Extractor, mode: str, cfg: Any, dist: Dist) -> t
     workers = cfg.workers if cfg.workers > 0 else max(1, available_cores() // max(dist.local_world, 1))
     # forkserver, not fork: a worker forked from a parent whose OpenCV/OpenMP threads hold a lock can hang forever
     kwargs = (
-        {"prefetch_factor": 2, "worker_init_fn": _worker_init, "multiprocessing_context": "forkserver"}
+        {
+            "prefetch_factor": 2,
+            "worker_init_fn": functools.partial(_worker_init, parent=os.getpid()),
+            "multiprocessing_context": "forkserver",
+        }
         if workers > 0
         else {}
     )

@@ -22,7 +22,9 @@ container and audio excluded).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # a corrupt file is reported once, as a VideoError
@@ -80,8 +82,27 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int], crop: str = "squash")
 # sampler only pays for the colour conversion of frames it keeps.
 
 
+@contextmanager
+def c_path(path: Path) -> Iterator[str]:
+    """``path`` as the C decoders can take it. A file name that is not valid UTF-8 (``caf\\xe9.mp4`` from a Latin-1
+    file system) crashes OpenCV's FFmpeg backend with a segfault, so it is opened through an ASCII-named symlink in a
+    temporary folder; an open decoder keeps reading after the link is gone."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="m3s-clip-") as tmp:
+            suffix = path.suffix if path.suffix.isascii() and path.suffix.isprintable() else ""
+            link = Path(tmp) / f"clip{suffix}"
+            os.symlink(path.resolve(), link)
+            yield str(link)
+        return
+    yield name
+
+
 def _open_cv2(path: Path) -> tuple[int, Iterator[Callable[[], np.ndarray]]]:
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+    with c_path(path) as name:
+        cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not cap.isOpened():
         cap.release()
         _open_av(path)  # raises the more precise reason (e.g. an audio-only file) when there is one
@@ -104,7 +125,8 @@ def _open_cv2(path: Path) -> tuple[int, Iterator[Callable[[], np.ndarray]]]:
 
 def _open_av(path: Path) -> tuple[int, Iterator[Callable[[], np.ndarray]]]:
     try:
-        container = av.open(str(path))
+        with c_path(path) as name:
+            container = av.open(name)
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
         raise VideoError(path, f"cannot open (corrupt, truncated or not a video file): {err}") from None
     if not container.streams.video:
@@ -227,7 +249,7 @@ def video_stream_bytes(path: Path | str) -> int:
     """Bytes of the compressed video stream of ``path`` (sum of its packet sizes; container and audio excluded)."""
     path = Path(path)
     try:
-        with av.open(str(path)) as container:
+        with c_path(path) as name, av.open(name) as container:
             if not container.streams.video:
                 raise VideoError(path, "no video stream (audio-only or empty container)")
             return int(sum(p.size for p in container.demux(container.streams.video[0]) if p.size))

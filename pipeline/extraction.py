@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from config import GenConfig
-from core.io import ConfigError
+from core.io import ConfigError, ensure_writable
 from dataset import DATASETS, load_records
 from features.extract import Dist, Summary, device_for, extract_family, with_crop
 from features.importer import import_features
@@ -20,6 +20,7 @@ from tiers import TIERS, owner
 def run(cfg: GenConfig) -> list[Summary]:
     """Compute every tier of ``cfg.features`` for ``cfg.dataset``; returns one summary per video tier."""
     chosen = [TIERS[name] for name in cfg.features]
+    ensure_writable(cfg.resolved_features_dir() / cfg.dataset)  # before any pre-pass or decoding
     dist = Dist.from_env()
     dist.init()
     try:

@@ -256,3 +256,110 @@ def test_videomem_split_falls_back_to_a_writable_place(tmp_path, monkeypatch, ca
     assert "read-only" in capsys.readouterr().out.lower()
     again = dataset.load_records("VideoMem", paths)
     assert [r.split for r in again] == [r.split for r in records]
+
+
+def test_a_file_name_that_is_not_utf8_is_decoded(tmp_path):
+    """cv2 segfaulted on ``caf\\xe9.mp4`` inside a worker: every rerun of the extraction stopped at the same place."""
+    import os
+    import subprocess
+    import sys
+
+    from config import ROOT
+    from tests.fixtures_video import moving_frames, write_x264
+
+    good = tmp_path / "ok.mp4"
+    write_x264(good, moving_frames(12, 48, 64))
+    latin1 = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
+    os.link(good, latin1)
+    code = (
+        "import os, sys; from pathlib import Path; from features.base import FrameSpec; "
+        "from features.video import read_clip, video_stream_bytes; "
+        f"p = Path(os.fsdecode({latin1!r})); "
+        "print(read_clip(p, FrameSpec(4, (32, 32))).shape, video_stream_bytes(p) > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() == "(4, 32, 32, 3) True"
+
+
+SLOW_TIER = """
+import time
+
+from features.base import Extractor, FrameSpec
+from tiers.base import Tier
+
+
+class Slow(Extractor):
+    family = "slow"
+    frame_spec = FrameSpec(2, (16, 16), "squash")
+    cpu_extract = True
+
+    def extract(self, clips):
+        time.sleep(120)
+
+
+class SlowTier(Tier):
+    name = "slow"
+    extractor = Slow
+
+
+TIER = SlowTier()
+"""
+
+
+def test_killing_the_extraction_takes_its_workers_with_it(tmp_path):
+    """Forkserver workers (~300 MB each) were seen alive 7 minutes after gen_features.py was killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from config import ROOT
+    from tests.fixtures_video import memento_layout
+
+    memento_layout(tmp_path / "data" / "Memento10k", n=4, n_frames=6)
+    (tmp_path / "slow_tier.py").write_text(SLOW_TIER)
+    mark = uuid.uuid4().hex
+    env = os.environ | {"M3S_TIERS": "slow_tier", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "M3S_MARK": mark}
+    argv = ["gen_features.py", "--dataset", "Memento10k", "--data_dir", str(tmp_path / "data"), "--features", "slow"]
+    main = subprocess.Popen([sys.executable, *argv, "--workers", "2", "--batch_size", "1"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def marked() -> set[int]:
+        pids = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and f"M3S_MARK={mark}".encode() in (entry / "environ").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+        return pids - {main.pid}
+
+    deadline = time.time() + 60
+    while len(marked()) < 2 and time.time() < deadline:  # the forkserver and its workers are up
+        time.sleep(0.2)
+    time.sleep(2)
+    assert len(marked()) >= 2, "the workers never started"
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+    deadline = time.time() + 15
+    while marked() and time.time() < deadline:
+        time.sleep(0.2)
+    left = marked()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} worker processes outlived the killed extraction"
+
+
+def test_an_unwritable_features_dir_fails_before_any_work(memento, tmp_path, monkeypatch):
+    from core.io import M3SError
+    from pipeline import extraction
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the features folder should be")
+    monkeypatch.setattr(extraction, "load_records", lambda *a: pytest.fail("read the dataset before checking"))
+    gen = GenConfig(data_dir=str(memento), features_dir=str(blocked), dataset="Memento10k")
+    with pytest.raises(M3SError, match=f"cannot write to {blocked}"):
+        extraction.run(gen)
