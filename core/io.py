@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -95,6 +97,17 @@ def ensure_writable(directory: Path | str) -> Path:
     except OSError as err:
         raise M3SError(f"cannot write to {directory} ({err.strerror or err}); choose another --features_dir") from None
     return directory
+
+
+def out_of_space(err: BaseException, directory: Path | str) -> bool:
+    """Whether a write failed because ``directory``'s file system is full (h5py and torch.save wrap ENOSPC in
+    their own errors, so the message and the free space are checked too)."""
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        return False
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.io import StoreError, atomic_write, remove_stale_temps
+from core.io import StoreError, atomic_write, out_of_space, remove_stale_temps
 
 __all__ = ["FeatureStore", "StoreError", "StoredFeatures", "Transform", "check_compatible"]
 
@@ -69,7 +69,19 @@ class StoredFeatures:
 
 
 def _write_h5(path: Path, data: StoredFeatures) -> None:
-    """Write ``data`` to ``path`` atomically and deterministically (no timestamps: same data, same bytes)."""
+    """Write ``data`` to ``path`` atomically and deterministically (no timestamps: same data, same bytes). A full disk
+    is a clear error; what was written before stays (the half-written file is a temp file, removed)."""
+    try:
+        _write_h5_unchecked(path, data)
+    except OSError as err:
+        if out_of_space(err, path.parent):
+            raise StoreError(
+                f"no space left on {path.parent}: free some space and run the same command again"
+            ) from None
+        raise
+
+
+def _write_h5_unchecked(path: Path, data: StoredFeatures) -> None:
     with atomic_write(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         f.attrs["meta"] = json.dumps(data.meta, sort_keys=True)
         _dataset(f, "ids", np.array(data.ids, dtype=object), _STR)

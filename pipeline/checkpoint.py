@@ -8,15 +8,21 @@ from pathlib import Path
 
 import torch
 
-from core.io import ConfigError, atomic_write
+from core.io import ConfigError, M3SError, atomic_write, out_of_space
 from model.mlp import ModularMLP
 
 CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    """Atomic: a kill or a full disk leaves the previous file as it was."""
+    try:
+        with atomic_write(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as "unexpected pos ..."
+        if out_of_space(err, Path(path).parent):
+            raise M3SError(f"no space left on {Path(path).parent}: free some space and resume from last.pt") from None
+        raise
 
 
 REQUIRED = ("config", "model", "dims", "stats", "sources", "epoch", "modules")

@@ -363,3 +363,31 @@ def test_an_unwritable_features_dir_fails_before_any_work(memento, tmp_path, mon
     gen = GenConfig(data_dir=str(memento), features_dir=str(blocked), dataset="Memento10k")
     with pytest.raises(M3SError, match=f"cannot write to {blocked}"):
         extraction.run(gen)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB file system (tmpfs; needs the right to mount, else the test is skipped)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_what_was_written(full_disk):
+    from core.io import M3SError, StoreError
+
+    store = FeatureStore.at(full_disk, "demo", "raw")
+    meta = {"family": "raw", "settings": {}, "smoke": False}
+    store.append(["v0"], {"a": np.ones((1, 4))}, meta)
+    with pytest.raises(StoreError, match=f"no space left on {store.parts_dir}"):
+        store.append([f"v{i}" for i in range(1, 20000)], {"a": np.random.rand(19999, 4)}, meta)
+    assert store.read().ids == ["v0"] and not list(store.parts_dir.glob(".*.tmp"))
+    with pytest.raises(M3SError, match=f"no space left on {full_disk}"):
+        save_checkpoint({"w": torch.rand(200_000)}, full_disk / "last.pt")
+    assert not (full_disk / "last.pt").exists() and not list(full_disk.glob(".*.tmp"))
