@@ -35,7 +35,7 @@ def test_mse_tails_weights_use_the_train_mean_not_the_val_mean(memento, tmp_path
     train = np.array([r.score for r in records if r.split == "train"])
     val = np.array([r.score for r in records if r.split == "val"])
     assert abs(train.mean() - val.mean()) > 1e-4  # the two means differ in the fixture, so the test can tell them
-    assert trainer.ctx.train_mean == pytest.approx(train.mean(), abs=1e-9)
+    assert trainer.ctx.train_mean == pytest.approx(train.mean(), abs=1e-6)  # float32 scores
     # and the loss uses it: weights grow with the distance to that mean
     ctx = LossContext(train_mean=0.8, tails_pow=2.0, tails_mult=1.0)
     target = torch.tensor([0.8, 0.9])
