@@ -10,6 +10,10 @@ with Zipf-like frequencies) with a moving disc. Per clip we draw brightness, con
 memorability score is, with noise, higher for bright, contrasted, sharp, moving clips and for rare scene types
 (distinctiveness), around a mean of 0.8 and clipped to [0.3, 1] like Memento10k's. The raw tier sees all of these
 (brightness, contrast, blurriness, meanOF; the scene type through HOG), so a raw-tier MLP learns the score.
+
+Each clip's five captions (the JSON's ``captions``) say what its scene shows and how fast it moves, in five
+phrasings, so the text tier sees the scene type (rarity) and the motion speed, but not brightness, contrast or blur.
+They come from their own random stream: the videos and scores are the same as before captions were added.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from core.io import atomic_write, write_text
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: captions describe the scene and the motion
 N_FRAMES, HEIGHT, WIDTH, FPS = 24, 96, 128, 24
 # (action name, share of the corpus, stripe angle in degrees, stripe period in pixels, RGB palette a, b)
 SCENES = (
@@ -36,6 +40,40 @@ SCENES = (
     ("fencing", 0.04, 120, 8, (240, 240, 240), (120, 0, 0)),
 )
 SPLIT_SHARES = (("train", 0.70), ("val", 0.15), ("test", 0.15))
+# what each scene type shows, for the captions (same order as SCENES)
+SCENE_TEXT = (
+    ("people walking down a street", "pedestrians on a sidewalk"),
+    ("someone cooking in a kitchen", "a cook stirring a pan"),
+    ("two people talking", "a conversation between friends"),
+    ("a runner on a track", "an athlete jogging outdoors"),
+    ("a performer juggling balls", "a street juggler"),
+    ("a surfer riding a wave", "someone surfing in the ocean"),
+    ("a worker welding metal", "sparks flying from a welding torch"),
+    ("two fencers dueling", "a fencing match"),
+)
+# motion speed (0 to 4 pixels a frame) in five bands: (adjective, how it moves)
+MOTION_TEXT = (
+    ("still", "barely moving"),
+    ("slow", "moving slowly"),
+    ("steady", "moving at a steady pace"),
+    ("fast", "moving quickly"),
+    ("very fast", "rushing across the frame"),
+)
+
+
+def captions(scene: int, speed: float, rng: np.random.Generator) -> list[str]:
+    """Five captions of a clip: its scene and its motion band, each phrased differently."""
+    what, other = SCENE_TEXT[scene]
+    adj, how = MOTION_TEXT[min(int(speed / 0.8), len(MOTION_TEXT) - 1)]
+    options = [
+        f"{what.capitalize()}, {how}.",
+        f"A {adj} shot of {other}.",
+        f"Video of {what}; the scene is {how}.",
+        f"{other.capitalize()} with {adj} motion.",
+        f"In this clip, {what} with everything {how}.",
+    ]
+    rng.shuffle(options)  # the order varies from clip to clip, as annotators' would
+    return options
 
 
 def _clip(scene: tuple, bright: float, contrast: float, blur: float, speed: float, rng: np.random.Generator):
@@ -118,7 +156,7 @@ def demo_records(n_videos: int, seed: int) -> list[dict]:
                 "mem_score": float(score[i]),
                 "alpha": float(-0.0016 + 0.0008 * rng.standard_normal()),
                 "audio_description": f"this is a synthetic video of {action}",
-                "captions": [f"A synthetic {action} scene, take {k}." for k in range(5)],
+                "captions": captions(int(scene_idx[i]), float(speed[i]), np.random.default_rng([seed, i, 1])),
                 "action_labels": [action],
             },
         })  # fmt: skip

