@@ -1,22 +1,32 @@
 """Train the M3-S MLP over pre-computed features: ``python train.py --dataset Memento10k --use_raw --use_hrnet ...``
 
+``--no-fixed_features`` trains end to end (clips decoded, HRNet / CSN run and fine-tuned inside the step; under
+``torchrun`` one process per GPU); see README "End-to-end training".
+
 ``--seeds``, ``--folds``, ``--ablate``, ``--baselines`` or ``--search`` train a grid of runs at once and print its
 summary (mean +- std, every run, the seed ensemble); see README "Experiments".
 """
 
 from config import TrainConfig, main_guard, parse_explicit
+from pipeline.e2e import resumes_end_to_end, run_end_to_end
 from pipeline.training import run_training, summary_lines
 
 
 def main() -> None:
     cfg, explicit = parse_explicit(TrainConfig, description=__doc__, check=False)
+    if cfg.search:
+        from pipeline.search import run_search, search_lines
+
+        print("\n".join(search_lines(run_search(cfg))))
+        return
     if cfg.grid():
         from pipeline.experiments import run_experiment
         from pipeline.summary import summary_lines as grid_lines
 
         print("\n".join(grid_lines(run_experiment(cfg))))
         return
-    result = run_training(cfg, explicit)
+    end_to_end = not cfg.fixed_features or resumes_end_to_end(cfg)
+    result = run_end_to_end(cfg, explicit) if end_to_end else run_training(cfg, explicit)
     print("\n".join(summary_lines(result)))
 
 

@@ -190,10 +190,6 @@ class Grid:
 
 def run_experiment(cfg: TrainConfig) -> dict:
     """Everything ``train.py`` does for a grid: train it, write the sub-runs and the summary (and the ablation)."""
-    if cfg.search:
-        from pipeline.search import run_search
-
-        return run_search(cfg)
     grid = Grid(cfg)
     print(grid.describe())
     grid.run_dir.mkdir(parents=True, exist_ok=True)

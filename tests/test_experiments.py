@@ -170,3 +170,43 @@ def test_batched_losses_equal_the_registry(name):
     for r in range(3):
         one = LossContext(2, 5, float(means[r]), 4.0, 2.0)
         assert float(got[r]) == pytest.approx(float(LOSSES[name](pred[r], target[r], one)), rel=1e-5, abs=1e-7)
+
+
+def test_killed_search_resumes(two_modules, tmp_path, monkeypatch):
+    """--search N: a search killed during its second trial, run again, keeps the finished trial and runs only the
+    missing ones; the study is in SQLite in the run directory; the best values become a config."""
+    import optuna
+
+    from pipeline.experiments import Grid
+    from pipeline.search import run_search
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n"
+        "hidden_channels: {type: categorical, choices: [[16, 8], [8]]}\n"
+    )
+    argv = _argv(two_modules, tmp_path, "-n", "s", "--search", "3", "--seeds", "1", "2", "--search_space", str(space))
+    real_train, calls = Grid.train, []
+
+    def killed_in_second_trial(self, cfg=None, on_epoch=None):
+        calls.append(cfg.lr)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(self, cfg, on_epoch)
+
+    monkeypatch.setattr(Grid, "train", killed_in_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(parse(TrainConfig, argv))
+    monkeypatch.setattr(Grid, "train", real_train)
+    db = tmp_path / "runs/s/search.db"
+    assert db.is_file()
+    first = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials[0]
+    summary = run_search(parse(TrainConfig, argv))
+    states = [t["state"] for t in summary["trials"]]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and states[1] == "FAIL"  # the killed trial
+    assert summary["trials"][0]["value"] == first.value and summary["trials"][0]["params"] == first.params
+    assert summary["trials"][0]["runs"] == 2  # scored over both seeds
+    best = parse(TrainConfig, ["--config", str(tmp_path / "runs/s/best_config.yaml")])
+    assert best.search == 0 and best.lr == summary["best"]["values"]["lr"] and best.hidden_channels in ([16, 8], [8])
+    again = run_search(parse(TrainConfig, argv))  # nothing missing: no new trial
+    assert len(again["trials"]) == len(summary["trials"])
