@@ -128,3 +128,67 @@ def test_a_write_that_fails_midway_leaves_no_visible_part(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert store.read().ids == ["v0"] and len(list(store.parts_dir.iterdir())) == 1
     assert set(SPLITS) == {"train", "val", "test"}
+
+
+# ------------------------------------------------------------------ losses and metrics (bench/mutation.sh survivors)
+
+
+def test_pearson_of_small_vectors_is_not_clamped_away():
+    from model.losses import _pearson
+
+    a = torch.tensor([1e-3, -1e-3, 0.0])
+    assert _pearson(a, a).item() == pytest.approx(1.0) and _pearson(a, -a).item() == pytest.approx(-1.0)
+
+
+def test_spearman_loss_uses_l2_soft_ranks_of_strength_one():
+    """(Scores spread over less than the strength sit in soft_rank's linear regime, where any strength gives the same
+    correlation: the strength mutants are equivalent on memorability scores, see bench/mutation_equivalent.txt.)"""
+    import torchsort
+
+    pred, target = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3]), torch.tensor([0.2, 0.4, 0.1, 0.8, 0.6])
+
+    def reference(strength: float) -> float:
+        rp = torchsort.soft_rank(pred[None], regularization="l2", regularization_strength=strength)[0]
+        rt = torchsort.soft_rank(target[None], regularization="l2", regularization_strength=strength)[0]
+        rp, rt = rp - rp.mean(), rt - rt.mean()
+        return -((rp * rt).sum() / (rp.norm() * rt.norm())).item()
+
+    assert LOSSES["spearman"](pred, target, LossContext()).item() == pytest.approx(reference(1.0) / 100, abs=1e-8)
+
+
+@pytest.mark.parametrize(("epoch", "epochs", "weight"), [(0, 1, 0.0), (0, 2, 0.0), (1, 2, 1.0), (1, 3, 0.5)])
+def test_mse_to_spearman_moves_from_mse_to_spearman(epoch, epochs, weight):
+    pred, target = torch.tensor([0.1, 0.5, 0.2, 0.9]), torch.tensor([0.2, 0.4, 0.1, 0.8])
+    ctx = LossContext(epoch=epoch, epochs=epochs)
+    mse, spearman = LOSSES["mse"](pred, target, ctx), LOSSES["spearman"](pred, target, ctx)
+    expected = (1 - weight) * mse + weight * spearman
+    assert LOSSES["mse_to_spearman"](pred, target, ctx).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_histogram_counts_out_of_range_scores_in_the_edge_bins():
+    from model.metrics import histogram
+
+    h = histogram(np.array([-0.5, 1.5, 0.5, 1.0]), bins=4)
+    np.testing.assert_allclose(h, [0.25, 0.0, 0.25, 0.5])
+    np.testing.assert_allclose(histogram(np.array([0.3]), bins=2), [1.0, 0.0])
+
+
+def test_js_divergence_bounds():
+    from model.metrics import js_divergence
+
+    p, q = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    assert js_divergence(p, p) == pytest.approx(0.0, abs=1e-9)
+    assert js_divergence(p, q) == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_rank_metrics_are_computed_unless_an_input_is_constant():
+    from scipy import stats
+
+    from model.metrics import compute_metrics
+
+    pred, true = np.array([0.2, 0.9, 0.4, 0.6]), np.array([0.0, 1.0, 0.5, 0.25])  # true spans exactly 1
+    m = compute_metrics(pred, true)
+    assert m["spearman"] == pytest.approx(stats.spearmanr(pred, true).statistic)
+    assert m["kendall"] == pytest.approx(stats.kendalltau(pred, true).statistic)
+    flat = compute_metrics(np.full(4, 0.5), true)
+    assert flat["spearman"] == 0.0 and flat["kendall"] == 0.0
