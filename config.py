@@ -253,6 +253,10 @@ class EvalConfig(Paths):
 
     def check(self) -> None:
         if not self.checkpoint:
+    # interpretability (pipeline/explain.py)
+    explain: bool = opt(False, "per-module contributions on --split, and its best and worst predicted videos")
+    explain_repeats: int = opt(5, "seeded shuffles per module for the permutation importance of --explain")
+    explain_seed: int = opt(0, "seed of the --explain shuffles")
             raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
         if self.videos and self.dataset:
             raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")

@@ -3,12 +3,14 @@
 Writes ``metrics_<dataset>_<split>.json`` and ``predictions_<dataset>_<split>.csv`` next to the checkpoint (or in
 ``--out_dir``). To score your own videos in one command, from the checkpoint alone (its fitted transforms travel
 in it; the training dataset is not needed): ``evaluate.py --checkpoint best.pt --videos DIR_OR_LIST --out
-scores.csv`` (a failed video is listed with its reason).
+scores.csv`` (a failed video is listed with its reason). ``--explain`` says what each module contributes on
+``--split`` (see ``pipeline/explain.py``).
 """
 
 from config import EvalConfig, main_guard, parse
 from pipeline.apply import score_videos
 from pipeline.evaluation import run_evaluation
+from pipeline.explain import explain_lines, run_explain
 
 
 def print_scores(cfg: EvalConfig) -> None:
@@ -23,6 +25,9 @@ def main() -> None:
     cfg = parse(EvalConfig, description=__doc__)
     if cfg.videos:
         print_scores(cfg)
+        return
+    if cfg.explain:
+        print("\n".join(explain_lines(run_explain(cfg))))
         return
     result = run_evaluation(cfg)
     for split in ("train", "val", "test"):

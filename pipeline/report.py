@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from matplotlib.figure import Figure
 
 from config import TrainConfig
 from core.io import ConfigError, atomic_write, remove_stale_temps, write_json, write_text
-from model.metrics import HIST_BINS, histogram
 from pipeline.checkpoint import save_checkpoint
-
-PLOTS = ("scatter_val.png", "histograms_val.png", "learning_curves.png")
+from pipeline.plots import plot_run
 
 
 def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, columns: dict[str, np.ndarray]) -> None:
@@ -28,45 +25,6 @@ def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, colum
         for i, vid in enumerate(ids):
             score = "" if true is None else f"{true[i]:.6f}"
             w.writerow([vid, score, *(f"{c[i]:.6f}" for c in columns.values())])
-
-
-def plot_run(run_dir: Path, history: list[dict], true: np.ndarray, pred: np.ndarray, title: str) -> list[Path]:
-    """Predicted-vs-true scatter, the two score histograms, and learning curves, as PNG files."""
-    # matplotlib.figure.Figure draws without pyplot: no global backend switch, no figure registry to leak into
-    paths = [run_dir / name for name in PLOTS]
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    ax.scatter(true, pred, s=6, alpha=0.5)
-    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="true memorability", ylabel="predicted", title=title)
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    edges = np.linspace(0, 1, HIST_BINS + 1)
-    ax.stairs(histogram(true), edges, label="truth", fill=True, alpha=0.5)
-    ax.stairs(histogram(pred), edges, label="prediction", fill=True, alpha=0.5)
-    ax.set(xlabel="memorability", ylabel="fraction of videos", title="val score distributions")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 4))
-    a1, a2 = fig.subplots(1, 2)
-    a1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    a1.plot(epochs, [h["val_loss"] for h in history], label="val loss")
-    a1.set(xlabel="epoch", title="loss")
-    a1.legend()
-    a2.plot(epochs, [h["val_spearman"] for h in history], label="val Spearman")
-    a2.plot(epochs, [h["val_kendall"] for h in history], label="val Kendall")
-    a2.set(xlabel="epoch", title="rank correlation")
-    a2.legend()
-    fig.tight_layout()
-    fig.savefig(paths[2], dpi=110)
-    return paths
 
 
 def _epoch(line: str) -> float:
@@ -147,7 +105,7 @@ class RunLogger:
             self.run_dir / "predictions_val.csv", val.ids, true, {"pred_best": best_pred, "pred_last": last_pred}
         )
         write_json(self.run_dir / "summary.json", {"best": best, "last": history[-1]})
-        plot_run(self.run_dir, history, true, best_pred, f"{self.cfg.name}: best epoch {best['epoch']}")
+        plot_run(self.run_dir, history, true, best_pred, self.cfg.name, best["epoch"], self.cfg.loss)
         if self.wandb is not None:
             self.wandb.summary["best_spearman"] = best["val_spearman"]
             self.wandb.summary["best_epoch"] = best["epoch"]

@@ -316,14 +316,14 @@ def test_code_version_runs_git_once(monkeypatch):
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
 
-    from pipeline.report import plot_run
+    from pipeline.plots import plot_run
 
     before = matplotlib.get_backend()
     matplotlib.use("pdf")
     try:
         history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.0, "val_spearman": 0.1, "val_kendall": 0.1}
                    for e in range(3)]  # fmt: skip
-        paths = plot_run(tmp_path, history, np.linspace(0.5, 1, 10), np.linspace(0.6, 0.9, 10), "t")
+        paths = plot_run(tmp_path, history, np.linspace(0.5, 1, 10), np.linspace(0.6, 0.9, 10), "t", 1, "mse")
         assert matplotlib.get_backend() == "pdf" and all(p.stat().st_size > 0 for p in paths)
     finally:
         matplotlib.use(before)
