@@ -139,6 +139,7 @@ class TrainConfig(ModuleConfig):
     grad_checkpointing: bool = opt(False, "end-to-end: recompute backbone activations in the backward (less memory)")
     grad_accumulation: int = opt(1, "end-to-end: steps each process splits a --batch_size batch into (same update)")
     clip_frames: int = opt(45, "end-to-end: frames decoded per clip (45, as the stored features)")
+    clip_size: int = opt(256, "end-to-end: side of the square frames (256, as the stored features and the HOG PCA)")
     workers: int = opt(-1, "end-to-end: clip decoding processes (-1: one per core; 0: in the training process)")
     prefetch: int = opt(2, "end-to-end: batches each decoding process prepares ahead")
     deep_dtype: str = opt("auto", "end-to-end: backbone precision (auto: bf16 on GPUs that have it, else fp16 with "
@@ -212,6 +213,7 @@ class TrainConfig(ModuleConfig):
             for name, value, ok, why in (
                 ("grad_accumulation", self.grad_accumulation, 1 <= self.grad_accumulation <= self.batch_size, "1..B"),
                 ("clip_frames", self.clip_frames, self.clip_frames >= 2, ">= 2"),
+                ("clip_size", self.clip_size, self.clip_size >= 32, ">= 32"),
                 ("workers", self.workers, self.workers >= -1, "-1, 0 or more"),
                 ("prefetch", self.prefetch, self.prefetch >= 1, ">= 1"),
                 ("backbone_lr", self.backbone_lr, self.backbone_lr is None or 0 < self.backbone_lr < math.inf, "> 0"),

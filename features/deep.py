@@ -15,11 +15,19 @@ import torch
 
 from features.base import Clip, Extractor, FrameSpec
 from model.backbones import BACKBONES, archs, load_backbone
+from model.e2e import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, hrnet_frame_indices
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HRNet (CSAIL ADE20K training)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # CSN (VMZ / torchvision video models)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "KINETICS_MEAN",
+    "KINETICS_STD",
+    "CSNExtractor",
+    "HRNetExtractor",
+    "compute_dtype",
+    "hrnet_frame_indices",
+]
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -34,14 +42,6 @@ def compute_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     if requested not in _DTYPES:
         raise ValueError(f"deep_dtype {requested!r} is not one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[requested]
-
-
-def hrnet_frame_indices(n_frames: int, k: int) -> list[int]:
-    """Frames ``0, s, 2s, ...`` (k of them) with ``s = T // k``; T=45: k=1 -> [0], 5 -> [0, 9, ..., 36],
-    9 -> [0, 5, ..., 40]. A clip shorter than k frames repeats its last frame.
-    """
-    s = max(n_frames // k, 1)
-    return [min(i * s, n_frames - 1) for i in range(k)]
 
 
 class DeepExtractor(Extractor):

@@ -74,6 +74,24 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+# Tiny stand-ins built by the same classes (same structure, a few channels and blocks): end-to-end training runs on a
+# CPU in seconds with them (tests, the demo corpus). Random weights, seeded like ``build_random``; never the paper's.
+STANDINS: dict[str, Callable[[], nn.Module]] = {
+    "hrnetv2_w48": lambda: HRNetV2(
+        widths=(4, 8, 16, 32), stem=8, layer1_blocks=1, stages=((1, 2), (1, 3), (1, 4)), blocks=1
+    ),
+    "ip_csn_152": lambda: ip_csn_152(layers=(1, 1, 1, 1), planes=(4, 8, 16, 32), stem=8),
+    "ir_csn_152": lambda: ir_csn_152(layers=(1, 1, 1, 1), planes=(4, 8, 16, 32), stem=8),
+}
+
+
+def build_standin(name: str) -> nn.Module:
+    """The tiny stand-in of backbone ``name`` (``STANDINS``), seeded random weights, eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SMOKE_SEED)
+        return STANDINS[name]().eval()
+
+
 def archs(family: str) -> tuple[str, ...]:
     """The backbones that serve a feature family (``--csn_arch`` choices for ``csn``)."""
     return tuple(name for name, b in BACKBONES.items() if b.family == family)

@@ -18,9 +18,11 @@ global average pool -> 2048 (the feature); ``fc`` -> 400 Kinetics logits (unused
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 BN_EPS = 1e-3  # VMZ's BatchNorm3d eps; see module docstring
 LAYERS = (3, 8, 36, 3)  # Bottlenecks per stage (ResNet-152)
@@ -75,41 +77,56 @@ class Bottleneck(nn.Module):
 
 
 class CSN(nn.Module):
-    """CSN-152 video backbone. ``features`` gives the 2048-d pooled layer4 output; ``forward`` the 400 logits."""
+    """CSN-152 video backbone. ``features`` gives the 2048-d pooled layer4 output; ``forward`` the 400 logits.
 
-    out_channels = FEATURE_DIM
+    The defaults are the official layout; smaller ``layers`` / ``planes`` / ``stem`` build a stand-in of the same
+    structure (``model.backbones.STANDINS``), whose ``out_channels`` is ``planes[-1] * 4``. ``grad_checkpointing``
+    recomputes each Bottleneck's activations in the backward pass instead of keeping them.
+    """
 
-    def __init__(self, separable: Callable[[int, int], nn.Module]) -> None:
+    def __init__(
+        self,
+        separable: Callable[[int, int], nn.Module],
+        layers: tuple[int, ...] = LAYERS,
+        planes: tuple[int, ...] = (64, 128, 256, 512),
+        stem: int = 64,
+    ) -> None:
         super().__init__()
+        self.out_channels = planes[-1] * Bottleneck.expansion
+        self.grad_checkpointing = False
         self.stem = nn.Sequential(
-            nn.Conv3d(3, 64, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
-            _bn(64),
+            nn.Conv3d(3, stem, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+            _bn(stem),
             nn.ReLU(inplace=True),
             nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
         )
-        c_in = 64
-        for n, (blocks, planes) in enumerate(zip(LAYERS, (64, 128, 256, 512), strict=True), start=1):
+        c_in = stem
+        for n, (blocks, width) in enumerate(zip(layers, planes, strict=True), start=1):
             stride = 1 if n == 1 else 2
             layer = []
             for i in range(blocks):
-                layer.append(Bottleneck(c_in, planes, stride if i == 0 else 1, separable))
-                c_in = planes * Bottleneck.expansion
+                layer.append(Bottleneck(c_in, width, stride if i == 0 else 1, separable))
+                c_in = width * Bottleneck.expansion
             self.add_module(f"layer{n}", nn.Sequential(*layer))
-        self.fc = nn.Linear(FEATURE_DIM, N_CLASSES)
+        self.fc = nn.Linear(self.out_channels, N_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, T, H, W) normalised RGB -> (B, 2048)."""
         x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, T', H/32, W/32)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+                x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+        # x: (B, 2048, T', H/32, W/32)
         return x.float().mean(dim=(2, 3, 4))  # global average pool, in fp32 under autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
 
 
-def ip_csn_152() -> CSN:
-    return CSN(ip_conv)
+def ip_csn_152(**sizes: Any) -> CSN:
+    return CSN(ip_conv, **sizes)
 
 
-def ir_csn_152() -> CSN:
-    return CSN(ir_conv)
+def ir_csn_152(**sizes: Any) -> CSN:
+    return CSN(ir_conv, **sizes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 WIDTHS = (48, 96, 192, 384)  # channels of branch 0..3 (the "W48" of HRNetV2-W48)
 OUT_CHANNELS = sum(WIDTHS)  # 720
@@ -95,11 +96,11 @@ class HighResolutionModule(nn.Module):
     has no ReLU).
     """
 
-    def __init__(self, widths: tuple[int, ...]) -> None:
+    def __init__(self, widths: tuple[int, ...], blocks: int = BLOCKS_PER_BRANCH) -> None:
         super().__init__()
         self.widths = widths
         n = len(widths)
-        self.branches = nn.ModuleList(nn.Sequential(*(BasicBlock(w) for _ in range(BLOCKS_PER_BRANCH))) for w in widths)
+        self.branches = nn.ModuleList(nn.Sequential(*(BasicBlock(w) for _ in range(blocks))) for w in widths)
         fuse_layers = []
         for i in range(n):
             row: list[nn.Module | None] = []
@@ -136,25 +137,39 @@ class HighResolutionModule(nn.Module):
 
 
 class HRNetV2(nn.Module):
-    """HRNetV2-W48 encoder. ``forward`` gives the 720-channel map at 1/4 of the input size; ``features`` pools it."""
+    """HRNetV2-W48 encoder. ``forward`` gives the 720-channel map at 1/4 of the input size; ``features`` pools it.
 
-    out_channels = OUT_CHANNELS
+    The defaults are the official layout. Smaller ``widths`` / ``stem`` / block counts build a stand-in of the same
+    structure (``model.backbones.STANDINS``: CPU tests of end-to-end training); ``out_channels`` follows the widths.
+    ``grad_checkpointing`` recomputes each stage's activations in the backward pass instead of keeping them.
+    """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = WIDTHS,
+        stem: int = 64,
+        layer1_blocks: int = 4,
+        stages: tuple[tuple[int, int], ...] = STAGES,
+        blocks: int = BLOCKS_PER_BRANCH,
+    ) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(3, 64, stride=2)
-        self.bn1 = _bn(64)
-        self.conv2 = _conv3x3(64, 64, stride=2)
-        self.bn2 = _bn(64)
+        self.out_channels = sum(widths)
+        self.n_stages = len(stages)
+        self.grad_checkpointing = False
+        self.conv1 = _conv3x3(3, stem, stride=2)
+        self.bn1 = _bn(stem)
+        self.conv2 = _conv3x3(stem, stem, stride=2)
+        self.bn2 = _bn(stem)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(*(Bottleneck(64 if i == 0 else 256, 64) for i in range(4)))
+        c1 = stem * Bottleneck.expansion
+        self.layer1 = nn.Sequential(*(Bottleneck(stem if i == 0 else c1, stem) for i in range(layer1_blocks)))
 
-        prev: tuple[int, ...] = (256,)
-        for s, (n_modules, n_branches) in enumerate(STAGES, start=2):
-            widths = WIDTHS[:n_branches]
-            self.add_module(f"transition{s - 1}", self._transition(prev, widths))
-            self.add_module(f"stage{s}", nn.Sequential(*(HighResolutionModule(widths) for _ in range(n_modules))))
-            prev = widths
+        prev: tuple[int, ...] = (c1,)
+        for s, (n_modules, n_branches) in enumerate(stages, start=2):
+            w = widths[:n_branches]
+            self.add_module(f"transition{s - 1}", self._transition(prev, w))
+            self.add_module(f"stage{s}", nn.Sequential(*(HighResolutionModule(w, blocks) for _ in range(n_modules))))
+            prev = w
 
     @staticmethod
     def _transition(prev: tuple[int, ...], widths: tuple[int, ...]) -> nn.ModuleList:
@@ -172,17 +187,23 @@ class HRNetV2(nn.Module):
                 layers.append(nn.Sequential(*steps))
         return nn.ModuleList(layers)
 
+    def _run(self, module: nn.Module, x):
+        """``module(x)``, through activation checkpointing when it is on and gradients are being recorded."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, H, W) normalised RGB -> (B, 720, H/4, W/4)."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
-        x = self.layer1(x)  # (B, 256, H/4, W/4)
+        x = self._run(self.layer1, x)  # (B, 256, H/4, W/4)
         xs = [x]
-        for s in range(2, 2 + len(STAGES)):
+        for s in range(2, 2 + self.n_stages):
             transition: nn.ModuleList = getattr(self, f"transition{s - 1}")
             # a new branch grows from the last (lowest-resolution) output of the previous stage
             xs = [xs[i] if t is None else t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)]
-            xs = getattr(self, f"stage{s}")(xs)
+            xs = self._run(getattr(self, f"stage{s}"), xs)
         size = xs[0].shape[-2:]
         ups = [xs[0]] + [F.interpolate(z, size=size, mode="bilinear", align_corners=False) for z in xs[1:]]
         return torch.cat(ups, dim=1)  # (B, 48+96+192+384, H/4, W/4)

@@ -1,0 +1,123 @@
+"""What an end-to-end step reads besides the backbones' own features: the tiers that stay pre-computed (through
+``FeatureTable``, normalised with train statistics), the raw tier computed on the fly when asked (the store's HOG
+PCA and normalisation statistics), and one ``ClipDataset`` per split over the same rows.
+
+The pre-computed tiers are every selected module but the deep ones (hrnet, csn). In particular the similarity tier
+keeps the distinctiveness features fitted on the frozen pre-computed hrnet / csn features (its fitted transforms),
+in both training modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from config import TrainConfig
+from core.io import StoreError, code_version
+from dataset import DATASETS, VideoRecord
+from features.hog import HogPCA
+from features.store import FeatureStore
+from pipeline.checkpoint import CHECKPOINT_FORMAT
+from pipeline.clipdata import ClipDataset, clip_spec
+from pipeline.table import FeatureTable, SplitData, Stats
+from tiers import module_tiers
+
+DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e.py)
+
+
+@dataclass
+class E2EData:
+    splits: dict[str, SplitData]  # ids, the pre-computed block x (N, sum of dims), scores y
+    datasets: dict[str, ClipDataset]  # one per split, rows in the order of ``splits``
+    dims: dict[str, int]  # the pre-computed modules' widths, in input order
+    stats: Stats
+    table_sources: dict  # provenance of the stores read (FeatureTable.sources)
+    raw_features: list[str]  # the raw tier's stored features in input order, when it is computed on the fly
+
+    def inputs(
+        self, split: str, idx: torch.Tensor, raw: dict[str, torch.Tensor] | None, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """``{module: (B, D)}`` of the pre-computed modules for rows ``idx``, the raw tier from ``raw`` when given."""
+        x = self.splits[split].x
+        x = x[idx.to(x.device)].to(device, non_blocking=True)
+        out, col = {}, 0
+        for module, dim in self.dims.items():
+            out[module] = x[:, col : col + dim]
+            col += dim
+        if raw is not None:
+            v = torch.cat([raw[f].reshape(len(idx), -1) for f in self.raw_features], dim=1).to(device)
+            if "raw" in self.stats:
+                v = (v - self.stats["raw"]["mean"].to(device)) / self.stats["raw"]["std"].to(device)
+            out["raw"] = v.float()
+        return out
+
+    def describe(self, cfg: TrainConfig) -> dict:
+        """The self-describing part of a checkpoint (config, modules and their tiers, statistics, provenance)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "code_version": code_version(),
+            "config": asdict(cfg),
+            "modules": cfg.modules(),
+            "tiers": {m: t.name for m, t in module_tiers(cfg).items()},
+            "stats": self.stats,
+            "sources": self.table_sources,
+        }
+
+
+def raw_on_the_fly(cfg: TrainConfig) -> bool:
+    """The raw tier is computed from the decoded clips with --compute_raw, and always under augmentation (augmented
+    frames have their own low-level features)."""
+    return bool(cfg.use_raw and (cfg.compute_raw or cfg.data_augmentation))
+
+
+def _bare_splits(records: list[VideoRecord], splits: tuple[str, ...], scored_only: bool, device) -> dict:
+    """Splits without pre-computed modules: ids and scores only (x has no columns)."""
+    out = {}
+    for split in splits:
+        recs = [r for r in records if r.split == split and (r.score is not None or not scored_only)]
+        if recs:
+            y = torch.tensor([math.nan if r.score is None else r.score for r in recs], dtype=torch.float32)
+            out[split] = SplitData([r.id for r in recs], torch.zeros(len(recs), 0, device=device), y.to(device))
+    return out
+
+
+def hog_pca(cfg: TrainConfig) -> HogPCA:
+    """The HOG PCA fitted in the raw store (the raw tier on the fly projects with it)."""
+    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, "raw")
+    if not store.exists():
+        raise FileNotFoundError(
+            f"the raw tier on the fly needs the HOG PCA fitted in {store.path}; compute it with: "
+            f"python gen_features.py --dataset {cfg.dataset} --features raw"
+        )
+    t = store.read().transforms.get("hog_pca")
+    if t is None:
+        raise StoreError(f"{store.path} holds no HOG PCA; run gen_features.py --dataset {cfg.dataset} --features raw")
+    return HogPCA.from_transform(t)
+
+
+def build_data(
+    cfg: TrainConfig,
+    records: list[VideoRecord],
+    device: torch.device,
+    stats: Stats | None = None,
+    splits: tuple[str, ...] = ("train", "val"),
+    scored_only: bool = True,
+) -> E2EData:
+    """The pre-computed modules' table (``stats`` from a checkpoint, else fitted on train) and the clip datasets."""
+    pre_cfg = dataclasses.replace(cfg, **{f"use_{m}": False for m in DEEP_MODULES})
+    if pre_cfg.modules():
+        table = FeatureTable.build(pre_cfg, records, device, stats=stats, splits=splits, scored_only=scored_only)
+        split_data, dims, stats, sources = table.splits, table.dims, table.stats, table.sources
+    else:
+        split_data, dims, stats, sources = _bare_splits(records, splits, scored_only, device), {}, {}, {}
+    on_the_fly = raw_on_the_fly(cfg)
+    deep = any(m in DEEP_MODULES for m in cfg.modules())
+    spec = clip_spec(cfg, DATASETS[cfg.dataset].crop, deep, on_the_fly)
+    pca = hog_pca(cfg) if on_the_fly else None
+    by_id = {r.id: r for r in records}
+    datasets = {s: ClipDataset([by_id[i] for i in d.ids], spec, pca) for s, d in split_data.items()}
+    raw_features = list(sources["raw"]["features"]) if on_the_fly else []
+    return E2EData(split_data, datasets, dims, stats, sources, raw_features)
