@@ -21,7 +21,6 @@ summation order (``tests/test_experiments.py`` measures the difference).
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -126,28 +125,33 @@ BATCHED_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 # --------------------------------------------------------------------------- the stacked model
 
 
-class BatchedMLP:
-    """R ``ModularMLP`` runs as stacked tensors; runs are addressed by contiguous ranges ``[a, b)``."""
+class Bundle:
+    """The runs sharing one batch order (same seed and fold), as stacked leaf tensors of their own: ``w1[m]`` is
+    (D_m, k_m * H1) over the k_m runs that use module m, side by side, so one GEMM serves them all; the later layers
+    are (k, in, out). Bundles share no tensor, so no gradient ever flows through a view of a bigger weight."""
 
     def __init__(self, runs: list[RunSpec], dims: dict[str, int], hidden: list[int], device: torch.device) -> None:
         self.runs, self.dims, self.hidden = runs, dims, list(hidden)
         self.members = {m: [r for r, s in enumerate(runs) if m in s.modules] for m in dims}
-        h1, widths = hidden[0], [*hidden, 1]
-        self.w1 = {m: torch.zeros(d, len(self.members[m]), h1) for m, d in dims.items() if self.members[m]}
-        self.b1 = torch.zeros(len(runs), h1)
-        self.ws = [torch.zeros(len(runs), i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)]
-        self.bs = [torch.zeros(len(runs), o) for o in widths[1:]]
+        self.members = {m: rs for m, rs in self.members.items() if rs}
+        self.local = {m: torch.tensor(rs, device=device) for m, rs in self.members.items()}
+        h1, widths, k = hidden[0], [*hidden, 1], len(runs)
+        w1 = {m: torch.zeros(dims[m], len(rs), h1) for m, rs in self.members.items()}
+        self.b1 = torch.zeros(k, h1)
+        self.ws = [torch.zeros(k, i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)]
+        self.bs = [torch.zeros(k, o) for o in widths[1:]]
         for r, spec in enumerate(runs):
             seed_everything(spec.seed)  # then ModularMLP draws its initialisation, as the Trainer's does
             net = ModularMLP({m: dims[m] for m in spec.modules}, hidden)
             linears = [layer for layer in net.net if isinstance(layer, torch.nn.Linear)]
             first, col = linears[0].weight.detach(), 0  # (H1, D_run)
             for m in spec.modules:
-                self.w1[m][:, self.members[m].index(r)] = first[:, col : col + dims[m]].T
+                w1[m][:, self.members[m].index(r)] = first[:, col : col + dims[m]].T
                 col += dims[m]
             self.b1[r] = linears[0].bias.detach()
             for layer, w, b in zip(linears[1:], self.ws, self.bs, strict=True):
                 w[r], b[r] = layer.weight.detach().T, layer.bias.detach()
+        self.w1 = {m: w.reshape(dims[m], -1) for m, w in w1.items()}  # (D_m, k_m * H1)
         for t in self.parameters():
             t.data = t.data.to(device)
             t.requires_grad_(True)
@@ -155,36 +159,27 @@ class BatchedMLP:
     def parameters(self) -> list[torch.Tensor]:
         return [*self.w1.values(), self.b1, *self.ws, *self.bs]
 
-    def modules_of(self, a: int, b: int) -> list[str]:
-        """Modules used by at least one run in ``[a, b)``."""
-        return [m for m, rs in self.members.items() if rs and bisect_left(rs, b) > bisect_left(rs, a)]
-
-    def forward(self, xs: dict[str, torch.Tensor], a: int, b: int) -> torch.Tensor:
-        """Runs ``[a, b)`` on the same inputs ``xs`` (module -> (N, D_m)); returns (b - a, N) scores in [0, 1]."""
-        n = next(iter(xs.values())).shape[0]
-        h = torch.zeros(b - a, n, self.hidden[0], device=self.b1.device)
-        for m in self.modules_of(a, b):
-            rs = self.members[m]
-            s, e = bisect_left(rs, a), bisect_left(rs, b)
-            w = self.w1[m][:, s:e].reshape(self.dims[m], -1)  # a view: (D_m, k * H1), k runs side by side
-            y = (xs[m] @ w).view(n, e - s, -1).transpose(0, 1)  # (k, N, H1)
-            if e - s == b - a:
-                h = h + y
-            else:
-                local = torch.tensor([r - a for r in rs[s:e]], device=h.device)
-                h = h.index_add(0, local, y)
-        h = F.mish(h + self.b1[a:b, None])
+    def forward(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every run of the bundle on the same inputs ``xs`` (module -> (N, D_m)); returns (k, N) scores in [0, 1]."""
+        n, k = next(iter(xs.values())).shape[0], len(self.runs)
+        h = None
+        for m, rs in self.members.items():
+            y = (xs[m] @ self.w1[m]).view(n, len(rs), -1).transpose(0, 1)  # (k_m, N, H1)
+            if len(rs) < k:
+                y = torch.zeros(k, n, self.hidden[0], device=y.device, dtype=y.dtype).index_add(0, self.local[m], y)
+            h = y if h is None else h + y
+        h = F.mish(h + self.b1[:, None])
         for i, (w, bias) in enumerate(zip(self.ws, self.bs, strict=True)):
-            h = torch.baddbmm(bias[a:b, None], h, w[a:b])  # (k, N, out)
+            h = torch.baddbmm(bias[:, None], h, w)  # (k, N, out)
             if i < len(self.ws) - 1:
                 h = F.mish(h)
         return torch.sigmoid(h).squeeze(-1)
 
     def state_dict(self, r: int) -> dict[str, torch.Tensor]:
         """Run ``r`` as a ``ModularMLP`` state dict (its own modules' columns only)."""
-        spec = self.runs[r]
-        first = torch.cat([self.w1[m][:, self.members[m].index(r)] for m in spec.modules]).T  # (H1, D_run)
-        out = {"net.0.weight": first, "net.0.bias": self.b1[r]}
+        spec, h1 = self.runs[r], self.hidden[0]
+        cols = [self.w1[m].view(self.dims[m], -1, h1)[:, self.members[m].index(r)] for m in spec.modules]
+        out = {"net.0.weight": torch.cat(cols).T, "net.0.bias": self.b1[r]}  # (H1, D_run)
         for i, (w, b) in enumerate(zip(self.ws, self.bs, strict=True)):
             out[f"net.{2 * i + 2}.weight"], out[f"net.{2 * i + 2}.bias"] = w[r].T, b[r]
         return {k: v.detach().cpu().clone().contiguous() for k, v in out.items()}
@@ -195,73 +190,77 @@ class BatchedMLP:
 EpochCallback = Callable[[int, list[dict]], bool]  # (epoch, one val row per run) -> stop now
 
 
-def _ranges(keys: list) -> list[tuple[int, int]]:
-    """Contiguous ``[a, b)`` ranges of equal keys."""
-    out, a = [], 0
-    for i in range(1, len(keys) + 1):
-        if i == len(keys) or keys[i] != keys[a]:
-            out.append((a, i))
-            a = i
-    return out
-
-
 class _Group:
-    """Runs whose folds have the same number of training videos, trained as one batched model."""
+    """Runs whose folds have the same number of training videos (the same steps an epoch), trained together: one
+    bundle per batch order, one optimiser and schedule over every bundle's tensors."""
 
     def __init__(self, cfg: TrainConfig, runs: list[RunSpec], folds: list[FoldData], dims: dict, device) -> None:
         self.cfg, self.runs, self.folds = cfg, runs, folds
-        self.model = BatchedMLP(runs, dims, cfg.hidden_channels, device)
-        self.opt = make_optimizer(cfg, self.model.parameters())
+        keys = list(dict.fromkeys((s.fold, s.seed) for s in runs))
+        self.index = [[i for i, s in enumerate(runs) if (s.fold, s.seed) == key] for key in keys]
+        self.bundles = [Bundle([runs[i] for i in idx], dims, cfg.hidden_channels, device) for idx in self.index]
+        self.opt = make_optimizer(cfg, [t for b in self.bundles for t in b.parameters()])
         self.sched = make_scheduler(cfg, self.opt)
-        self.shuffles = _ranges([(s.fold, s.seed) for s in runs])  # runs sharing a batch order
-        self.gens = [torch.Generator().manual_seed(runs[a].seed) for a, _ in self.shuffles]
-        self.by_fold = _ranges([s.fold for s in runs])
-        means = [float(folds[s.fold].y_train.double().mean()) for s in runs]
-        self.train_mean = torch.tensor(means, device=device).unsqueeze(1)  # (R, 1)
+        self.gens = [torch.Generator().manual_seed(seed) for _, seed in keys]  # each run's order, as the Trainer's
+        means = [[float(folds[fold].y_train.double().mean())] for fold, _ in keys]
+        self.train_mean = torch.tensor(means, device=device)  # (bundles, 1): a bundle's runs share their fold
         self.ctx = LossContext(0, cfg.epochs, 0.0, cfg.mse_tails_pow, cfg.mse_tails_mult_fact)
         self.loss = BATCHED_LOSSES[cfg.loss]
         self.n = len(folds[runs[0].fold].y_train)
 
-    def train_epoch(self, epoch: int) -> torch.Tensor:
+    def _fold(self, bundle: Bundle) -> FoldData:
+        return self.folds[bundle.runs[0].fold]
+
+    def train_epoch(self, epoch: int) -> list[float]:
         self.ctx.epoch = epoch
         device = self.train_mean.device
         orders = [torch.randperm(self.n, generator=g).to(device) for g in self.gens]
-        total = torch.zeros(len(self.runs), device=device)
+        totals = [torch.zeros(len(b.runs), device=device) for b in self.bundles]
         for start in range(0, self.n, self.cfg.batch_size):
-            preds, targets = [], []
-            for (a, b), order in zip(self.shuffles, orders, strict=True):
-                fold = self.folds[self.runs[a].fold]
+            losses = []
+            for i, (bundle, order) in enumerate(zip(self.bundles, orders, strict=True)):
+                fold = self._fold(bundle)
                 idx = order[start : start + self.cfg.batch_size]
-                xs = {m: fold.x_train[m][idx] for m in self.model.modules_of(a, b)}  # gathered once per order
-                preds.append(self.model.forward(xs, a, b))
-                targets.append(fold.y_train[idx].expand(b - a, -1))
-            losses = self.loss(torch.cat(preds), torch.cat(targets), self.ctx, self.train_mean)  # (R,)
+                pred = bundle.forward({m: fold.x_train[m][idx] for m in bundle.members})  # gathered once per order
+                target = fold.y_train[idx].expand(len(bundle.runs), -1)
+                losses.append(self.loss(pred, target, self.ctx, self.train_mean[i : i + 1]))  # (k,)
             self.opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # runs share no weights: each run's gradient is its own loss's
+            torch.cat(losses).sum().backward()  # runs share no weights: each run's gradient is its own loss's
             self.opt.step()
-            total += losses.detach() * len(idx)
+            for total, loss in zip(totals, losses, strict=True):
+                total += loss.detach() * len(idx)
         self.sched.step()
-        return total / self.n
+        return self._per_run([(t / self.n).tolist() for t in totals])
+
+    def _per_run(self, per_bundle: list[list]) -> list:
+        out: list = [None] * len(self.runs)
+        for idx, values in zip(self.index, per_bundle, strict=True):
+            for i, v in zip(idx, values, strict=True):
+                out[i] = v
+        return out
 
     @torch.inference_mode()
     def evaluate(self) -> list[tuple[dict, np.ndarray]]:
-        out = []
-        for a, b in self.by_fold:
-            fold = self.folds[self.runs[a].fold]
-            xs = {m: fold.x_val[m] for m in self.model.modules_of(a, b)}
-            pred = self.model.forward(xs, a, b)  # (k, N_val)
-            losses = self.loss(pred, fold.y_val.expand(b - a, -1), self.ctx, self.train_mean[a:b])
+        scored = []
+        for i, bundle in enumerate(self.bundles):
+            fold = self._fold(bundle)
+            pred = bundle.forward({m: fold.x_val[m] for m in bundle.members})  # (k, N_val)
+            losses = self.loss(pred, fold.y_val.expand(len(bundle.runs), -1), self.ctx, self.train_mean[i : i + 1])
             true = fold.y_val.cpu().numpy()
-            for p, loss in zip(pred.float().cpu().numpy(), losses.tolist(), strict=True):
-                out.append((compute_metrics(p, true) | {"loss": loss}, p))
-        return out
+            scored.append(
+                [
+                    (compute_metrics(p, true) | {"loss": loss}, p)
+                    for p, loss in zip(pred.float().cpu().numpy(), losses.tolist(), strict=True)
+                ]
+            )
+        return self._per_run(scored)
 
     def fit(self, on_epoch: EpochCallback | None) -> list[RunResult]:
         results = [RunResult(s, [], {}, np.empty(0), np.empty(0)) for s in self.runs]
         for epoch in range(self.cfg.epochs):
             t0 = time.perf_counter()
             lr = self.opt.param_groups[0]["lr"]
-            train_loss = self.train_epoch(epoch).tolist()
+            train_loss = self.train_epoch(epoch)
             scored = self.evaluate()
             seconds = time.perf_counter() - t0
             for res, loss, (metrics, pred) in zip(results, train_loss, scored, strict=True):
@@ -273,8 +272,9 @@ class _Group:
                 res.last_pred = pred
             if on_epoch is not None and on_epoch(epoch, [r.history[-1] for r in results]):
                 break
-        for r, res in enumerate(results):
-            res.weights = self.model.state_dict(r)
+        for idx, bundle in zip(self.index, self.bundles, strict=True):
+            for local, i in enumerate(idx):
+                results[i].weights = bundle.state_dict(local)
         return results
 
 
@@ -286,7 +286,7 @@ def train_batched(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
 ) -> list[RunResult]:
-    """Train every run of ``runs`` (ordered by fold, then seed) together; results in the order of ``runs``."""
+    """Train every run of ``runs`` together; results in the order of ``runs``."""
     sizes = sorted({len(folds[s.fold].y_train) for s in runs})
     out: dict[int, RunResult] = {}
     for size in sizes:
