@@ -1,4 +1,4 @@
-"""The clip tier: CLIP image embeddings of ``--clip_frames`` evenly spaced frames per video, via ``open_clip``.
+"""The clip tier: CLIP image embeddings of ``--clip_n_frames`` evenly spaced frames per video, via ``open_clip``.
 
 Each frame goes through the image tower of ``--clip_model`` / ``--clip_pretrained`` (default ``RN50`` / ``openai``,
 the frame features of the best public Memento10k system; ``ViT-L-14`` / ``openai`` is the larger choice). A frame is
@@ -158,11 +158,13 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_clip_weights(model: nn.Module, path: Path) -> None:
-    """An OpenAI TorchScript archive (read with ``torch.jit.load``: no pickled Python runs) or an open_clip state
-    dict (``weights_only``), every key and shape checked against the model."""
+    """An OpenAI TorchScript archive (read with ``torch.jit.load``: no pickled Python runs; its hyper-parameter
+    entries dropped) or an open_clip state dict (``weights_only``), every key and shape checked against the model."""
     if _is_torchscript(path):
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        state = {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+        # a scripted module also saves buffers the model keeps out of its state dict (open_clip's attn_mask)
+        transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+        state = {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS and k not in transient}
         model.load_state_dict(check_state_dict(model, state, str(path)), strict=True)  # fp16 values become fp32
     else:
         _open_clip().load_checkpoint(model, str(path), strict=True, weights_only=True)
@@ -200,7 +202,7 @@ def build_image_tower(
         )  # fmt: skip
     if path is not None:
         load_clip_weights(clip, path)
-    visual = clip.visual.eval()
+    visual = clip.visual.eval().requires_grad_(False)
     size = visual.image_size if isinstance(visual.image_size, tuple | list) else (visual.image_size,) * 2
     info = {
         "size": tuple(int(s) for s in size),
@@ -220,9 +222,9 @@ class CLIPExtractor(Extractor):
     def __init__(self, cfg: Any, device: torch.device | str) -> None:
         super().__init__(cfg, torch.device(device))
         self.model_name, self.pretrained = cfg.clip_model, cfg.clip_pretrained
-        self.n_frames = int(cfg.clip_frames)
+        self.n_frames = int(cfg.clip_n_frames)
         if self.n_frames < 1:
-            raise ConfigError(f"--clip_frames must be >= 1, got {self.n_frames}")
+            raise ConfigError(f"--clip_n_frames must be >= 1, got {self.n_frames}")
         self.smoke = bool(cfg.smoke_random_weights)
         self.dtype = compute_dtype(self.device, cfg.deep_dtype)
         visual, self.info = build_image_tower(
