@@ -27,7 +27,7 @@ import yaml
 from core.io import ROOT, ConfigError, M3SError, __version__, code_version
 from dataset import DATASETS
 from model.losses import LOSSES
-from tiers import TIERS, module_tiers
+from tiers import TIERS, module_tiers, owner
 from tiers.base import Option
 
 __all__ = ["ROOT", "ConfigError", "EvalConfig", "GenConfig", "TrainConfig", "__version__", "code_version", "parse"]
@@ -184,6 +184,9 @@ class TrainConfig(ModuleConfig):
         ]
         if bad:
             raise ConfigError("invalid value(s): " + "; ".join(bad))
+        taken = [n for n in self.extra_features if n in TIERS or owner(n) is not None]
+        if taken:
+            raise ConfigError(f"--extra_features {' '.join(taken)}: a built-in tier's name; use its --use_ switch")
 
     def _check_end_to_end(self) -> None:
         """The end-to-end flags: only with --no-fixed_features, and with values that can train."""

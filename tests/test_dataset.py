@@ -178,16 +178,16 @@ def test_table_refuses_missing_ids_and_missing_store(memento):
 def test_table_refuses_nan_and_skips_recorded_failures(memento, capsys):
     records = load_records("Memento10k", Paths(data_dir=str(memento)))
     ids = [r.id for r in records if r.score is not None]
-    cfg = _cfg(memento, extra_features=["clip"])
+    cfg = _cfg(memento, extra_features=["emb"])
     x = np.ones((len(ids), 4))
     x[5, 2] = np.nan
-    _store(cfg, "clip", ids, {"clip": x})
-    with pytest.raises(ConfigError, match=f"1 videos have NaN or inf clip features .*{ids[5]}"):
+    _store(cfg, "emb", ids, {"emb": x})
+    with pytest.raises(ConfigError, match=f"1 videos have NaN or inf emb features .*{ids[5]}"):
         FeatureTable.build(cfg, records)
-    store = FeatureStore.at(cfg.resolved_features_dir(), "Memento10k", "clip")
+    store = FeatureStore.at(cfg.resolved_features_dir(), "Memento10k", "emb")
     shutil.rmtree(store.parts_dir)
-    store.append([], {"clip": np.zeros((0, 4))}, META, failures={ids[5]: "corrupt video"})
-    store.append(ids[:5] + ids[6:], {"clip": np.ones((len(ids) - 1, 4))}, META)
+    store.append([], {"emb": np.zeros((0, 4))}, META, failures={ids[5]: "corrupt video"})
+    store.append(ids[:5] + ids[6:], {"emb": np.ones((len(ids) - 1, 4))}, META)
     table = FeatureTable.build(cfg, records, device=torch.device("cpu"))
     assert sum(len(s.ids) for s in table.splits.values()) == len(ids) - 1
     assert "1 videos failed extraction" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from pipeline.training import run_training
 from tests.conftest import signal_features
 
 
-def _import(data_dir, tmp_path, fmt="npz", name="clip"):
+def _import(data_dir, tmp_path, fmt="npz", name="emb"):
     ids, x = signal_features(data_dir)
     path = tmp_path / f"{name}.{fmt}"
     extra = []
@@ -43,16 +43,16 @@ def _import(data_dir, tmp_path, fmt="npz", name="clip"):
 @pytest.mark.parametrize("fmt", ["npz", "npy", "h5", "csv"])
 def test_import_formats(memento, tmp_path, fmt):
     ids, x = _import(memento, tmp_path, fmt)
-    data = FeatureStore.at(memento / "features", "Memento10k", "clip").read()
+    data = FeatureStore.at(memento / "features", "Memento10k", "emb").read()
     order = np.argsort(ids)
-    assert data.ids == sorted(ids) and data.dims == {"clip": x.shape[1]}
-    np.testing.assert_allclose(data.features["clip"], x[order], rtol=1e-6)
+    assert data.ids == sorted(ids) and data.dims == {"emb": x.shape[1]}
+    np.testing.assert_allclose(data.features["emb"], x[order], rtol=1e-6)
     assert data.meta["family"] == "import" and len(data.meta["provenance"]["sha256"]) == 64
 
 
 def test_import_refusals(memento, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 2)))
-    base = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "clip", "--import"]
+    base = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "emb", "--import"]
     with pytest.raises(ConfigError, match="pass --ids FILE"):
         import_features(parse(GenConfig, [*base, str(tmp_path / "x.npy")]))
     np.savez(tmp_path / "y.npz", ids=np.array(["a", "b"]), emb=np.zeros((2, 2)))
@@ -74,7 +74,7 @@ def _train(memento, tmp_path, *extra):
         "--runs_dir",
         str(tmp_path / "runs"),
         "--extra_features",
-        "clip",
+        "emb",
         "--seed",
         "3",
         "--epochs",
@@ -116,9 +116,9 @@ def test_train_learns_writes_run_dir_and_is_reproducible(memento, tmp_path):
         assert (run / name).is_file(), name
     assert not (tmp_path / "runs/b/best.pt").exists()  # no --save, no checkpoint
     ckpt = torch.load(run / "best.pt", weights_only=True)
-    assert ckpt["dims"] == {"clip": 6} and ckpt["modules"] == ["clip"] and ckpt["config"]["seed"] == 3
+    assert ckpt["dims"] == {"emb": 6} and ckpt["modules"] == ["emb"] and ckpt["config"]["seed"] == 3
     assert ckpt["epoch"] == a["best"]["epoch"] and ckpt["metrics"]["val_spearman"] == a["best"]["val_spearman"]
-    assert ckpt["sources"]["clip"]["dims"] == {"clip": 6} and ckpt["code_version"]
+    assert ckpt["sources"]["emb"]["dims"] == {"emb": 6} and ckpt["code_version"]
     header = (run / "predictions_val.csv").read_text().splitlines()[0]
     assert header == "id,score,pred_best,pred_last"
 
@@ -178,7 +178,7 @@ def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
     assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all.json").read_text())["val"]["n"] == 20
     ids, x = signal_features(memento)
     np.savez(tmp_path / "other.npz", ids=np.array(ids), emb=x + 0.01)  # the same kind of features, another file
-    gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "clip", "--import"]
+    gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "emb", "--import"]
     import_features(parse(GenConfig, [*gen, str(tmp_path / "other.npz")]))
     assert run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt")]))["val"]["n"] == 20
     np.savez(tmp_path / "wide.npz", ids=np.array(ids), emb=np.zeros((len(ids), 9)))
@@ -193,11 +193,11 @@ def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
                 "--import",
                 str(tmp_path / "wide.npz"),
                 "--name",
-                "clip",
+                "emb",
             ],
         )
     )
-    with pytest.raises(ConfigError, match=r"clip dims: checkpoint \{'clip': 6\}, feature store \{'clip': 9\}"):
+    with pytest.raises(ConfigError, match=r"emb dims: checkpoint \{'emb': 6\}, feature store \{'emb': 9\}"):
         run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt")]))
 
 
@@ -237,7 +237,7 @@ def test_cli_end_to_end_and_clear_errors(memento, tmp_path):
     _import(memento, tmp_path)
     run = [sys.executable, "train.py", "--data_dir", str(memento), "--runs_dir", str(tmp_path / "runs"), "-n", "cli"]
     ok = subprocess.run(
-        [*run, "--extra_features", "clip", "--epochs", "2", "--hidden_channels", "8"],
+        [*run, "--extra_features", "emb", "--epochs", "2", "--hidden_channels", "8"],
         capture_output=True,
         text=True,
         cwd=ROOT,
