@@ -111,9 +111,22 @@ def _strings(dataset: h5py.Dataset) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else s for s in dataset[()]]
 
 
+def _refuse_linked_storage(f: h5py.File, path: Path) -> None:
+    """A store's data lives in the store: external or virtual datasets could read any file of this machine."""
+    linked: list[str] = []
+    f.visititems(
+        lambda name, obj: (
+            linked.append(name) if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual) else None
+        )
+    )
+    if linked:
+        raise StoreError(f"{path}: datasets {linked[:3]} keep their data in other files; m3s stores never do")
+
+
 def _read_h5(path: Path) -> StoredFeatures:
     try:
         with h5py.File(path, "r") as f:
+            _refuse_linked_storage(f, path)
             meta = json.loads(f.attrs["meta"])
             ids = _strings(f["ids"])
             features = {name: f["features"][name][()] for name in f.get("features", {})}

@@ -391,3 +391,20 @@ def test_a_full_disk_is_one_clear_error_and_keeps_what_was_written(full_disk):
     with pytest.raises(M3SError, match=f"no space left on {full_disk}"):
         save_checkpoint({"w": torch.rand(200_000)}, full_disk / "last.pt")
     assert not (full_disk / "last.pt").exists() and not list(full_disk.glob(".*.tmp"))
+
+
+def test_a_store_with_external_storage_is_refused(tmp_path):
+    import h5py
+
+    from core.io import StoreError
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v1", "v2"], {"a": np.ones((2, 4))}, {"family": "raw", "settings": {}, "smoke": False})
+    store.compact()
+    with h5py.File(store.path, "a") as f:
+        del f["features/a"]
+        f.create_dataset("features/a", shape=(2, 4), dtype=np.float32, external=[(str(secret), 0, 32)])
+    with pytest.raises(StoreError, match="keep their data in other files"):
+        store.read()
