@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -255,13 +256,13 @@ class EvalConfig(Paths):
     out: str = opt("", "CSV of --videos scores; default: scores_<videos>_<checkpoint>.csv beside the checkpoint")
     weights_dir: str = opt("weights", "backbone checkpoints for --videos with deep tiers (weights/README.md)")
     workers: int = opt(0, "decoding worker processes for --videos (0: one per available core)")
-
-    def check(self) -> None:
-        if not self.checkpoint:
     # interpretability (pipeline/explain.py)
     explain: bool = opt(False, "per-module contributions on --split, and its best and worst predicted videos")
     explain_repeats: int = opt(5, "seeded shuffles per module for the permutation importance of --explain")
     explain_seed: int = opt(0, "seed of the --explain shuffles")
+
+    def check(self) -> None:
+        if not self.checkpoint:
             raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
         if self.videos and self.dataset:
             raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")
@@ -349,8 +350,24 @@ def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
     return out if is_list else out[0]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistyped flag answered in one line by the closest valid one (not the usage block)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        if message.startswith("unrecognized arguments:"):
+            wrong = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
+            hints = []
+            for w in wrong:
+                close = difflib.get_close_matches(w.split("=")[0], flags, n=1, cutoff=0.6)
+                hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
+            message = f"unknown flag(s) {', '.join(hints) or message.split(':', 1)[1].strip()}"
+        self.exit(2, f"error: {message}; {self.prog} --help lists every flag\n")
+
+
 def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # allow_abbrev=False: argparse would otherwise take --epoch 2 for --epochs 2, silently
+    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -378,7 +395,13 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix that line (keys are flag names)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values")
     return data

@@ -197,9 +197,18 @@ class VideoMem(Dataset):
                 write_text(fallback, text)
                 print(f"{root} is not writable ({err.strerror}); the seeded VideoMem split is kept in {fallback}")
         split = {n: "train" for n in train} | {n: "val" for n in val}
+        source = official if official.is_file() else ours
         missing = [n for n in names if n not in split]
+        if missing and split and all(video_id(n) in split for n in missing):
+            print(f"note: {source} names the videos without their suffix ({next(iter(split))}; the ground truth: "
+                  f"{missing[0]}); matched by name")  # fmt: skip
+            split |= {n: split[video_id(n)] for n in missing}
+            missing = []
         if missing:
-            raise ConfigError(f"{len(missing)} videos of the ground truth are in no split (first: {missing[:3]})")
+            raise ConfigError(
+                f"{len(missing)} videos of the ground truth are in no split of {source} (first: {missing[:3]}; the "
+                f"split names videos like {next(iter(split), 'nothing')!r}): the two must name the same videos"
+            )
         return split
 
 

@@ -173,7 +173,9 @@ def plot_importance(e: Explanation, path: Path, title: str) -> None:
     for ax, (label, values, err), fmt in zip(axes, panels, ("{:+.3f}", "{:+.3f}", "{:.0%}"), strict=True):
         bars = ax.barh(y, values, xerr=err, color="tab:blue", alpha=0.8)
         ax.bar_label(bars, [fmt.format(v) for v in values], padding=3, fontsize=8)
-        ax.margins(x=0.25)
+        ends = [v + (e if v >= 0 else -e) for v, e in zip(values, err or [0.0] * len(values), strict=True)]
+        span = max(max(map(abs, ends)), 1e-6)
+        ax.set_xlim(min(0.0, *ends) - (0.4 * span if min(ends) < 0 else 0), max(0.0, *ends) + 0.4 * span)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(y, e.modules)
         ax.invert_yaxis()

@@ -59,9 +59,11 @@ class FeatureTable:
         """Join ``records`` in ``splits`` (only scored ones unless ``scored_only`` is False; y is NaN where unknown)
         with the stores. ``stats`` from a checkpoint are reused; otherwise they are fitted on the train split."""
         tiers = module_tiers(cfg)
+        chosen = [r for r in records if r.split in splits and (r.score is not None or not scored_only)]
+        if not chosen:  # before the stores: no store can help a split the dataset does not have
+            raise ConfigError(no_videos(cfg.dataset, records, splits, scored_only))
         stores = read_stores(cfg, tiers)
         plan = sources(cfg, stores)  # module -> [(store, feature)], now complete
-        chosen = [r for r in records if r.split in splits and (r.score is not None or not scored_only)]
         chosen = drop_failed(chosen, stores)
         blocks = module_blocks(cfg, tiers, plan, stores, chosen)
         if stats is None:
@@ -80,12 +82,33 @@ def read_stores(cfg: ModuleConfig, tiers: dict[str, Tier]) -> dict[str, StoredFe
         for name in dict.fromkeys(store for store, _ in pairs):
             store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, name)
             if not store.exists():
-                raise FileNotFoundError(
-                    f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
-                    f"Compute them with: {tiers[module].gen_command(cfg, name)}"
-                )
+                raise FileNotFoundError(missing_store(cfg, tiers[module], module, store))
             stores[name] = store.read()
     return stores
+
+
+def missing_store(cfg: ModuleConfig, tier: Tier, module: str, store: FeatureStore) -> str:
+    """Why a module's store is missing and the ways out: the command that computes it, or leaving the module out;
+    for an imported module (likely a misspelt --extra_features name), the stores that do exist."""
+    name = store.path.stem
+    text = f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
+    if not tier.has_switch:
+        have = sorted(p.stem for p in store.path.parent.glob("*.h5")) if store.path.parent.is_dir() else []
+        text += f"The stores of {cfg.dataset} are: {', '.join(have) or 'none'}. " if have else ""
+        return text + f"Import them with: {tier.gen_command(cfg, name)}"
+    return text + f"Compute them with: {tier.gen_command(cfg, name)}, or leave the tier out: --no-{tier.switch}"
+
+
+def no_videos(dataset: str, records: list[VideoRecord], splits: tuple[str, ...], scored_only: bool) -> str:
+    """Which splits (scored or not) the dataset does have, and what to pass instead."""
+    have = {s: sum(r.split == s for r in records) for s in SPLITS}
+    scored = {s: sum(r.split == s and r.score is not None for r in records) for s in SPLITS}
+    counts = ", ".join(f"{s} {have[s]} ({scored[s]} scored)" for s in SPLITS if have[s]) or "no videos at all"
+    text = f"{dataset} has no {'scored ' if scored_only else ''}videos in {'/'.join(splits)}; it has {counts}"
+    if scored_only and not any(scored.values()):
+        return f"{text}. Its videos are unscored: train on a scored dataset, then score them with evaluate.py --videos"
+    usable = [s for s in SPLITS if (scored if scored_only else have)[s]]
+    return f"{text}. Pass --split {usable[0]}" if usable else text
 
 
 def drop_failed(records: list[VideoRecord], stores: dict[str, StoredFeatures]) -> list[VideoRecord]:

@@ -11,7 +11,11 @@ import dataclasses
 import math
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from tqdm import tqdm
 
 from config import ModuleConfig, TrainConfig, from_dict
 from core.device import resolve_device
-from core.io import ConfigError, code_version
+from core.io import ConfigError, M3SError, code_version
 from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
@@ -187,6 +191,9 @@ class Trainer:
                 self.best = dict(row)
                 self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             bar.set_postfix(loss=f"{train_loss:.4f}", val_spearman=f"{metrics['spearman']:.4f}")
+            if bar.disable:  # no terminal (a log file, a job scheduler): one line an epoch instead of the bar
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train {cfg.loss} {train_loss:.4f}, val Spearman "
+                      f"{metrics['spearman']:.4f}{' (best so far)' if improved else ''}", flush=True)  # fmt: skip
             logger.epoch(row, last_pred, val.y.cpu().numpy())
             if cfg.save or cfg.log:
                 logger.checkpoint(self.state(epoch, row), improved)
@@ -261,9 +268,48 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
         if ckpt and cfg.save:
             repair_best(logger.run_dir, ckpt)
-        result = trainer.fit(logger)
+        try:
+            with _sigterm_as_interrupt():
+                result = trainer.fit(logger)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(logger.run_dir)) from None
         result["run_dir"] = str(logger.run_dir)
     return result
+
+
+RESUME = ".venv/bin/python train.py --checkpoint_local"
+
+
+class Interrupted(M3SError):
+    """Ctrl-C or SIGTERM during training: the message says where the last checkpoint is and how to resume."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill, ``kill PID``) stops training as Ctrl-C does (signals: main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(run_dir: Path) -> str:
+    last = Path(run_dir) / "last.pt"
+    if last.is_file():
+        epoch = load_checkpoint(last)["epoch"] + 1
+        return f"interrupted; the last checkpoint is {last} (epoch {epoch}). Resume with: {RESUME} {last}"
+    return (
+        f"interrupted before any checkpoint was written (train with -s to be able to resume); the epochs done are "
+        f"in {Path(run_dir) / 'metrics.jsonl'}"
+    )
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -273,8 +319,8 @@ def summary_lines(result: dict) -> list[str]:
         return ", ".join(f"{k} {row[f'val_{k}']:.4f}" for k in ("spearman", "kendall", "mse", "mae"))
 
     lines = [
-        f"best epoch {best['epoch']} (selected on val, so optimistic): {fmt(best)}",
-        f"last epoch {last['epoch']}: {fmt(last)}",
+        f"best epoch {best['epoch'] + 1} (selected on val, so optimistic): {fmt(best)}",
+        f"last epoch {last['epoch'] + 1}: {fmt(last)}",
         f"run directory: {result['run_dir']} (plots: scatter_val.png, histograms_val.png, learning_curves.png)",
     ]
     if math.isnan(best["val_spearman"]):

@@ -13,7 +13,7 @@ from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse,
 from features.store import FeatureStore
 from pipeline.evaluation import run_evaluation
 from pipeline.extraction import run_import as import_features
-from pipeline.training import run_training
+from pipeline.training import Interrupted, run_training
 from tests.conftest import signal_features
 
 
@@ -139,7 +139,7 @@ def test_interrupted_run_resumes_exactly(memento, tmp_path, monkeypatch, schedul
         return real_epoch(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_epoch", killed_at_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="Resume with: .*--checkpoint_local"):  # Ctrl-C: where to resume from
         _train(memento, tmp_path, "-n", "killed", "-s", *sched)
     monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
     cfg, explicit = parse_explicit(
@@ -243,7 +243,7 @@ def test_cli_end_to_end_and_clear_errors(memento, tmp_path):
         cwd=ROOT,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "best epoch" in ok.stdout and "last epoch 1" in ok.stdout and "run directory" in ok.stdout
+    assert "best epoch" in ok.stdout and "last epoch 2" in ok.stdout and "run directory" in ok.stdout
     bad = subprocess.run([*run, "--use_csn"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2
     assert (

@@ -1,0 +1,136 @@
+"""A newcomer's mistakes are one line that says the fix, never a traceback."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
+from dataset import VideoRecord, load_records
+from pipeline.extraction import run_import
+from pipeline.table import FeatureTable
+from pipeline.training import Interrupted, Trainer, _sigterm_as_interrupt, run_training
+from tests.conftest import signal_features
+
+
+def _script(name, *argv, cwd=None):
+    return subprocess.run(
+        [sys.executable, str(ROOT / name), *argv], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def _import(memento, tmp_path, name="emb"):
+    ids, x = signal_features(memento)
+    np.savez(tmp_path / f"{name}.npz", ids=np.array(ids), emb=x)
+    argv = ["--dataset", "Memento10k", "--data_dir", str(memento), "--import", str(tmp_path / f"{name}.npz")]
+    run_import(parse(GenConfig, [*argv, "--name", name]))
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    proc = _script("evaluate.py", "--checkpoint", str(tmp_path / "notes.pt"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "is not an m3s checkpoint" in proc.stderr and "weights_only" not in proc.stderr
+
+
+def test_a_folder_dataset_needs_split_test(tmp_path):
+    records = [VideoRecord("a", tmp_path / "a.mp4", "test", None), VideoRecord("b", tmp_path / "b.mp4", "test", None)]
+    cfg = parse(EvalConfig, ["--checkpoint", "x.pt", "--dataset", "folder"])
+    train_cfg = TrainConfig(dataset="folder", use_raw=True, data_dir=str(cfg.data_dir))
+    with pytest.raises(
+        ConfigError, match=r"folder has no videos in val; it has test 2 \(0 scored\)\. Pass --split test"
+    ):
+        FeatureTable.build(train_cfg, records, splits=("val",), scored_only=False)
+    with pytest.raises(ConfigError, match="Its videos are unscored: train on a scored dataset.*evaluate.py --videos"):
+        FeatureTable.build(train_cfg, records)  # what train.py --dataset folder does
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("use_raw: true\nepochs: [1\nlr: 2\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml is not valid YAML at line 3, column 3"):
+        parse(TrainConfig, ["--config", str(bad)])
+    proc = _script("train.py", "--config", str(bad))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_abbreviations_are_off_and_typos_get_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(TrainConfig, ["--epoch", "2"])  # argparse used to take it for --epochs
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "--epoch (did you mean --epochs?)" in err
+    with pytest.raises(SystemExit):
+        parse(EvalConfig, ["--checkpiont", "x.pt"])
+    assert "did you mean --checkpoint?" in capsys.readouterr().err
+
+
+def test_help_shows_every_default():
+    out = _script("train.py", "--help").stdout
+    assert "number of epochs (default: 20)" in out and "(default: mse)" in out
+
+
+def test_a_misspelt_extra_features_name_lists_the_stores(memento, tmp_path):
+    _import(memento, tmp_path, "emb")
+    cfg = TrainConfig(data_dir=str(memento), extra_features=["embb"])
+    with pytest.raises(FileNotFoundError, match=r"embb.h5 does not exist\. The stores of Memento10k are: emb\."):
+        FeatureTable.build(cfg, load_records("Memento10k", cfg))
+
+
+def test_a_missing_tier_store_offers_to_leave_the_tier_out(memento, tmp_path):
+    _import(memento, tmp_path, "emb")
+    cfg = TrainConfig(data_dir=str(memento), extra_features=["emb"], use_raw=True)
+    with pytest.raises(FileNotFoundError, match=r"gen_features.py --dataset Memento10k --features raw, or leave the "
+                       r"tier out: --no-use_raw"):  # fmt: skip
+        FeatureTable.build(cfg, load_records("Memento10k", cfg))
+
+
+def test_ctrl_c_during_training_says_where_the_checkpoint_is(memento, tmp_path, monkeypatch):
+    _import(memento, tmp_path, "emb")
+    real = Trainer.train_epoch
+
+    def interrupted_at_epoch_3(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_at_epoch_3)
+    argv = ["--data_dir", str(memento), "--extra_features", "emb", "--runs_dir", str(tmp_path / "runs"), "-n", "r",
+            "--epochs", "5", "--hidden_channels", "8"]  # fmt: skip
+    with pytest.raises(Interrupted, match="interrupted before any checkpoint was written \\(train with -s"):
+        run_training(*parse_explicit(TrainConfig, argv, check=False))
+    last = tmp_path / "runs/r/last.pt"
+    with pytest.raises(Interrupted, match=f"the last checkpoint is {last} \\(epoch 2\\)\\. Resume with: .*"
+                       f"train.py --checkpoint_local {last}"):  # fmt: skip
+        run_training(*parse_explicit(TrainConfig, [*argv, "-s"], check=False))
+
+
+def test_sigterm_stops_training_like_ctrl_c():
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def _videomem(root, names):
+    root.mkdir(parents=True)
+    lines = ["video,short-term_memorability,nb_short-term_annotations,long-term_memorability,nb_long-term_annotations"]
+    lines += [f"{n},0.9,30,0.8,10" for n in names]
+    (root / "ground-truth_dev-set.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
+
+
+def test_videomem_split_names_without_the_webm_suffix_are_matched_and_said(tmp_path, capsys):
+    names = [f"video{i}.webm" for i in range(10)]
+    _videomem(tmp_path / "VideoMem", names)
+    with (tmp_path / "VideoMem/train_test_split_videomem.pkl").open("wb") as f:
+        pickle.dump(([n[:-5] for n in names[:8]], [n[:-5] for n in names[8:]]), f)
+    records = load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
+    assert [r.split for r in records] == ["train"] * 8 + ["val"] * 2
+    assert "names the videos without their suffix (video0; the ground truth: video0.webm)" in capsys.readouterr().out
+    with (tmp_path / "VideoMem/train_test_split_videomem.pkl").open("wb") as f:
+        pickle.dump((["clip1"], ["clip2"]), f)
+    with pytest.raises(ConfigError, match="10 videos of the ground truth are in no split of .*'clip1'"):
+        load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
