@@ -236,9 +236,9 @@ class CLIPExtractor(Extractor):
             visual = visual.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         self.model = visual.to(self.device)
-        self.dim = int(getattr(visual, "output_dim", 0)) or self._probe_dim()
         self._mean = torch.tensor(self.info["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.info["std"], device=self.device).view(1, 3, 1, 1)
+        self.dim = int(getattr(visual, "output_dim", 0) or 0) or self._probe_dim()  # timm towers: one probe frame
 
     def __getstate__(self) -> dict:
         """Decoding workers get a copy that reads only ``frame_spec``: leave the model behind."""
