@@ -105,7 +105,11 @@ def table_lines(summary: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
-        n = row["last"]["n"] if row["model"] == "mlp" else f"{row['last']['n']} folds"
+        n = (
+            row["last"]["n"]
+            if row["model"] == "mlp"
+            else f"{row['last']['n']} fit{'s' if row['last']['n'] > 1 else ''}"
+        )
         cells = [row["combination"], row["model"], str(n), *(_cell(row[c]) for c in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -114,7 +118,7 @@ def table_lines(summary: dict) -> list[str]:
 def plot_ablation(path: Path, summary: dict) -> None:
     """Val Spearman per combination and model, sorted, mean +- std error bars (last epoch), best and ensemble dots."""
     rows = summary["rows"][::-1]  # best at the top
-    fig = Figure(figsize=(8, 1.5 + 0.32 * len(rows)))
+    fig = Figure(figsize=(10, 1.5 + 0.32 * len(rows)))
     ax = fig.subplots()
     y = np.arange(len(rows))
     colors = {"mlp": "tab:blue", "ridge": "tab:gray", "svr": "tab:orange"}
@@ -134,7 +138,12 @@ def plot_ablation(path: Path, summary: dict) -> None:
     ax.plot([e for _, e in ens], [i for i, _ in ens], "r.", ms=8, label="seed ensemble")
     ax.set_yticks(y, [f"{r['combination']} ({r['model']})" for r in rows], fontsize=8)
     ax.set(xlabel="val Spearman", title=f"{summary['dataset']}: ablation over {summary['runs']} MLP runs")
-    ax.legend(fontsize=7, loc="lower right")
+    marks = [r["last"]["mean"] - r["last"]["std"] for r in rows] + [b for _, b in best] + [e for _, e in ens]
+    high = [r["last"]["mean"] + r["last"]["std"] for r in rows] + [b for _, b in best] + [e for _, e in ens]
+    finite = [v for v in marks + high if math.isfinite(v)]
+    if finite:  # zoom on the differences: the bars start left of the lowest score
+        ax.set_xlim(max(-1.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
