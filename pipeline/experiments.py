@@ -207,5 +207,29 @@ def run_experiment(cfg: TrainConfig) -> dict:
         baselines = run_baselines(grid.folds, combos, seed=grid_seeds(cfg)[0])
     summary = summarise(cfg, results, grid.folds, baselines, seconds)
     summary["run_dir"] = str(grid.run_dir)
-    write_summary(grid.run_dir, summary, ablation=cfg.ablate)
+    paths = write_summary(grid.run_dir, summary, ablation=cfg.ablate)
+    if cfg.log:
+        log_grid(cfg, summary, paths)
     return summary
+
+
+def log_grid(cfg: TrainConfig, summary: dict, paths: list[Path]) -> None:
+    """With ``-l``: one wandb run for the grid, its table (one row per combination and model) and the ablation plot."""
+    import wandb
+
+    run = wandb.init(
+        project=cfg.project, name=cfg.name, group=cfg.group or None, tags=cfg.tags or None, config=asdict(cfg),
+        dir=str(paths[0].parent),
+    )  # fmt: skip
+    columns = ["combination", "model", "n", "best_mean", "best_std", "last_mean", "last_std", "ensemble_mean"]
+    table = wandb.Table(columns=columns)
+    for row in summary["rows"]:
+        best = row["best"] or {"mean": None, "std": None}
+        last, ens = row["last"], row["ensemble"]
+        table.add_data(row["combination"], row["model"], last["n"], best["mean"], best["std"], last["mean"],
+                       last["std"], ens["mean"])  # fmt: skip
+    images = {p.stem: wandb.Image(str(p)) for p in paths if p.suffix == ".png"}  # ablation.png with --ablate
+    run.log({"summary": table} | images)
+    top = summary["rows"][0]
+    run.summary.update({"best_row": f"{top['combination']} ({top['model']})", "last_spearman": top["last"]["mean"]})
+    run.finish()
