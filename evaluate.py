@@ -1,10 +1,10 @@
 """Score a checkpoint: ``python evaluate.py --checkpoint runs/<name>/best.pt [--dataset D] [--split val|test|all]``.
 
-Writes ``metrics_<dataset>_<split>.json`` and ``predictions_<dataset>_<split>.csv`` next to the checkpoint (or in
-``--out_dir``). To score your own videos in one command, from the checkpoint alone (its fitted transforms travel
-in it; the training dataset is not needed): ``evaluate.py --checkpoint best.pt --videos DIR_OR_LIST --out
-scores.csv`` (a failed video is listed with its reason). ``--explain`` says what each module contributes on
-``--split`` (see ``pipeline/explain.py``).
+Writes ``metrics_<dataset>_<split>_<checkpoint>.json`` and ``predictions_<dataset>_<split>_<checkpoint>.csv`` next
+to the checkpoint (or in ``--out_dir``). To score your own videos in one command, from the checkpoint alone (its
+fitted transforms travel in it; the training dataset is not needed): ``evaluate.py --checkpoint best.pt --videos
+DIR_OR_LIST --out scores.csv`` (a failed video is listed with its reason). ``--explain`` says what each module
+contributes on ``--split`` (see ``pipeline/explain.py``).
 """
 
 from config import EvalConfig, main_guard, parse
@@ -34,6 +34,8 @@ def main() -> None:
         if split in result:
             r = result[split]
             scores = ", ".join(f"{k} {r[k]:.4f}" for k in ("spearman", "kendall", "mse", "mae") if k in r)
+            if not r["n_scored"]:
+                scores = "unscored: predictions only, no metrics"
             print(f"{result['dataset']} {split}: {r['n']} videos ({r['n_scored']} scored) {scores}")
     print(f"metrics and predictions: {result['out_dir']}")
 

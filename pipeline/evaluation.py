@@ -50,10 +50,10 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     result: dict = {"checkpoint": str(cfg.checkpoint), "epoch": ckpt["epoch"], "dataset": train_cfg.dataset}
     for split, (ids, true, pred) in scored.items():
         known = ~np.isnan(true)
-        tag = f"{train_cfg.dataset}_{split}"
+        tag = f"{train_cfg.dataset}_{split}_{Path(cfg.checkpoint).stem}"  # scoring last.pt keeps best.pt's files
         write_predictions(out_dir / f"predictions_{tag}.csv", ids, None if not known.any() else true, {"pred": pred})
         metrics = compute_metrics(pred[known], true[known]) if known.sum() > 1 else {}
         result[split] = {"n": len(pred), "n_scored": int(known.sum()), **metrics}
-    write_json(out_dir / f"metrics_{train_cfg.dataset}_{cfg.split}.json", result)
+    write_json(out_dir / f"metrics_{train_cfg.dataset}_{cfg.split}_{Path(cfg.checkpoint).stem}.json", result)
     result["out_dir"] = str(out_dir)
     return result

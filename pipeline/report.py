@@ -44,7 +44,10 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        self.notes: dict = {}  # what summary.json must say beside the metrics (e.g. smoke stores)
+        # the roots as resolved: '' (the default) would say nothing of where the data was
+        resolved = {"data_dir": str(cfg.resolved_data_dir()), "features_dir": str(cfg.resolved_features_dir())}
+        write_text(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg) | resolved, sort_keys=False))
         remove_stale_temps(self.run_dir)  # what a kill inside torch.save left
         # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
         kept = []
@@ -104,7 +107,7 @@ class RunLogger:
         write_predictions(
             self.run_dir / "predictions_val.csv", val.ids, true, {"pred_best": best_pred, "pred_last": last_pred}
         )
-        write_json(self.run_dir / "summary.json", {"best": best, "last": history[-1]})
+        write_json(self.run_dir / "summary.json", {"best": best, "last": history[-1], **self.notes})
         plot_run(self.run_dir, history, true, best_pred, self.cfg.name, best["epoch"], self.cfg.loss)
         if self.wandb is not None:
             self.wandb.summary["best_spearman"] = best["val_spearman"]

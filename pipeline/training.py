@@ -208,9 +208,14 @@ class Trainer:
 
 
 # A resumed run keeps its model and its inputs: these options (every module option, and the network's widths)
-# cannot change under it. The paths may (the same stores can move), and so may --epochs, --save, --log...
+# cannot change under it. Nor can how it is trained: the restored optimiser and schedule states carry their own
+# learning rate (a new --lr would never apply), and config.yaml must describe the epochs already trained. The paths
+# may change (the same stores can move), and so may --epochs, --save, --log...
+_TRAINING = ("lr", "optimizer", "momentum", "weight_decay", "scheduler", "scheduler_gamma", "scheduler_step_size",
+             "loss", "mse_tails_pow", "mse_tails_mult_fact", "batch_size", "seed")  # fmt: skip
 _FIXED_ON_RESUME = {f.name for f in dataclasses.fields(ModuleConfig)} - {"data_dir", "features_dir"} | {
-    "hidden_channels"
+    "hidden_channels",
+    *_TRAINING,
 }
 
 
@@ -219,7 +224,8 @@ def _refuse_model_changes(path: str | Path, saved: dict, explicit: dict) -> None
     if changed:
         diffs = "; ".join(f"--{k} {explicit[k]!r} differs from the checkpoint's {saved[k]!r}" for k in changed)
         raise ConfigError(
-            f"{diffs}. A resumed run keeps the model and inputs of {path}; start a new run (another -n NAME) instead"
+            f"{diffs}. A resumed run keeps the model, inputs and training settings of {path}; start a new run "
+            "(another -n NAME) instead"
         )
 
 
@@ -262,10 +268,16 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
         check_sources(ckpt["sources"], table.sources)
     if not cfg.name:
         cfg.name = f"{cfg.dataset}_{'+'.join(table.modules)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if not ckpt:
+        cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name)
     trainer = Trainer(cfg, table, device, resume=ckpt)
     n = {s: len(d.y) for s, d in table.splits.items()}
     print(f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; seed {cfg.seed}")
+    smoke = sorted(store for store, src in table.sources.items() if src.get("smoke"))
+    if smoke:
+        print(f"warning: {', '.join(smoke)} hold SMOKE features (random backbone weights): this run measures nothing")
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+        logger.notes["smoke_stores"] = smoke
         if ckpt and cfg.save:
             repair_best(logger.run_dir, ckpt)
         try:
@@ -278,6 +290,18 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
 
 
 RESUME = ".venv/bin/python train.py --checkpoint_local"
+
+
+def free_run_name(runs_dir: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... when ``runs_dir/name`` holds another run: a new run (e.g. a second run of
+    ``configs/demo.yaml``, which sets ``name: demo``) never replaces another's files. Says so when it renames."""
+    free, k = name, 1
+    while (runs_dir / free / "config.yaml").exists():
+        k += 1
+        free = f"{name}-{k}"
+    if free != name:
+        print(f"{runs_dir / name} holds another run; this one is {runs_dir / free} (-n NAME to choose)")
+    return free
 
 
 class Interrupted(M3SError):

@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     run_training(*parse_explicit(TrainConfig, argv, check=False))
     ckpt = tmp / "runs/m/best.pt"
     run_evaluation(parse(EvalConfig, ["--checkpoint", str(ckpt), "--split", "val"]))
-    in_dataset = _predictions(tmp / "runs/m/predictions_Memento10k_val.csv")
+    in_dataset = _predictions(tmp / "runs/m/predictions_Memento10k_val_best.csv")
     videos = [data / "Memento10k/videos" / n for n in names if n[: -len(".mp4")] in in_dataset]
     shutil.rmtree(features)  # the training dataset's stores are gone: the checkpoint must be enough
     return tmp, ckpt, in_dataset, videos

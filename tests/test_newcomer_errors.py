@@ -102,10 +102,10 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is(memento, tmp_path, 
             "--epochs", "5", "--hidden_channels", "8"]  # fmt: skip
     with pytest.raises(Interrupted, match="interrupted before any checkpoint was written \\(train with -s"):
         run_training(*parse_explicit(TrainConfig, argv, check=False))
-    last = tmp_path / "runs/r/last.pt"
+    last = tmp_path / "runs/s/last.pt"
     with pytest.raises(Interrupted, match=f"the last checkpoint is {last} \\(epoch 2\\)\\. Resume with: .*"
                        f"train.py --checkpoint_local {last}"):  # fmt: skip
-        run_training(*parse_explicit(TrainConfig, [*argv, "-s"], check=False))
+        run_training(*parse_explicit(TrainConfig, [*argv, "-s", "-n", "s"], check=False))
 
 
 def test_sigterm_stops_training_like_ctrl_c():

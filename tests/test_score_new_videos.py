@@ -28,7 +28,7 @@ def test_folder_of_new_videos_is_scored_like_the_dataset(tmp_path):
     run_training(*parse_explicit(TrainConfig, argv, check=False))
     ckpt = str(tmp_path / "runs/m/best.pt")
     run_evaluation(parse(EvalConfig, ["--checkpoint", ckpt, "--split", "val"]))
-    in_dataset = _predictions(tmp_path / "runs/m/predictions_Memento10k_val.csv")
+    in_dataset = _predictions(tmp_path / "runs/m/predictions_Memento10k_val_best.csv")
 
     mine = tmp_path / "my_videos"
     mine.mkdir()
@@ -42,7 +42,7 @@ def test_folder_of_new_videos_is_scored_like_the_dataset(tmp_path):
     stored = FeatureStore.at(features, "folder", "raw").read()
     assert stored.transforms["hog_pca"].info["adopted_from"] == "Memento10k"
     run_evaluation(parse(EvalConfig, ["--checkpoint", ckpt, *folder, "--split", "test"]))
-    new = _predictions(tmp_path / "runs/m/predictions_folder_test.csv")
+    new = _predictions(tmp_path / "runs/m/predictions_folder_test_best.csv")
     assert new.keys() == in_dataset.keys() and len(new) == 4
     for vid, pred in new.items():
         assert pred == pytest.approx(in_dataset[vid], abs=1e-6)

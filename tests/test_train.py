@@ -174,8 +174,8 @@ def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
     out = run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt"), "--split", "all"]))
     assert out["val"]["spearman"] == pytest.approx(result["best"]["val_spearman"], abs=1e-6)
     assert out["test"] == {"n": 10, "n_scored": 0}  # unlabelled test videos are scored, not measured
-    assert (tmp_path / "runs/e/predictions_Memento10k_test.csv").is_file()
-    assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all.json").read_text())["val"]["n"] == 20
+    assert (tmp_path / "runs/e/predictions_Memento10k_test_best.csv").is_file()
+    assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all_best.json").read_text())["val"]["n"] == 20
     ids, x = signal_features(memento)
     np.savez(tmp_path / "other.npz", ids=np.array(ids), emb=x + 0.01)  # the same kind of features, another file
     gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "emb", "--import"]
