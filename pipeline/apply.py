@@ -25,6 +25,7 @@ from dataset import DATASETS, VideoRecord
 from features.extract import Dist, device_for, extract_family, with_crop
 from features.store import FeatureStore, StoredFeatures
 from pipeline.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
+from pipeline.e2e import evaluate_end_to_end
 from pipeline.fitted import Fitted, unpack
 from pipeline.table import FeatureTable
 from pipeline.training import predict
@@ -186,6 +187,9 @@ def score_videos(cfg: EvalConfig) -> dict:
 def _predict(ckpt: dict, records: list[VideoRecord], features_dir: Path, device) -> dict[str, float]:
     values = dict(ckpt["config"]) | {"dataset": NEW_DATASET, "features_dir": str(features_dir), "data_dir": ""}
     train_cfg = from_dict(TrainConfig, values, source=f"checkpoint {ckpt['path']}")
+    if not train_cfg.fixed_features:  # end to end: the checkpoint's (fine-tuned) backbones over the decoded videos
+        ids, _, pred = evaluate_end_to_end(ckpt, train_cfg, ("test",), str(device), records)["test"]
+        return dict(zip(ids, (float(p) for p in pred), strict=True))
     stats = stats_from_checkpoint(ckpt)
     table = FeatureTable.build(train_cfg, records, device, stats=stats, splits=("test",), scored_only=False)
     check_sources(ckpt["sources"], table.sources)

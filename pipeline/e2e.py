@@ -343,7 +343,9 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.set_num_threads(cfg.threads or max(1, available_cores() // max(dist.local_world, 1)))
+    # on a GPU the cores decode (--workers); on a CPU the step's convolutions take them
+    cores = max(1, available_cores() // max(dist.local_world, 1))
+    torch.set_num_threads(cfg.threads or (2 if device.type == "cuda" else cores))
     if cfg.seed is None:  # every process must draw the same seed
         cfg.seed = dist.gather(int.from_bytes(os.urandom(4), "little"))[0]
     records = load_records(cfg.dataset, cfg)
@@ -376,13 +378,16 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     return result
 
 
-def evaluate_end_to_end(ckpt: dict, train_cfg: TrainConfig, splits: tuple[str, ...], device_name: str) -> dict:
+def evaluate_end_to_end(
+    ckpt: dict, train_cfg: TrainConfig, splits: tuple[str, ...], device_name: str, records: list | None = None
+) -> dict:
     """``{split: (ids, true scores with NaN where unknown, predictions)}`` of an end-to-end checkpoint: its head
-    and fine-tuned backbones (frozen ones from the official files) over the decoded clips, one process."""
+    and fine-tuned backbones (frozen ones from the official files) over the decoded clips, one process.
+    ``records``: the videos to score (default: the dataset of ``train_cfg``)."""
     dist = Dist()
     device = device_for(device_name, dist)
     torch.set_num_threads(available_cores())
-    records = load_records(train_cfg.dataset, train_cfg)
+    records = load_records(train_cfg.dataset, train_cfg) if records is None else records
     data = build_data(train_cfg, records, device, stats_from_checkpoint(ckpt), splits, scored_only=False)
     check_sources(ckpt["sources"], data.table_sources)
     if not data.splits:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -22,6 +22,8 @@ from features.hog import HogPCA
 from features.store import FeatureStore
 from pipeline.checkpoint import CHECKPOINT_FORMAT
 from pipeline.clipdata import ClipDataset, clip_spec
+from pipeline.fitted import Fitted
+from pipeline.fitted import pack as pack_fitted
 from pipeline.table import FeatureTable, SplitData, Stats
 from tiers import module_tiers
 
@@ -36,6 +38,7 @@ class E2EData:
     stats: Stats
     table_sources: dict  # provenance of the stores read (FeatureTable.sources)
     raw_features: list[str]  # the raw tier's stored features in input order, when it is computed on the fly
+    fitted: Fitted = field(default_factory=dict)  # the stores' fitted transforms (evaluate.py --videos applies them)
 
     def inputs(
         self, split: str, idx: torch.Tensor, raw: dict[str, torch.Tensor] | None, device: torch.device
@@ -64,6 +67,7 @@ class E2EData:
             "tiers": {m: t.name for m, t in module_tiers(cfg).items()},
             "stats": self.stats,
             "sources": self.table_sources,
+            "fitted": pack_fitted(self.fitted),
         }
 
 
@@ -110,9 +114,9 @@ def build_data(
     pre_cfg = dataclasses.replace(cfg, **{f"use_{m}": False for m in DEEP_MODULES})
     if pre_cfg.modules():
         table = FeatureTable.build(pre_cfg, records, device, stats=stats, splits=splits, scored_only=scored_only)
-        split_data, dims, stats, sources = table.splits, table.dims, table.stats, table.sources
+        split_data, dims, stats, sources, fitted = table.splits, table.dims, table.stats, table.sources, table.fitted
     else:
-        split_data, dims, stats, sources = _bare_splits(records, splits, scored_only, device), {}, {}, {}
+        split_data, dims, stats, sources, fitted = _bare_splits(records, splits, scored_only, device), {}, {}, {}, {}
     on_the_fly = raw_on_the_fly(cfg)
     deep = any(m in DEEP_MODULES for m in cfg.modules())
     spec = clip_spec(cfg, DATASETS[cfg.dataset].crop, deep, on_the_fly)
@@ -120,4 +124,4 @@ def build_data(
     by_id = {r.id: r for r in records}
     datasets = {s: ClipDataset([by_id[i] for i in d.ids], spec, pca) for s, d in split_data.items()}
     raw_features = list(sources["raw"]["features"]) if on_the_fly else []
-    return E2EData(split_data, datasets, dims, stats, sources, raw_features)
+    return E2EData(split_data, datasets, dims, stats, sources, raw_features, fitted)

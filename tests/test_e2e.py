@@ -225,3 +225,18 @@ def test_two_torchrun_processes_give_the_weights_of_one(data_dir, tmp_path):
         assert one["history"][0]["train_loss"] == pytest.approx(other["history"][0]["train_loss"], rel=1e-5)
     assert any(not torch.equal(v, build_standin("hrnetv2_w48").state_dict()[k.removeprefix("hrnet.")])
                for k, v in one["backbones"].items() if k.startswith("hrnet.") and v.is_floating_point())  # fmt: skip
+
+
+def test_scoring_new_videos_runs_the_fine_tuned_backbones(data_dir, tmp_path):
+    from pipeline.apply import read_scores, score_videos
+
+    argv = ("-n", "apply", "--epochs", "1", "-s", "--use_raw", "--backbone_lr", "0.05", "--no-use_csn")
+    result = run_end_to_end(_cfg(data_dir, tmp_path, *argv))
+    run_dir = Path(result["run_dir"])
+    ids = np.loadtxt(run_dir / "predictions_val.csv", delimiter=",", skiprows=1, usecols=0, dtype=str)
+    trained = np.loadtxt(run_dir / "predictions_val.csv", delimiter=",", skiprows=1, usecols=3)
+    listing = tmp_path / "videos.txt"
+    listing.write_text("\n".join(str(data_dir / "Memento10k" / "videos" / f"{i}.mp4") for i in ids) + "\n")
+    argv = ["--checkpoint", str(run_dir / "last.pt"), "--videos", str(listing), "--workers", "1", "--device", "cpu"]
+    scores = read_scores(score_videos(parse(EvalConfig, argv))["out"])
+    assert [scores[i] for i in ids] == pytest.approx(list(trained), abs=1e-6)
