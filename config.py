@@ -297,6 +297,7 @@ class GenConfig(make_dataclass("_GenTiers", _tier_fields(gen=True), bases=(_GenB
     name: str = opt("", "name of the imported feature (becomes the module --extra_features NAME)")
     ids: str = opt("", "text file of video ids, one per line, matching the rows of an imported .npy")
     id_column: str = opt("", "id column (CSV) or dataset (npz/h5) of an import; default: 'id' / 'ids'")
+    overwrite: bool = opt(False, "--import: replace features already imported under --name")
 
     def check(self) -> None:
         if self.import_path and not self.name:

@@ -179,6 +179,10 @@ class DBSCANClusters(Method):
         labels = DBSCAN(eps=space.eps, min_samples=5).fit_predict(emb.fit_transform(train))
         n_clusters = int(labels.max()) + 1
         arrays = {"train_labels": labels, "n_columns": np.array([n_clusters + 1])}
+        if len(np.unique(labels)) == 1:  # one constant column: the feature says nothing, which must not go unnoticed
+            found = "no cluster (every train video is noise)" if n_clusters == 0 else "a single cluster and no noise"
+            print(f"warning: DBSCAN (eps {space.eps}) found {found} in the {space.name} space of {len(train)} "
+                  "train videos: its dbscan feature is one constant column; kde and cosine_* still work")  # fmt: skip
         if len(np.unique(labels)) > 1:
             clf = MLPClassifier((100,), activation="relu", solver="adam", alpha=1e-4, max_iter=500, random_state=seed)
             clf.fit(train, labels)

@@ -13,7 +13,7 @@ from core.io import ConfigError, ensure_writable
 from dataset import DATASETS, load_records
 from features.extract import Dist, Summary, device_for, extract_family, with_crop
 from features.importer import import_features
-from features.store import StoredFeatures
+from features.store import FeatureStore, StoredFeatures
 from tiers import TIERS, owner
 
 
@@ -53,4 +53,11 @@ def run_import(cfg: GenConfig) -> StoredFeatures:
         )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
         raise ConfigError(f"--name {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a file)")
+    existing = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, cfg.name)
+    if existing.exists() and not cfg.overwrite:
+        source = existing.meta().get("provenance", {}).get("source", "another file")
+        raise ConfigError(
+            f"{existing.path} already holds features named {cfg.name!r} (imported from {source}); pass --overwrite to "
+            "replace them (a model trained on them will no longer match), or choose another --name"
+        )
     return import_features(cfg, load_records(cfg.dataset, cfg))

@@ -78,3 +78,32 @@ def test_smoke_stores_are_flagged_on_screen_and_in_the_summary(memento, tmp_path
     _train([*argv, "-n", "s"])
     assert "warning: emb hold SMOKE features" in capsys.readouterr().out
     assert json.loads((tmp_path / "runs/s/summary.json").read_text())["smoke_stores"] == ["emb"]
+
+
+def test_reimporting_under_a_taken_name_needs_overwrite(memento, tmp_path):
+    _setup(memento, tmp_path)
+    again = [
+        "--dataset",
+        "Memento10k",
+        "--data_dir",
+        str(memento),
+        "--import",
+        str(tmp_path / "emb.npz"),
+        "--name",
+        "emb",
+    ]
+    with pytest.raises(ConfigError, match=r"emb.h5 already holds features named 'emb' \(imported from emb.npz\); pass "
+                       "--overwrite"):  # fmt: skip
+        run_import(parse(GenConfig, again))
+    run_import(parse(GenConfig, [*again, "--overwrite"]))
+
+
+def test_dbscan_finding_no_cluster_is_a_warning(capsys):
+    from features.similarity import METHODS, Space
+
+    train = np.random.default_rng(0).normal(size=(40, 3))
+    arrays = METHODS["dbscan"].fit(train, Space("hrnet", "hrnet_f1", "hrnet", 1e-6, "cmd"), seed=0)
+    assert int(arrays["n_columns"][0]) == 1
+    assert (
+        "DBSCAN (eps 1e-06) found no cluster (every train video is noise) in the hrnet space" in capsys.readouterr().out
+    )

@@ -178,7 +178,7 @@ def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
     assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all_best.json").read_text())["val"]["n"] == 20
     ids, x = signal_features(memento)
     np.savez(tmp_path / "other.npz", ids=np.array(ids), emb=x + 0.01)  # the same kind of features, another file
-    gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "emb", "--import"]
+    gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "emb", "--overwrite", "--import"]
     import_features(parse(GenConfig, [*gen, str(tmp_path / "other.npz")]))
     assert run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt")]))["val"]["n"] == 20
     np.savez(tmp_path / "wide.npz", ids=np.array(ids), emb=np.zeros((len(ids), 9)))
@@ -194,6 +194,7 @@ def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
                 str(tmp_path / "wide.npz"),
                 "--name",
                 "emb",
+                "--overwrite",
             ],
         )
     )
