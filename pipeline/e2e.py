@@ -22,6 +22,7 @@ import contextlib
 import os
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,8 +40,17 @@ from model.metrics import compute_metrics
 from pipeline.checkpoint import check_sources, stats_from_checkpoint
 from pipeline.clipdata import EpochBatches, make_loader, micro_batches
 from pipeline.e2e_data import E2EData, build_data
-from pipeline.report import RunLogger
-from pipeline.training import make_optimizer, make_scheduler, resolve_resume, seed_everything
+from pipeline.report import RunLogger, fetch_wandb_checkpoint
+from pipeline.training import (
+    Interrupted,
+    _sigterm_as_interrupt,
+    free_run_name,
+    interrupted_message,
+    make_optimizer,
+    make_scheduler,
+    resolve_resume,
+    seed_everything,
+)
 from tiers import module_tiers
 
 BACKBONE_LR_FRACTION = 0.01  # default --backbone_lr = --lr / 100: pretrained weights move slowly, the new head fast
@@ -311,7 +321,7 @@ class EndToEndTrainer:
                 self.best, self.best_pred = dict(row), torch.from_numpy(last_pred.copy())
             bar.set_postfix(loss=f"{train_loss:.4f}", val_spearman=f"{metrics['spearman']:.4f}")
             logger.epoch(row, last_pred, val.y.cpu().numpy())
-            if cfg.save or cfg.log:
+            if (cfg.save or cfg.log) and self.dist.rank == 0:  # the others would copy the backbones for nothing
                 logger.checkpoint(self.state(epoch, row), improved)
         if last_pred is None:
             last_pred = self.evaluate("val")[1]
@@ -321,11 +331,14 @@ class EndToEndTrainer:
 
 
 def resumes_end_to_end(cfg: TrainConfig) -> bool:
-    """Whether ``--checkpoint_local`` names an end-to-end checkpoint (read lazily: its tensors stay on disk)."""
-    if not cfg.checkpoint_local or not os.path.isfile(cfg.checkpoint_local):
+    """Whether the checkpoint to resume from is an end-to-end one (read lazily: its tensors stay on disk)."""
+    path = cfg.checkpoint_local
+    if cfg.checkpoint_run_id and not path:  # wandb keeps the download: resolve_resume finds it there again
+        path = str(fetch_wandb_checkpoint(cfg.checkpoint_run_id, cfg.checkpoint_epoch, cfg.project))
+    if not path or not os.path.isfile(path):
         return False
     try:
-        ckpt = torch.load(cfg.checkpoint_local, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint: resolve_resume gives the clear error
         return False
     return isinstance(ckpt, dict) and "end_to_end" in ckpt
@@ -354,7 +367,8 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
         check_sources(ckpt["sources"], data.table_sources)
     if not cfg.name:
         cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_e2e_{time.strftime('%Y%m%d-%H%M%S')}"
-        cfg.name = dist.gather(cfg.name)[0]
+    if not ckpt:  # rank 0 picks a free run directory for everyone
+        cfg.name = dist.gather(free_run_name(Path(cfg.runs_dir), cfg.name) if dist.rank == 0 else "")[0]
     trainer = EndToEndTrainer(cfg, data, device, dist, resume=ckpt)
     trainer.check_precision()
     if dist.rank == 0:
@@ -365,17 +379,26 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
             f"{dist.world}; {trainer.dtype}; backbones {'frozen' if cfg.freeze_backbones else 'fine-tuned'}; "
             f"seed {cfg.seed}"
         )
+        if cfg.standin_backbones or cfg.smoke_random_weights:
+            print("warning: the backbones have RANDOM weights (--standin_backbones / --smoke_random_weights): a "
+                  "pipeline check, its scores measure nothing")  # fmt: skip
     try:
-        if dist.rank == 0:
-            with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
-                result = trainer.fit(logger)
-                result["run_dir"] = str(logger.run_dir)
-        else:
-            result = trainer.fit(_Quiet())
-            result["run_dir"] = ""
+        return _fit(trainer, cfg, dist)
     finally:
         dist.close()
-    return result
+
+
+def _fit(trainer: EndToEndTrainer, cfg: TrainConfig, dist: Dist) -> dict:
+    """Rank 0 trains and writes the run directory (Ctrl-C / SIGTERM: where to resume from); the others train."""
+    if dist.rank:
+        return trainer.fit(_Quiet()) | {"run_dir": ""}
+    with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+        try:
+            with _sigterm_as_interrupt():
+                result = trainer.fit(logger)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(logger.run_dir)) from None
+    return result | {"run_dir": str(logger.run_dir)}
 
 
 def evaluate_end_to_end(

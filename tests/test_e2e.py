@@ -187,7 +187,7 @@ def test_evaluate_runs_the_fine_tuned_backbones(data_dir, tmp_path):
     assert out["val"]["n"] == 4
     trained = np.loadtxt(Path(result["run_dir"]) / "predictions_val.csv", delimiter=",", skiprows=1, usecols=3)
     scored = np.loadtxt(
-        Path(result["run_dir"]) / "predictions_Memento10k_val.csv", delimiter=",", skiprows=1, usecols=2
+        Path(result["run_dir"]) / "predictions_Memento10k_val_last.csv", delimiter=",", skiprows=1, usecols=2
     )
     np.testing.assert_allclose(scored, trained, atol=1e-6)
     # the same head over the stand-ins as built (the official weights' place) predicts otherwise: the fine-tuned
