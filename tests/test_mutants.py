@@ -192,3 +192,72 @@ def test_rank_metrics_are_computed_unless_an_input_is_constant():
     assert m["kendall"] == pytest.approx(stats.kendalltau(pred, true).statistic)
     flat = compute_metrics(np.full(4, 0.5), true)
     assert flat["spearman"] == 0.0 and flat["kendall"] == 0.0
+
+
+# ------------------------------------------------------------------ feature store (bench/mutation.sh survivors)
+
+
+def _store_meta() -> dict:
+    return {"family": "raw", "settings": {"size": 256, "frames": 45}, "smoke": False}
+
+
+def test_store_bytes_do_not_depend_on_time_or_key_order(tmp_path):
+    """Same data, same bytes: no timestamps (track_times), no insertion order (sort_keys, track_order)."""
+    import time
+
+    from features.store import FeatureStore, StoredFeatures, Transform
+
+    def write(folder: str, meta: dict, info: dict) -> bytes:
+        store = FeatureStore.at(tmp_path / folder, "demo", "raw")
+        data = StoredFeatures(["a", "b"], {"y": np.ones((2, 1)), "x": np.zeros((2, 3))}, meta, {"c": "bad"},
+                              {"pca": Transform({"m": np.arange(3.0)}, info)})  # fmt: skip
+        store.write(data)
+        return store.path.read_bytes()
+
+    first = write("one", _store_meta(), {"k": 1, "j": 2})
+    time.sleep(1.1)
+    second = write("two", dict(reversed(list(_store_meta().items()))), {"j": 2, "k": 1})
+    assert first == second
+
+
+def test_transform_digest_tells_fitted_states_apart():
+    from features.store import Transform
+
+    a = Transform({"m": np.arange(3.0), "s": np.ones(2)})
+    assert a.digest() == Transform({"s": np.ones(2), "m": np.arange(3.0)}, {"other": "info"}).digest()
+    assert a.digest() != Transform({"m": np.arange(3.0) + 1e-9, "s": np.ones(2)}).digest()
+    assert a.digest() != Transform({"m": np.arange(3.0).astype(np.float32), "s": np.ones(2)}).digest()
+    assert a.digest() != Transform({"n": np.arange(3.0), "s": np.ones(2)}).digest()
+    assert len(a.digest()) == 40
+
+
+def test_an_empty_batch_keeps_its_feature_width(tmp_path):
+    from features.store import FeatureStore
+
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append([], {"a": np.zeros((0, 5)), "b": np.zeros(0)}, _store_meta(), failures={"v": "bad"})
+    data = store.read()
+    assert data.features["a"].shape == (0, 5) and data.features["b"].shape == (0, 1)
+    store.append(["w"], {"a": np.arange(5.0)[None], "b": np.array([7.0])}, _store_meta())
+    data = store.read()
+    assert data.features["a"].dtype == np.float32 and data.dims == {"a": 5, "b": 1}
+
+
+def test_hidden_part_files_are_not_parts(tmp_path):
+    from features.store import FeatureStore
+
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v"], {"a": np.ones((1, 2))}, _store_meta())
+    (store.parts_dir / ".0-000007.h5").write_bytes(b"someone else's half-written part")
+    assert store.read().ids == ["v"] and store.done_ids() == {"v"}
+    assert store.parts_dir.name == "raw.parts"
+
+
+def test_a_missing_store_is_named(tmp_path):
+    from core.io import StoreError
+    from features.store import FeatureStore
+
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    with pytest.raises(StoreError, match=f"no feature store at {store.path}"):
+        store.read()
+    assert store.done_ids() == set()
