@@ -91,3 +91,34 @@ def test_video_records_refusals(tmp_path):
         video_records(tmp_path / "a.mp4")
     with pytest.raises(ConfigError, match="--videos scores a folder"):
         parse(EvalConfig, ["--checkpoint", "x.pt", "--videos", "d", "--dataset", "demo"])
+
+
+@pytest.mark.slow
+def test_similarity_state_travels_in_the_checkpoint(tmp_path):
+    """hrnet (seeded smoke weights) + similarity fitted on train (kde, cosine_threshold, fractional_mean; dbscan's
+    t-SNE needs more than 30 train videos, which HRNet on a CPU makes too slow for a test): scored from the
+    checkpoint alone, the new videos get the in-dataset predictions, similarity features included."""
+    data, features = tmp_path / "data", tmp_path / "features"
+    names = memento_layout(data / "Memento10k", 20, n_frames=6)
+    sim = ["--similarity_features", "hrnet", "--similarity_methods", "kde", "cosine_threshold0.5", "fractional_mean"]
+    common = ["--dataset", "Memento10k", "--data_dir", str(data), "--features_dir", str(features), "--workers", "1"]
+    run(parse(GenConfig, [*common, "--features", "hrnet", "similarity", "--smoke_random_weights", *sim]))
+    argv = ["--data_dir", str(data), "--features_dir", str(features), "--runs_dir", str(tmp_path / "runs"), "-n", "s",
+            "--use_hrnet", "--use_similarity", *sim, "--epochs", "2", "--hidden_channels", "8", "--seed", "0",
+            "-s"]  # fmt: skip
+    run_training(*parse_explicit(TrainConfig, argv, check=False))
+    ckpt = tmp_path / "runs/s/best.pt"
+    assert set(torch.load(ckpt, weights_only=True)["fitted"]) == {"similarity_hrnet_f1"}
+    run_evaluation(parse(EvalConfig, ["--checkpoint", str(ckpt), "--split", "val"]))
+    in_dataset = _predictions(tmp_path / "runs/s/predictions_Memento10k_val_best.csv")
+    shutil.rmtree(features)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for n in names:
+        if n[: -len(".mp4")] in in_dataset:
+            shutil.copy(data / "Memento10k/videos" / n, mine / n)
+    result = score_videos(parse(EvalConfig, ["--checkpoint", str(ckpt), "--videos", str(mine), "--workers", "1"]))
+    scores = read_scores(result["out"])
+    assert result["n_scored"] == len(in_dataset) == 4
+    for vid, pred in scores.items():
+        assert pred == pytest.approx(in_dataset[vid], abs=1e-6)

@@ -48,6 +48,7 @@ def trained(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_raw_on_top_and_noise_near_zero(trained):
     result = run_explain(parse(EvalConfig, ["--checkpoint", str(trained / "runs/rn/last.pt"), "--explain"]))
     e = result["explanation"]
@@ -70,6 +71,7 @@ def test_raw_on_top_and_noise_near_zero(trained):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_explain_command_prints_the_modules(trained):
     cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(trained / "runs/rn/best.pt"), "--explain",
            "--split", "train", "--out_dir", str(trained / "elsewhere")]  # fmt: skip
