@@ -131,7 +131,7 @@ class TrainConfig(ModuleConfig):
     baselines: bool = opt(False, "also fit Ridge and RBF-SVR (standardised inputs, CV on train) on the same table")
     batched: bool = opt(True, "train a grid's runs together as one batched model (--no-batched: one by one)")
     search: int = opt(0, "run this many Optuna trials over --search_space (each scored over --seeds / --folds)")
-    search_space: str = opt("configs/search_paper.yaml", "YAML search space of --search")
+    search_space: str = opt("configs/search/paper.yaml", "YAML search space of --search")
     search_storage: str = opt("", "Optuna storage URL (default: sqlite in the run directory, so a search resumes)")
     search_seed: int = opt(0, "seed of the TPE sampler")
     # end-to-end training (--no-fixed_features): clips decoded, HRNet / CSN run inside the step (pipeline/e2e.py)

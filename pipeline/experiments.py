@@ -70,7 +70,7 @@ def sub_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig:
     """The config of one sub-run, as ``train.py`` would take it (one seed, its modules, no grid flags)."""
     sub = subset_config(cfg, spec.modules)
     sub.seed, sub.seeds, sub.ablate, sub.baselines, sub.search = spec.seed, [], False, False, 0
-    sub.name, sub.runs_dir = spec.dir_name, str(run_dir)
+    sub.runs_dir, sub.name = str(run_dir / spec.combination), f"seed{spec.seed}-fold{spec.fold}"  # spec.dir_name
     return sub
 
 
@@ -128,7 +128,7 @@ def train_grid(
 def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, sources: dict, run_dir: Path) -> Path:
     """The files of an ordinary run for one run of the grid (the sequential path's RunLogger has written most)."""
     sub = sub_config(cfg, res.spec, run_dir)
-    path = run_dir / sub.name
+    path = Path(sub.runs_dir) / sub.name
     path.mkdir(parents=True, exist_ok=True)
     write_text(path / "config.yaml", yaml.safe_dump(asdict(sub), sort_keys=False))
     write_text(path / "metrics.jsonl", "".join(f"{json.dumps(r)}\n" for r in res.history))

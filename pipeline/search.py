@@ -47,7 +47,7 @@ def load_space(path: str | Path) -> dict[str, dict]:
 
 
 def suggest(trial, space: dict[str, dict]) -> dict:
-    """The trial's config values. Categorical choices that are lists are offered to Optuna by their text."""
+    """The trial's config values. Categorical choices other than strings (lists...) are offered to Optuna as JSON."""
     out = {}
     for name, spec in space.items():
         if spec["type"] == "float":
@@ -55,7 +55,7 @@ def suggest(trial, space: dict[str, dict]) -> dict:
         elif spec["type"] == "int":
             out[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1))
         else:
-            labels = {json.dumps(c): c for c in spec["choices"]}
+            labels = {c if isinstance(c, str) else json.dumps(c): c for c in spec["choices"]}
             out[name] = labels[trial.suggest_categorical(name, list(labels))]
     return out
 

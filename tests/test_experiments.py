@@ -87,7 +87,10 @@ def test_batched_grid_equals_sequential_train_py_runs(two_modules, tmp_path, opt
     print(f"largest batched-vs-sequential difference: {worst:.2e}")
 
 
-def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, tmp_path):
+def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, tmp_path, monkeypatch):
+    import pipeline.batched
+
+    monkeypatch.setattr(pipeline.batched, "CPU_CHUNK_PARAMS", 400)  # several chunks: about two runs each
     a = _grid(two_modules, tmp_path, "-n", "k3", "--folds", "3", "--seeds", "1", "2")
     cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
     path = fold_path(cfg)
@@ -139,6 +142,8 @@ def test_ablation_and_baselines_write_their_files(two_modules, tmp_path, capsys)
     mlp = next(r for r in summary["rows"] if r["model"] == "mlp" and r["combination"] == "a+b")
     assert [r["seed"] for r in mlp["runs"]] == [1, 2] and mlp["best"]["mean"] >= mlp["last"]["mean"] - 1e-12
     assert "| combination | model |" in out.stdout and "seed ensemble" in out.stdout
+    again = parse(TrainConfig, ["--config", str(run / "a+b/seed1-fold0/config.yaml")])  # reruns that one run
+    assert (again.seed, again.extra_features, again.grid()) == (1, ["a", "b"], False)
     ckpt = torch.load(run / "a+b/seed1-fold0/last.pt", weights_only=True)
     assert ckpt["dims"] == {"a": 6, "b": 4} and ckpt["config"]["seed"] == 1 and not ckpt["config"]["ablate"]
     from config import EvalConfig
