@@ -126,6 +126,27 @@ def test_weights_files_load_into_the_image_tower(tmp_path, layout):
     assert info["weights"].startswith("clip/RN50_openai.") and info["size"] == (224, 224)
 
 
+def test_clip_download_saves_under_the_name_extraction_looks_for(tmp_path, monkeypatch):
+    """--clip_download: open_clip's download (faked here: no network) lands in <weights_dir>/clip/<model>_<tag>."""
+    open_clip = _open_clip()
+    source = tmp_path / "hub" / "open_clip_pytorch_model.bin"
+    source.parent.mkdir()
+    model = _random_clip(seed=3)
+    torch.save(model.state_dict(), source)
+    asked = {}
+
+    def fake_download(cfg: dict, cache_dir: str) -> str:
+        asked.update(cfg=cfg, cache_dir=cache_dir)
+        return str(source)
+
+    monkeypatch.setattr(open_clip, "download_pretrained", fake_download)
+    visual, info = build_image_tower("RN50", "openai", tmp_path / "w", smoke=False, download=True)
+    assert asked["cfg"]["hf_hub"] == "timm/resnet50_clip.openai/" and info["weights"] == "clip/RN50_openai.bin"
+    assert (tmp_path / "w" / "clip" / "RN50_openai.bin").is_file()
+    assert not [p for p in (tmp_path / "w" / "clip").iterdir() if p.name.startswith(".")]  # no temporary left
+    assert torch.equal(visual.conv1.weight, model.visual.conv1.weight)
+
+
 def test_misshapen_weights_name_the_key(tmp_path):
     model = _random_clip(seed=1)
     state = model.state_dict()
