@@ -14,6 +14,9 @@ import os
 import pickle
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +126,7 @@ class VideoMem(Dataset):
             raise _missing(root / "ground-truth_dev-set.csv", self.how_to_get)
         with gt.open(encoding="utf-8-sig", newline="") as f:
             rows = list(csv.DictReader(f))
-        splits = self._splits(root, [r["video"] for r in rows])
+        splits, split_source = self._splits(root, [r["video"] for r in rows])
         captions = self._captions(root)
         records = []
         for r in rows:
@@ -131,6 +134,7 @@ class VideoMem(Dataset):
                 "nb_short": int(r["nb_short-term_annotations"]),
                 "long_term": float(r["long-term_memorability"]),
                 "nb_long": int(r["nb_long-term_annotations"]),
+                "split_source": split_source,  # which train/val split this is (train.py says it and records it)
             }
             if r["video"] in captions:
                 extras["captions"] = [captions[r["video"]]]
@@ -168,8 +172,9 @@ class VideoMem(Dataset):
                 return p
         return root / "resized_mp4" / f"{vid}.mp4"
 
-    def _splits(self, root: Path, names: list[str]) -> dict[str, str]:
-        """M3-S's pickle when present; else a seeded split written next to the data once, reused ever after."""
+    def _splits(self, root: Path, names: list[str]) -> tuple[dict[str, str], str]:
+        """M3-S's pickle when present; else a seeded split written next to the data once, reused ever after (not
+        written while ``reading_only``). Returns ``{name: split}`` and which split it is, in words."""
         official, ours = root / "train_test_split_videomem.pkl", root / "m3s_split_videomem.json"
         fallback = _cache_dir(root) / ours.name  # where the split goes when the dataset's folder is read-only
         ours = ours if ours.is_file() or not fallback.is_file() else fallback
@@ -192,12 +197,19 @@ class VideoMem(Dataset):
             val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
             text = json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0)
             try:
-                write_text(ours, text)
+                if _WRITE_SPLIT.get():
+                    write_text(ours, text)
             except OSError as err:  # read-only storage: keep the split beside the user's cache instead
                 write_text(fallback, text)
                 print(f"{root} is not writable ({err.strerror}); the seeded VideoMem split is kept in {fallback}")
+                ours = fallback
         split = {n: "train" for n in train} | {n: "val" for n in val}
         source = official if official.is_file() else ours
+        described = (
+            f"the official split {official}"
+            if official.is_file()
+            else f"the seeded split (seed {self.split_seed}) {ours if ours.is_file() else '(not saved)'}"
+        )
         missing = [n for n in names if n not in split]
         if missing and split and all(video_id(n) in split for n in missing):
             print(f"note: {source} names the videos without their suffix ({next(iter(split))}; the ground truth: "
@@ -209,7 +221,7 @@ class VideoMem(Dataset):
                 f"{len(missing)} videos of the ground truth are in no split of {source} (first: {missing[:3]}; the "
                 f"split names videos like {next(iter(split), 'nothing')!r}): the two must name the same videos"
             )
-        return split
+        return split, described
 
 
 def _refuse_shared_ids(records: list[VideoRecord], root: Path) -> None:
@@ -228,6 +240,20 @@ def _cache_dir(root: Path) -> Path:
     """A writable per-dataset folder (``$XDG_CACHE_HOME/m3s/<hash of the dataset path>``)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "m3s" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+
+
+_WRITE_SPLIT: ContextVar[bool] = ContextVar("write_split", default=True)
+
+
+@contextmanager
+def reading_only() -> Iterator[None]:
+    """Index datasets without writing beside them: a VideoMem seeded split is drawn but not saved (an import of
+    features needs the video ids, not a split that training would then silently inherit)."""
+    token = _WRITE_SPLIT.set(False)
+    try:
+        yield
+    finally:
+        _WRITE_SPLIT.reset(token)
 
 
 class LaMem(Dataset):

@@ -10,7 +10,7 @@ import re
 
 from config import GenConfig
 from core.io import ConfigError, ensure_writable
-from dataset import DATASETS, load_records
+from dataset import DATASETS, load_records, reading_only
 from features.extract import Dist, Summary, device_for, extract_family, with_crop
 from features.importer import import_features
 from features.store import FeatureStore, StoredFeatures
@@ -60,4 +60,6 @@ def run_import(cfg: GenConfig) -> StoredFeatures:
             f"{existing.path} already holds features named {cfg.name!r} (imported from {source}); pass --overwrite to "
             "replace them (a model trained on them will no longer match), or choose another --name"
         )
-    return import_features(cfg, load_records(cfg.dataset, cfg))
+    with reading_only():  # an import needs the ids; it must not save a split that training then inherits
+        records = load_records(cfg.dataset, cfg)
+    return import_features(cfg, records)

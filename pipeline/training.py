@@ -276,8 +276,13 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     smoke = sorted(store for store, src in table.sources.items() if src.get("smoke"))
     if smoke:
         print(f"warning: {', '.join(smoke)} hold SMOKE features (random backbone weights): this run measures nothing")
+    split_source = next((r.extras["split_source"] for r in records if "split_source" in r.extras), None)
+    if split_source:
+        print(f"{cfg.dataset} train/val split: {split_source}")
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
         logger.notes["smoke_stores"] = smoke
+        if split_source:
+            logger.notes["split"] = split_source
         if ckpt and cfg.save:
             repair_best(logger.run_dir, ckpt)
         try:

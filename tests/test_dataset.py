@@ -57,6 +57,7 @@ def test_videomem_real_ground_truth_with_seeded_split(videomem_real):
     records = load_records("VideoMem", Paths(data_dir=str(videomem_real)))
     assert len(records) == 8000 and len({r.id for r in records}) == 8000
     by_id = {r.id: r for r in records}
+    assert by_id["video10"].extras.pop("split_source").startswith("the seeded split")  # train.py says which
     assert by_id["video10"].score == 0.95 and by_id["video10"].extras == {
         "nb_short": 34,
         "long_term": 0.9,

@@ -134,3 +134,17 @@ def test_videomem_split_names_without_the_webm_suffix_are_matched_and_said(tmp_p
         pickle.dump((["clip1"], ["clip2"]), f)
     with pytest.raises(ConfigError, match="10 videos of the ground truth are in no split of .*'clip1'"):
         load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
+
+
+def test_videomem_runs_say_which_split_and_imports_do_not_write_one(tmp_path):
+    from dataset import reading_only
+
+    names = [f"video{i}.webm" for i in range(10)]
+    _videomem(tmp_path / "VideoMem", names)
+    with reading_only():
+        records = load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
+    assert "(not saved)" in records[0].extras["split_source"]
+    assert not (tmp_path / "VideoMem/m3s_split_videomem.json").exists()
+    records = load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
+    assert records[0].extras["split_source"].startswith("the seeded split (seed 0) ")
+    assert (tmp_path / "VideoMem/m3s_split_videomem.json").is_file()
