@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from core.cli import Parser
 from core.io import ROOT, ConfigError, M3SError, __version__, code_version
 from dataset import DATASETS
 from model.losses import LOSSES
@@ -266,6 +266,8 @@ class EvalConfig(Paths):
             raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
         if self.videos and self.dataset:
             raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")
+        if self.explain and self.videos:
+            raise ConfigError("--explain needs scored videos of a dataset (--split val); --videos are unscored")
         if self.out and not self.videos:
             raise ConfigError("--out names the CSV of --videos scores; for a dataset split use --out_dir")
 
@@ -351,24 +353,8 @@ def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
     return out if is_list else out[0]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a mistyped flag answered in one line by the closest valid one (not the usage block)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-        if message.startswith("unrecognized arguments:"):
-            wrong = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
-            hints = []
-            for w in wrong:
-                close = difflib.get_close_matches(w.split("=")[0], flags, n=1, cutoff=0.6)
-                hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
-            message = f"unknown flag(s) {', '.join(hints) or message.split(':', 1)[1].strip()}"
-        self.exit(2, f"error: {message}; {self.prog} --help lists every flag\n")
-
-
 def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
-    # allow_abbrev=False: argparse would otherwise take --epoch 2 for --epochs 2, silently
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
