@@ -79,7 +79,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        ensure_demo_corpus(root / "Memento10k", n_videos=args.clips * 10 // 7 + 10, seed=0)
+        # 70 % of the corpus is train; the HOG PCA of --raw needs more than 10 training videos
+        ensure_demo_corpus(root / "Memento10k", n_videos=max(args.clips, 16 if args.raw else 1) * 10 // 7 + 4, seed=0)
         if args.raw:
             run_extraction(parse(GenConfig, ["--dataset", "Memento10k", "--data_dir", tmp, "--features", "raw"]))
         base = [
@@ -92,20 +93,21 @@ def main() -> None:
         ]  # fmt: skip
         base += ["--use_raw"] if args.raw else []
         base += ["--grad_checkpointing"] if args.grad_checkpointing else []
+        name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        print(
+            f"device {name}; {'stand-in' if args.standin else 'full-size'} backbones, {args.clip_frames}x"
+            f"{args.clip_size}x{args.clip_size} clips, batch {args.batch_size}, raw on the fly {args.raw}",
+            flush=True,
+        )
         results = {}
         for mode in args.modes:
-            results[mode] = measure(base + (["--freeze_backbones"] if mode == "frozen" else []), device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(
-        f"device {name}; {'stand-in' if args.standin else 'full-size'} backbones, {args.clip_frames}x{args.clip_size}"
-        f"x{args.clip_size} clips, batch {args.batch_size}, raw on the fly {args.raw}"
-    )
-    for mode, r in results.items():
-        extra = f", peak {r['peak_gib']} GiB" if "peak_gib" in r else ""
-        print(
-            f"  {mode:>10}: {r['clips_per_s']:.2f} clips/s ({r['clips']} clips in {r['seconds']:.1f} s, {r['dtype']}); "
-            f"waiting for data {100 * r['data_wait_share']:.1f} % of the step{extra}"
-        )
+            r = results[mode] = measure(base + (["--freeze_backbones"] if mode == "frozen" else []), device)
+            extra = f", peak {r['peak_gib']} GiB" if "peak_gib" in r else ""
+            print(
+                f"  {mode:>10}: {r['clips_per_s']:.2f} clips/s ({r['clips']} clips in {r['seconds']:.1f} s, "
+                f"{r['dtype']}); waiting for data {100 * r['data_wait_share']:.1f} % of the step{extra}",
+                flush=True,
+            )
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "args": vars(args), "results": results}, indent=1))
 

@@ -105,4 +105,7 @@ class EndToEndModel(nn.Module):
     def forward(self, clips: torch.Tensor, pre: dict[str, torch.Tensor]) -> torch.Tensor:
         """uint8 clips (B, T, H, W, 3) and the other modules' ``{module: (B, D)}`` -> (B,) scores in [0, 1]."""
         feats = pre | self.deep_features(clips)
-        return self.head(ModularMLP.concat({m: feats[m].float() for m in self.dims}, self.dims))
+        x = ModularMLP.concat({m: feats[m].float() for m in self.dims}, self.dims)
+        # the head in fp32 even under autocast: bf16 scores (8 bits of mantissa) would tie in the rankings
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x)
