@@ -93,6 +93,11 @@ ModuleConfig = make_dataclass(
 )
 
 
+# flags that only end-to-end training (--no-fixed_features) reads
+_END_TO_END_ONLY = ("data_augmentation", "compute_raw", "freeze_backbones", "grad_checkpointing", "standin_backbones",
+                    "smoke_random_weights", "backbone_lr", "grad_accumulation")  # fmt: skip
+
+
 @dataclass
 class TrainConfig(ModuleConfig):
     name: str = opt("", "run name (run directory runs/<name>); default: dataset, modules and time", short="-n")
@@ -191,18 +196,9 @@ class TrainConfig(ModuleConfig):
 
     def _check_end_to_end(self) -> None:
         """The end-to-end flags: only with --no-fixed_features, and with values that can train."""
-        e2e_only = {
-            "data_augmentation": self.data_augmentation,
-            "compute_raw": self.compute_raw,
-            "freeze_backbones": self.freeze_backbones,
-            "grad_checkpointing": self.grad_checkpointing,
-            "standin_backbones": self.standin_backbones,
-            "smoke_random_weights": self.smoke_random_weights,
-            "backbone_lr": self.backbone_lr is not None,
-            "grad_accumulation": self.grad_accumulation != 1,
-        }
         if self.fixed_features:
-            given = [f"--{k}" for k, v in e2e_only.items() if v]
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [f"--{k}" for k in _END_TO_END_ONLY if getattr(self, k) != defaults[k]]
             if given:
                 raise ConfigError(
                     f"{', '.join(given)} need(s) end-to-end training over the videos: add --no-fixed_features "
