@@ -4,17 +4,19 @@ Each run is exactly the ``ModularMLP`` that ``train.py`` would train with the sa
 
 - **initialisation**: each run's network is built by ``ModularMLP`` itself after ``seed_everything(seed)``, as the
   ordinary ``Trainer`` does, and its weights are copied into the stacked tensors;
-- **input modules**: the first layer is kept per module, ``W1[m]`` of shape (D_m, R_m, H1) over the R_m runs that
-  use module m. A run's first layer is the sum of its own modules' blocks, so a run without module m has no weights
-  for it at all: exactly a smaller first layer, not a zero-masked input;
-- **shuffling**: each run draws its batches from its own generator seeded like the ``Trainer``'s; runs with the same
-  seed and fold share that order, so their batch is gathered once and multiplied by all their weights in one GEMM;
+- **input modules**: runs sharing a batch order (same seed and fold) form a ``Bundle``; its first layer is kept per
+  module, ``w1[m]`` of shape (D_m, k_m * H1) over the k_m runs that use module m. A run's first layer is the sum of
+  its own modules' blocks, so a run without module m has no weights for it at all: exactly a smaller first layer,
+  not a zero-masked input;
+- **shuffling**: each run draws its batches from its own generator seeded like the ``Trainer``'s; a bundle's runs
+  share that order, so their batch is gathered once and multiplied by all their weights in one GEMM;
 - **optimiser and schedule**: every run of a grid shares the config's hyper-parameters and steps on every batch, and
   Adam, AdamW and SGD update each element from its own gradient and state only, so torch's fused optimiser over the
   stacked tensors *is* the per-run update (own moments, own momentum buffers), with the config's own schedule.
 
-Runs train together when their folds have the same number of training videos (the same number of steps an epoch);
-a grid whose folds differ by one video trains as two such groups. Results equal sequential runs up to float
+Runs train in lockstep when their folds have the same number of training videos (the same steps an epoch); a grid
+whose folds differ by one video trains as two such groups. On a GPU a group is one lockstep model; on a CPU it is cut
+into cache-sized chunks trained one after another (``CPU_CHUNK_PARAMS``). Results equal sequential runs up to float
 summation order (``tests/test_experiments.py`` measures the difference).
 """
 
