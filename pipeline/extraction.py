@@ -18,8 +18,9 @@ from tiers import TIERS, owner
 
 
 def run(cfg: GenConfig) -> list[Summary]:
-    """Compute every tier of ``cfg.features`` for ``cfg.dataset``; returns one summary per video tier."""
-    chosen = [TIERS[name] for name in cfg.features]
+    """Compute every tier of ``cfg.features`` for ``cfg.dataset``, in the registry's order (similarity after the tiers
+    whose stores it reads, whatever order the flags gave); returns one summary per video tier."""
+    chosen = [t for t in TIERS.values() if t.name in cfg.features]
     ensure_writable(cfg.resolved_features_dir() / cfg.dataset)  # before any pre-pass or decoding
     dist = Dist.from_env()
     dist.init()

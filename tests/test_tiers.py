@@ -215,3 +215,15 @@ def test_new_files_follow_the_umask(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
     Path(tmp_path / "b.txt").write_text("x")
     assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
+
+
+def test_gen_features_computes_similarity_after_the_tiers_it_reads(monkeypatch, tmp_path):
+    from pipeline import extraction
+
+    order = []
+    for name in ("similarity", "text"):
+        monkeypatch.setattr(type(TIERS[name]), "compute", lambda self, cfg, records=None: order.append(self.name))
+    monkeypatch.setattr(extraction, "load_records", lambda *a: [])
+    extraction.run(GenConfig(features=["similarity", "text"], features_dir=str(tmp_path), dataset="demo"))
+    assert order == ["text", "similarity"]
+    assert list(TIERS).index("similarity") > max(list(TIERS).index(t.name) for t in TIERS.values() if t.spaces())

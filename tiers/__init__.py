@@ -3,8 +3,9 @@
 Adding a tier = one file in this package (a ``Tier`` subclass, see ``tiers/base.py``) + one line in ``BUILTIN``
 below; the tests parametrised over ``TIERS`` then cover it. Tiers that live outside this repository are named in
 ``$M3S_TIERS`` (comma-separated ``module`` or ``module:attribute``, importable from ``PYTHONPATH``; the attribute,
-default ``TIER``, is a ``Tier`` instance): they come after the built-in video tiers and similarity, before imported
-features. ``config.py`` builds its flags from this registry, so every registered tier has its ``--use_<name>``.
+default ``TIER``, is a ``Tier`` instance): they come after the built-in tiers, before similarity (which may use
+their features as spaces) and imported features. ``config.py`` builds its flags from this registry, so every
+registered tier has its ``--use_<name>``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from tiers.text import TextTier
 
 __all__ = ["TIERS", "Option", "Source", "Tier", "module_tiers", "owner", "sources"]
 
-BUILTIN: tuple[Tier, ...] = (RawTier(), HRNetTier(), CSNTier(), CLIPTier(), TextTier(), SimilarityTier())
+BUILTIN: tuple[Tier, ...] = (RawTier(), HRNetTier(), CSNTier(), CLIPTier(), TextTier())
+# after every tier whose features it may use as a space (plugins included), so gen_features computes it last
+SPACE_USERS: tuple[Tier, ...] = (SimilarityTier(),)
 LAST: tuple[Tier, ...] = (ImportedTier(),)  # imported features come after every named tier
 
 
@@ -44,7 +47,7 @@ def _plugins() -> list[Tier]:
 
 def _registry() -> dict[str, Tier]:
     registry: dict[str, Tier] = {}
-    for tier in (*BUILTIN, *_plugins(), *LAST):
+    for tier in (*BUILTIN, *_plugins(), *SPACE_USERS, *LAST):
         if tier.name in registry:
             raise ConfigError(f"two tiers are named {tier.name!r}")
         registry[tier.name] = tier
