@@ -240,3 +240,20 @@ def test_scoring_new_videos_runs_the_fine_tuned_backbones(data_dir, tmp_path):
     argv = ["--checkpoint", str(run_dir / "last.pt"), "--videos", str(listing), "--workers", "1", "--device", "cpu"]
     scores = read_scores(score_videos(parse(EvalConfig, argv))["out"])
     assert [scores[i] for i in ids] == pytest.approx(list(trained), abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_mixed_precision_channels_last(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path, "--device", "cuda", "--deep_dtype", "auto", "--data_augmentation", "--use_raw")
+    from features.extract import Dist
+
+    data = build_data(cfg, load_records(cfg.dataset, cfg), torch.device("cuda"))
+    trainer = EndToEndTrainer(cfg, data, torch.device("cuda"), Dist())
+    trainer.check_precision()
+    assert trainer.dtype in (torch.bfloat16, torch.float16) and trainer.model.channels_last
+    assert trainer.scaler.is_enabled() == (trainer.dtype == torch.float16)
+    before = _clone(trainer.model.backbones.state_dict())
+    loss = trainer.train_epoch(0)
+    assert np.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.backbones.state_dict().items())
+    assert np.isfinite(trainer.predict("val")).all()
