@@ -257,3 +257,19 @@ def test_cuda_step_mixed_precision_channels_last(data_dir, tmp_path):
     assert np.isfinite(loss)
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.backbones.state_dict().items())
     assert np.isfinite(trainer.predict("val")).all()
+
+
+def test_imported_features_join_the_step_and_decoding_workers_change_nothing(data_dir, tmp_path):
+    from pipeline.extraction import run_import
+
+    records = load_records("Memento10k", parse(GenConfig, ["--data_dir", str(data_dir)]))
+    emb = np.random.default_rng(0).normal(size=(len(records), 5)).astype(np.float32)
+    np.savez(tmp_path / "emb.npz", ids=np.array([r.id for r in records]), emb=emb)
+    argv = ["--dataset", "Memento10k", "--data_dir", str(data_dir), "--import", str(tmp_path / "emb.npz")]
+    run_import(parse(GenConfig, [*argv, "--name", "emb"]))
+    common = ("--epochs", "1", "-s", "--extra_features", "emb", "--no-use_csn", "--data_augmentation")
+    runs = [run_end_to_end(_cfg(data_dir, tmp_path, "-n", f"w{w}", *common, "--workers", str(w))) for w in (0, 1)]
+    a, b = (load_checkpoint(Path(r["run_dir"]) / "last.pt") for r in runs)
+    assert a["dims"] == {"hrnet": 60, "emb": 5} and "emb" in a["sources"]
+    for key in ("model", "backbones"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])  # augmentation drawn per clip, not per worker
