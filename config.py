@@ -10,22 +10,17 @@ or a loss never touches this file.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import re
 import sys
-import types
-import typing
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from core.cli import Parser
-from core.io import ROOT, ConfigError, M3SError, __version__, code_version
+from core import cli
+from core.io import ROOT, ConfigError, __version__, code_version
 from dataset import DATASETS
 from model.losses import LOSSES
 from tiers import TIERS, module_tiers, owner
@@ -144,8 +139,8 @@ class TrainConfig(ModuleConfig):
     backbone_lr: float | None = opt(None, "end-to-end: learning rate of the fine-tuned backbones (default --lr / 100)")
     grad_checkpointing: bool = opt(False, "end-to-end: recompute backbone activations in the backward (less memory)")
     grad_accumulation: int = opt(1, "end-to-end: steps each process splits a --batch_size batch into (same update)")
-    clip_frames: int = opt(45, "end-to-end: frames decoded per clip (45, as the stored features)")
-    clip_size: int = opt(256, "end-to-end: side of the square frames (256, as the stored features and the HOG PCA)")
+    e2e_frames: int = opt(45, "end-to-end: frames decoded per clip (45, as the stored features)")
+    e2e_size: int = opt(256, "end-to-end: side of the square frames (256, as the stored features and the HOG PCA)")
     workers: int = opt(-1, "end-to-end: clip decoding processes (-1: one per core; 0: in the training process)")
     prefetch: int = opt(2, "end-to-end: batches each decoding process prepares ahead")
     deep_dtype: str = opt("auto", "end-to-end: backbone precision (auto: bf16 on GPUs that have it, else fp16 with "
@@ -212,8 +207,8 @@ class TrainConfig(ModuleConfig):
             f"--{name} {value!r} ({why})"
             for name, value, ok, why in (
                 ("grad_accumulation", self.grad_accumulation, 1 <= self.grad_accumulation <= self.batch_size, "1..B"),
-                ("clip_frames", self.clip_frames, self.clip_frames >= 2, ">= 2"),
-                ("clip_size", self.clip_size, self.clip_size >= 32, ">= 32"),
+                ("e2e_frames", self.e2e_frames, self.e2e_frames >= 2, ">= 2"),
+                ("e2e_size", self.e2e_size, self.e2e_size >= 32, ">= 32"),
                 ("workers", self.workers, self.workers >= -1, "-1, 0 or more"),
                 ("prefetch", self.prefetch, self.prefetch >= 1, ">= 1"),
                 ("backbone_lr", self.backbone_lr, self.backbone_lr is None or 0 < self.backbone_lr < math.inf, "> 0"),
@@ -305,100 +300,11 @@ class GenConfig(make_dataclass("_GenTiers", _tier_fields(gen=True), bases=(_GenB
 # --------------------------------------------------------------------------- parsing
 
 
-def _base_type(tp: Any) -> tuple[type, bool]:
-    """(element type, is_list) of an annotation such as ``int | None`` or ``list[str]``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        origin = typing.get_origin(tp)
-    if origin is list:
-        return typing.get_args(tp)[0], True
-    return tp, False
-
-
 # the reference's spellings of the optimizer and scheduler names; no other field is rewritten
 _ALIASES = {
     "optimizer": {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd"},
     "scheduler": {"StepLR": "step", "CosineAnnealingLR": "cosine"},
 }
-
-
-def _coerce(f: dataclasses.Field, value: Any, hints: dict) -> Any:
-    """Convert a YAML / flag value to the field's type and check its choices."""
-    tp, is_list = _base_type(hints[f.name])
-    if value is None:
-        return None
-    items = value if is_list else [value]
-    if is_list and not isinstance(value, list):
-        raise ConfigError(f"{f.name}: expected a list, got {value!r}")
-    out = []
-    for item in items:
-        item = _ALIASES.get(f.name, {}).get(item, item) if isinstance(item, str) else item
-        try:
-            if (tp is bool) != isinstance(item, bool):  # YAML's true/false only for booleans, and only they take it
-                raise TypeError
-            if tp is int and isinstance(item, float) and not item.is_integer():
-                raise ValueError  # 2.9 epochs is a mistake, not 2
-            item = tp(item) if not isinstance(item, tp) else item
-        except (TypeError, ValueError):
-            raise ConfigError(f"{f.name}: {item!r} is not a valid {tp.__name__}") from None
-        choices = f.metadata.get("choices")
-        if choices and item not in choices:
-            raise ConfigError(f"{f.name}: {item!r} is not one of {', '.join(map(str, choices))}")
-        out.append(item)
-    return out if is_list else out[0]
-
-
-def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
-    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, is_list = _base_type(hints[f.name])
-        names = [f.metadata.get("flag") or f"--{f.name}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
-        # argparse's own default display is off: SUPPRESS keeps the values given explicitly apart from defaults
-        help_text = f"{f.metadata.get('help', '')} (default: {shown if shown not in ('', None) else 'none'})"
-        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": argparse.SUPPRESS}
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = str if tp is str else tp
-            if is_list:
-                kwargs["nargs"] = "+" if f.name not in ("tags", "extra_features") else "*"
-        choices = f.metadata.get("choices")
-        if choices:
-            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
-        parser.add_argument(*names, **kwargs)
-    return parser
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix that line (keys are flag names)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of flag names to values")
-    return data
-
-
-def from_dict(cls: type, values: dict, source: str = "config") -> Any:
-    """Build a config from a mapping, refusing unknown keys and bad values."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
-    cfg = cls(**{k: _coerce(fields[k], v, hints) for k, v in values.items()})
-    return cfg
 
 
 def _similarity_option(name: str) -> Option:
@@ -433,10 +339,10 @@ def parse_explicit(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     _explain_similarity(argv)
-    parser = build_parser(cls, description)
+    parser = cli.build_parser(cls, description)
     args = vars(parser.parse_args(argv))
     path = args.pop("config", None)
-    values = (load_yaml(path) if path else {}) | args
+    values = (cli.load_yaml(path) if path else {}) | args
     cfg = from_dict(cls, values, source=f"--config {path}" if path else "flags")
     if check and hasattr(cfg, "check"):
         cfg.check()
@@ -448,14 +354,10 @@ def parse(cls: type, argv: list[str] | None = None, description: str = "") -> An
     return parse_explicit(cls, argv, description)[0]
 
 
+def from_dict(cls: type, values: dict, source: str = "config") -> Any:
+    """Build a config from a mapping (a YAML file, a checkpoint's config), refusing unknown keys and bad values."""
+    return cli.from_dict(cls, values, source, _ALIASES)
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def main_guard(fn: typing.Callable[[], None]) -> None:
-    """Run a script's main, turning the errors we raise on purpose into one clear line and exit status 2."""
-    try:
-        fn()
-    except (M3SError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

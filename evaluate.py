@@ -7,7 +7,8 @@ DIR_OR_LIST --out scores.csv`` (a failed video is listed with its reason). ``--e
 contributes on ``--split`` (see ``pipeline/explain.py``).
 """
 
-from config import EvalConfig, main_guard, parse
+from config import EvalConfig, parse
+from core.cli import main_guard
 from pipeline.apply import score_videos
 from pipeline.evaluation import run_evaluation
 from pipeline.explain import explain_lines, run_explain

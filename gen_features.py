@@ -4,7 +4,8 @@ Resumable (a killed run picks up where it stopped), shardable (``torchrun --npro
 and ``--import FILE --name NAME`` brings in your own features instead. See ``pipeline/extraction.py``.
 """
 
-from config import GenConfig, main_guard, parse
+from config import GenConfig, parse
+from core.cli import main_guard
 from pipeline.extraction import run, run_import
 
 

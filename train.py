@@ -7,7 +7,8 @@
 summary (mean +- std, every run, the seed ensemble); see README "Experiments".
 """
 
-from config import TrainConfig, main_guard, parse_explicit
+from config import TrainConfig, parse_explicit
+from core.cli import main_guard
 from pipeline.e2e import resumes_end_to_end, run_end_to_end
 from pipeline.training import run_training, summary_lines
 

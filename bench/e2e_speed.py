@@ -3,7 +3,7 @@ with frozen and with fine-tuned backbones, on whatever device is present, and th
 for decoded clips (target < 10 % on a GPU).
 
     python bench/e2e_speed.py                                     # full-size backbones (random weights), 45x256x256
-    python bench/e2e_speed.py --standin --clip_frames 16 --clip_size 128 --batch_size 4 --clips 16   # quick CPU run
+    python bench/e2e_speed.py --standin --e2e_frames 16 --e2e_size 128 --batch_size 4 --clips 16   # quick CPU run
 
 Writes a synthetic corpus (the demo generator, Memento10k layout) to a temporary folder and runs
 ``pipeline.e2e.EndToEndTrainer.train_epoch`` over its training clips twice: the first epoch warms up (worker start,
@@ -66,8 +66,8 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=64, help="training clips per timed epoch")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--grad_accumulation", type=int, default=1)
-    p.add_argument("--clip_frames", type=int, default=45)
-    p.add_argument("--clip_size", type=int, default=256)
+    p.add_argument("--e2e_frames", type=int, default=45)
+    p.add_argument("--e2e_size", type=int, default=256)
     p.add_argument("--workers", type=int, default=-1, help="decoding processes (-1: one per core)")
     p.add_argument("--standin", action="store_true", help="tiny stand-in backbones instead of full-size ones")
     p.add_argument("--grad_checkpointing", action="store_true")
@@ -87,7 +87,7 @@ def main() -> None:
             "--dataset", "Memento10k", "--data_dir", tmp, "--runs_dir", str(root / "runs"), "--no-fixed_features",
             "--use_hrnet", "--use_csn", "--data_augmentation", "--seed", "0",
             "--batch_size", str(args.batch_size), "--grad_accumulation", str(args.grad_accumulation),
-            "--clip_frames", str(args.clip_frames), "--clip_size", str(args.clip_size),
+            "--e2e_frames", str(args.e2e_frames), "--e2e_size", str(args.e2e_size),
             "--workers", str(args.workers), "--deep_dtype", args.deep_dtype,
             "--standin_backbones" if args.standin else "--smoke_random_weights",
         ]  # fmt: skip
@@ -95,8 +95,8 @@ def main() -> None:
         base += ["--grad_checkpointing"] if args.grad_checkpointing else []
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
         print(
-            f"device {name}; {'stand-in' if args.standin else 'full-size'} backbones, {args.clip_frames}x"
-            f"{args.clip_size}x{args.clip_size} clips, batch {args.batch_size}, raw on the fly {args.raw}",
+            f"device {name}; {'stand-in' if args.standin else 'full-size'} backbones, {args.e2e_frames}x"
+            f"{args.e2e_size}x{args.e2e_size} clips, batch {args.batch_size}, raw on the fly {args.raw}",
             flush=True,
         )
         results = {}

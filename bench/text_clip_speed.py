@@ -61,7 +61,7 @@ def bench_text(n_videos: int, batch_size: int, repeats: int, device: str) -> dic
 
 
 def bench_clip(model: str, frames: int, batch_size: int, n_videos: int, repeats: int, device: str) -> dict:
-    cfg = GenConfig(smoke_random_weights=True, clip_model=model, clip_n_frames=frames)
+    cfg = GenConfig(smoke_random_weights=True, clip_model=model, clip_frames=frames)
     ext = CLIPExtractor(cfg, device)
     size = ext.frame_spec.size
     rng = np.random.default_rng(0)

@@ -1,10 +1,21 @@
-"""The scripts' argument parser: argparse, answering a newcomer's slip in one line with the fix."""
+"""The scripts' command line, for any typed config (a dataclass whose fields are the flags): the parser (argparse,
+answering a newcomer's slip in one line with the fix), YAML files, value coercion, and ``main_guard``. ``config.py``
+defines the configs themselves."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import sys
+import types
 import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.io import ConfigError, M3SError
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,3 +35,102 @@ class Parser(argparse.ArgumentParser):
                 hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
             message = f"unknown flag(s) {', '.join(hints) or message.split(':', 1)[1].strip()}"
         self.exit(2, f"error: {message}; {self.prog} --help lists every flag\n")
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(element type, is_list) of an annotation such as ``int | None`` or ``list[str]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def _coerce(f: dataclasses.Field, value: Any, hints: dict, aliases: dict) -> Any:
+    """Convert a YAML / flag value to the field's type and check its choices; ``aliases`` maps a field to other
+    spellings of its values (the reference's ``StepLR`` for ``step``)."""
+    tp, is_list = _base_type(hints[f.name])
+    if value is None:
+        return None
+    items = value if is_list else [value]
+    if is_list and not isinstance(value, list):
+        raise ConfigError(f"{f.name}: expected a list, got {value!r}")
+    out = []
+    for item in items:
+        item = aliases.get(f.name, {}).get(item, item) if isinstance(item, str) else item
+        try:
+            if (tp is bool) != isinstance(item, bool):  # YAML's true/false only for booleans, and only they take it
+                raise TypeError
+            if tp is int and isinstance(item, float) and not item.is_integer():
+                raise ValueError  # 2.9 epochs is a mistake, not 2
+            item = tp(item) if not isinstance(item, tp) else item
+        except (TypeError, ValueError):
+            raise ConfigError(f"{f.name}: {item!r} is not a valid {tp.__name__}") from None
+        choices = f.metadata.get("choices")
+        if choices and item not in choices:
+            raise ConfigError(f"{f.name}: {item!r} is not one of {', '.join(map(str, choices))}")
+        out.append(item)
+    return out if is_list else out[0]
+
+
+def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, is_list = _base_type(hints[f.name])
+        names = [f.metadata.get("flag") or f"--{f.name}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        # argparse's own default display is off: SUPPRESS keeps the values given explicitly apart from defaults
+        help_text = f"{f.metadata.get('help', '')} (default: {shown if shown not in ('', None) else 'none'})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": argparse.SUPPRESS}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = str if tp is str else tp
+            if is_list:
+                kwargs["nargs"] = "+" if f.name not in ("tags", "extra_features") else "*"
+        choices = f.metadata.get("choices")
+        if choices:
+            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix that line (keys are flag names)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of flag names to values")
+    return data
+
+
+def from_dict(cls: type, values: dict, source: str = "config", aliases: dict | None = None) -> Any:
+    """Build a config from a mapping, refusing unknown keys and bad values."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    cfg = cls(**{k: _coerce(fields[k], v, hints, aliases or {}) for k, v in values.items()})
+    return cfg
+
+
+def main_guard(fn: typing.Callable[[], None]) -> None:
+    """Run a script's main, turning the errors we raise on purpose into one clear line and exit status 2."""
+    try:
+        fn()
+    except (M3SError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

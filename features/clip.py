@@ -1,4 +1,4 @@
-"""The clip tier: CLIP image embeddings of ``--clip_n_frames`` evenly spaced frames per video, via ``open_clip``.
+"""The clip tier: CLIP image embeddings of ``--clip_frames`` evenly spaced frames per video, via ``open_clip``.
 
 Each frame goes through the image tower of ``--clip_model`` / ``--clip_pretrained`` (default ``RN50`` / ``openai``,
 the frame features of the best public Memento10k system; ``ViT-L-14`` / ``openai`` is the larger choice). A frame is
@@ -222,9 +222,9 @@ class CLIPExtractor(Extractor):
     def __init__(self, cfg: Any, device: torch.device | str) -> None:
         super().__init__(cfg, torch.device(device))
         self.model_name, self.pretrained = cfg.clip_model, cfg.clip_pretrained
-        self.n_frames = int(cfg.clip_n_frames)
+        self.n_frames = int(cfg.clip_frames)
         if self.n_frames < 1:
-            raise ConfigError(f"--clip_n_frames must be >= 1, got {self.n_frames}")
+            raise ConfigError(f"--clip_frames must be >= 1, got {self.n_frames}")
         self.smoke = bool(cfg.smoke_random_weights)
         self.dtype = compute_dtype(self.device, cfg.deep_dtype)
         visual, self.info = build_image_tower(

@@ -2,7 +2,7 @@
 frames, and the batch order (seeded per epoch, split across ``torchrun`` processes and accumulation steps).
 
 - Decoding: ``features.video.read_clip`` in ``DataLoader`` workers (forkserver, one thread each, ``--prefetch``
-  batches ahead each, pinned memory when the step runs on CUDA). The deep tiers' frames are ``--clip_size`` square
+  batches ahead each, pinned memory when the step runs on CUDA). The deep tiers' frames are ``--e2e_size`` square
   with the dataset's crop (VideoMem: centre), the raw tier's squash-resized to 256 as the raw store's were; when the
   two differ the clip is decoded twice and both get the same augmentation.
 - Augmentation (``--data_augmentation``, training clips only): one random resized crop per clip (area scale
@@ -78,10 +78,10 @@ class ClipSpec:
 
 
 def clip_spec(cfg: Any, crop: str, deep: bool, raw_on_the_fly: bool) -> ClipSpec:
-    """``cfg.clip_frames`` frames: for the backbones ``cfg.clip_size`` square with the dataset's ``crop``; for the
+    """``cfg.e2e_frames`` frames: for the backbones ``cfg.e2e_size`` square with the dataset's ``crop``; for the
     raw tier squashed to its store's size (256: its HOG PCA was fitted there)."""
-    raw = dataclasses.replace(RawExtractor.frame_spec, n_frames=cfg.clip_frames)
-    size = (cfg.clip_size, cfg.clip_size)
+    raw = dataclasses.replace(RawExtractor.frame_spec, n_frames=cfg.e2e_frames)
+    size = (cfg.e2e_size, cfg.e2e_size)
     return ClipSpec(
         dataclasses.replace(raw, size=size, crop=crop) if deep else None,
         raw if raw_on_the_fly else None,

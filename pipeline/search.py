@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from config import ModuleConfig, TrainConfig, from_dict, load_yaml
+from config import ModuleConfig, TrainConfig, from_dict
+from core.cli import load_yaml
 from core.io import ConfigError, write_json, write_text
 from pipeline.experiments import Grid
 

@@ -28,7 +28,7 @@ _CACHE: dict[str, CLIPExtractor] = {}
 def smoke_extractor() -> CLIPExtractor:
     """RN50 with seeded random weights, built once for the module."""
     if "rn50" not in _CACHE:
-        _CACHE["rn50"] = CLIPExtractor(GenConfig(smoke_random_weights=True, clip_n_frames=2), "cpu")
+        _CACHE["rn50"] = CLIPExtractor(GenConfig(smoke_random_weights=True, clip_frames=2), "cpu")
     return _CACHE["rn50"]
 
 
@@ -40,7 +40,7 @@ def clips(n: int, t: int = 2, seed: int = 0, size: int = 224) -> list[Clip]:
 def test_registered_with_its_options_and_store():
     tier = TIERS["clip"]
     assert tier.extractor is CLIPExtractor and tier.spaces() == ("clip",)
-    cfg = parse(TrainConfig, ["--use_clip", "--clip_std", "--clip_model", "ViT-L-14", "--clip_n_frames", "4"])
+    cfg = parse(TrainConfig, ["--use_clip", "--clip_std", "--clip_model", "ViT-L-14", "--clip_frames", "4"])
     assert tier.sources(cfg, "clip") == [("clip_ViT-L-14_openai_f4", "clip"), ("clip_ViT-L-14_openai_f4", "clip_std")]
     assert TIERS["clip"].store(TrainConfig()) == "clip_RN50_openai_f8"  # defaults: RN50 / openai / 8 frames
     gen = parse(GenConfig, ["--features", "clip", "--clip_download"])
@@ -187,7 +187,7 @@ def test_end_to_end_through_the_orchestrator(tmp_path):
     data = tmp_path / "data"
     names = memento_layout(data / "Memento10k", n=17, n_frames=8)  # 11 train videos: similarity needs 10
     cfg = GenConfig(
-        dataset="Memento10k", data_dir=str(data), features=["clip"], smoke_random_weights=True, clip_n_frames=1,
+        dataset="Memento10k", data_dir=str(data), features=["clip"], smoke_random_weights=True, clip_frames=1,
         workers=1, batch_size=4, device="cpu",
     )  # fmt: skip
 
@@ -211,7 +211,7 @@ def test_end_to_end_through_the_orchestrator(tmp_path):
     sim = FeatureStore.at(data / "features", "Memento10k", "similarity_clip_RN50_openai_f1").read()
     assert sim.meta["smoke"] is True and sim.dims == {"cosine_mean": 1}
 
-    argv = ["--dataset", "Memento10k", "--data_dir", str(data), "--use_clip", "--clip_std", "--clip_n_frames", "1"]
+    argv = ["--dataset", "Memento10k", "--data_dir", str(data), "--use_clip", "--clip_std", "--clip_frames", "1"]
     argv += ["--use_similarity", "--similarity_features", "clip", "--similarity_methods", "cosine_mean"]
     argv += ["--epochs", "2", "--hidden_channels", "8", "--seed", "0", "--runs_dir", str(tmp_path / "runs")]
     run_training(*parse_explicit(TrainConfig, [*argv, "-n", "c", "-s"], check=False))
@@ -223,7 +223,7 @@ def test_end_to_end_through_the_orchestrator(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_reduced_precision_matches_fp32_on_gpu():
-    ext = CLIPExtractor(GenConfig(smoke_random_weights=True, clip_n_frames=4), "cuda")
+    ext = CLIPExtractor(GenConfig(smoke_random_weights=True, clip_frames=4), "cuda")
     assert ext.dtype in (torch.bfloat16, torch.float16) and ext.channels_last
     batch = clips(4, t=4, seed=2)
     low = np.stack([o["clip"] for o in ext.extract(batch)])

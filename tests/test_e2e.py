@@ -55,7 +55,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _argv(data_dir: Path, runs: Path, *extra: str) -> list[str]:
     return [
         "--dataset", "Memento10k", "--data_dir", str(data_dir), "--runs_dir", str(runs), "--no-fixed_features",
-        "--standin_backbones", "--clip_frames", "3", "--clip_size", "64", "--batch_size", "4", "--workers", "0",
+        "--standin_backbones", "--e2e_frames", "3", "--e2e_size", "64", "--batch_size", "4", "--workers", "0",
         "--threads", "1", "--seed", "5", "--use_hrnet", "--use_csn", *extra,
     ]  # fmt: skip
 

@@ -22,9 +22,7 @@ class CLIPTier(Tier):
         return {
             "clip_model": Option(str, "RN50", "open_clip model of the clip tier (RN50, ViT-L-14...)", gen=True),
             "clip_pretrained": Option(str, "openai", "open_clip pretrained tag of --clip_model", gen=True),
-            # not --clip_frames (issue 8's name): config.py's end-to-end training already has that flag (its video
-            # clips' frames, default 45), and a TrainConfig field of the same name would shadow this option
-            "clip_n_frames": Option(int, 8, "frames per video embedded by the clip tier (evenly spaced)", gen=True),
+            "clip_frames": Option(int, 8, "frames per video embedded by the clip tier (evenly spaced)", gen=True),
             "clip_std": Option(bool, False, "append the temporal std of the frames' CLIP embeddings after their mean"),
             "clip_download": Option(
                 bool, False, "fetch missing CLIP weights from open_clip's hub/URL into --weights_dir (internet)",
@@ -35,7 +33,7 @@ class CLIPTier(Tier):
     def store(self, cfg: Any, **options: Any) -> str:
         model = options.get("clip_model", cfg.clip_model)
         tag = options.get("clip_pretrained", cfg.clip_pretrained)
-        return f"clip_{slug(model)}_{slug(tag)}_f{options.get('clip_n_frames', cfg.clip_n_frames)}"
+        return f"clip_{slug(model)}_{slug(tag)}_f{options.get('clip_frames', cfg.clip_frames)}"
 
     def owns(self, store: str) -> bool:
         return store == self.name or store.startswith("clip_")
@@ -48,7 +46,7 @@ class CLIPTier(Tier):
         return {
             "clip_model": cfg.clip_model,
             "clip_pretrained": cfg.clip_pretrained,
-            "clip_n_frames": cfg.clip_n_frames,
+            "clip_frames": cfg.clip_frames,
         }
 
     def spaces(self) -> tuple[str, ...]:
