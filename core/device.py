@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from core.io import ConfigError
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask, which a cluster scheduler sets), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.device import resolve_device
+from core.device import available_cores, resolve_device
 from core.io import ConfigError, StoreError, code_version
 from features.base import Clip, Extractor
 from features.store import FeatureStore, StoredFeatures, Transform, check_compatible
@@ -161,13 +161,6 @@ def _exit_with(parent: int, every: float = 0.5) -> None:
             os.kill(parent, 0)
         except (ProcessLookupError, PermissionError):  # gone (PermissionError: the pid is another user's now)
             os._exit(1)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _loader(records: list, ext: Extractor, mode: str, cfg: Any, dist: Dist) -> torch.utils.data.DataLoader:

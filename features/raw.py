@@ -211,8 +211,7 @@ class RawExtractor(Extractor):
         ``train_ids=None``: the PCA was adopted from another dataset (``--fit_on``) and is taken as it is."""
         if not store.exists():
             return False
-        data = store.read()
-        t = data.transforms.get(self.transform_name)
+        t = store.read_transforms().get(self.transform_name)
         if t is None:
             return False
         if train_ids is not None and t.info.get("train_ids_sha1") != ids_digest(train_ids):

@@ -123,6 +123,13 @@ def _refuse_linked_storage(f: h5py.File, path: Path) -> None:
         raise StoreError(f"{path}: datasets {linked[:3]} keep their data in other files; m3s stores never do")
 
 
+def _transforms(f: h5py.File) -> dict[str, Transform]:
+    return {
+        tname: Transform({a: g[a][()] for a in g}, json.loads(g.attrs["info"]))
+        for tname, g in f.get("transforms", {}).items()
+    }
+
+
 def _read_h5(path: Path) -> StoredFeatures:
     try:
         with h5py.File(path, "r") as f:
@@ -131,10 +138,7 @@ def _read_h5(path: Path) -> StoredFeatures:
             ids = _strings(f["ids"])
             features = {name: f["features"][name][()] for name in f.get("features", {})}
             fids, reasons = _strings(f["failures/ids"]), _strings(f["failures/reasons"])
-            transforms = {
-                tname: Transform({a: g[a][()] for a in g}, json.loads(g.attrs["info"]))
-                for tname, g in f.get("transforms", {}).items()
-            }
+            transforms = _transforms(f)
     except (OSError, KeyError, ValueError) as err:
         raise StoreError(f"{path} is not a readable m3s feature store ({err}); delete it and extract again") from err
     return StoredFeatures(ids, features, meta, dict(zip(fids, reasons, strict=True)), transforms)
@@ -178,6 +182,20 @@ class FeatureStore:
                     raise
                 time.sleep(0.2)
         raise AssertionError("unreachable")
+
+    def read_transforms(self) -> dict[str, Transform]:
+        """The fitted transforms only (no matrix is read): every file's, a later part's winning, as ``read``."""
+        if not self.exists():
+            raise StoreError(f"no feature store at {self.path}")
+
+        def read() -> dict[str, Transform]:
+            out: dict[str, Transform] = {}
+            for p in self._files():
+                with h5py.File(p, "r") as f:
+                    out |= _transforms(f)
+            return out
+
+        return self._retrying(read)
 
     def meta(self) -> dict:
         """Metadata only (cheap: no matrices are read)."""

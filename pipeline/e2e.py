@@ -30,9 +30,10 @@ from torch import nn
 from tqdm import tqdm
 
 from config import TrainConfig
+from core.device import available_cores
 from core.io import ConfigError
 from dataset import load_records
-from features.extract import Dist, available_cores, device_for
+from features.extract import Dist, device_for
 from model.backbones import build_standin, load_backbone
 from model.e2e import EndToEndModel
 from model.losses import LOSSES, LossContext

@@ -19,13 +19,14 @@ from config import TrainConfig
 from core.io import StoreError, code_version
 from dataset import DATASETS, VideoRecord
 from features.hog import HogPCA
+from features.raw import RawExtractor
 from features.store import FeatureStore
 from pipeline.checkpoint import CHECKPOINT_FORMAT
 from pipeline.clipdata import ClipDataset, clip_spec
 from pipeline.fitted import Fitted
 from pipeline.fitted import pack as pack_fitted
 from pipeline.table import FeatureTable, SplitData, Stats
-from tiers import module_tiers
+from tiers import TIERS, module_tiers
 
 DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e.py)
 
@@ -90,15 +91,16 @@ def _bare_splits(records: list[VideoRecord], splits: tuple[str, ...], scored_onl
 
 def hog_pca(cfg: TrainConfig) -> HogPCA:
     """The HOG PCA fitted in the raw store (the raw tier on the fly projects with it)."""
-    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, "raw")
+    tier = TIERS["raw"]
+    store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, tier.store(cfg))
+    command = tier.gen_command(cfg, store.path.stem)
     if not store.exists():
         raise FileNotFoundError(
-            f"the raw tier on the fly needs the HOG PCA fitted in {store.path}; compute it with: "
-            f"python gen_features.py --dataset {cfg.dataset} --features raw"
+            f"the raw tier on the fly needs the HOG PCA fitted in {store.path}; compute it with: {command}"
         )
-    t = store.read().transforms.get("hog_pca")
+    t = store.read_transforms().get(RawExtractor.transform_name)
     if t is None:
-        raise StoreError(f"{store.path} holds no HOG PCA; run gen_features.py --dataset {cfg.dataset} --features raw")
+        raise StoreError(f"{store.path} holds no HOG PCA; compute it again with: {command}")
     return HogPCA.from_transform(t)
 
 

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from config import ModuleConfig, TrainConfig, from_dict
-from core.device import resolve_device
+from core.device import available_cores, resolve_device
 from core.io import ConfigError, M3SError, code_version
 from dataset import load_records
 from model.losses import LOSSES, LossContext
@@ -54,8 +54,7 @@ def set_threads(cfg: TrainConfig, runs: int = 1) -> int:
     of a step (``batch_size`` x runs trained together), at least 1, at most the cores this process may use. A
     batch-32 MLP step is too small to split: a second thread buys little when the machine is quiet and costs several
     times over when other jobs load it (over-subscription), so a single run gets 1 and a batched grid more."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n = cfg.threads or max(1, min(cores, (cfg.batch_size * runs) // 1024))
+    n = cfg.threads or max(1, min(available_cores(), (cfg.batch_size * runs) // 1024))
     torch.set_num_threads(n)
     return n
 

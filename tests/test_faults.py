@@ -208,7 +208,9 @@ def test_empty_or_odd_imports_are_clear_errors(memento, tmp_path, kind):
     else:
         np.savez(path, ids=np.array(ids), emb=x.astype(np.complex64))
     argv = ["--dataset", "Memento10k", "--data_dir", str(memento), "--import", str(path), "--name", "f", *extra]
-    with pytest.raises(ConfigError):
+    expected = {"empty_npy": "no rows", "empty_npz": "no rows", "empty_h5": "no id column",
+                "no_columns": r"expected \(\d+, D >= 1\)", "complex": "complex64 values"}  # fmt: skip
+    with pytest.raises(ConfigError, match=expected[kind]):
         run_import(parse(GenConfig, argv))
 
 

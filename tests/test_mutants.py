@@ -12,7 +12,7 @@ import torch
 
 from config import ConfigError, GenConfig, TrainConfig, parse
 from core.io import atomic_write
-from dataset import SPLITS, VideoRecord
+from dataset import VideoRecord
 from features.similarity import DBSCANClusters
 from model.losses import LOSSES, LossContext
 from pipeline.table import fit_stats
@@ -127,7 +127,6 @@ def test_a_write_that_fails_midway_leaves_no_visible_part(tmp_path, monkeypatch)
         store.append(["v1"], {"a": np.ones((1, 2))}, meta)
     monkeypatch.undo()
     assert store.read().ids == ["v0"] and len(list(store.parts_dir.iterdir())) == 1
-    assert set(SPLITS) == {"train", "val", "test"}
 
 
 # ------------------------------------------------------------------ losses and metrics (bench/mutation.sh survivors)
@@ -261,3 +260,17 @@ def test_a_missing_store_is_named(tmp_path):
     with pytest.raises(StoreError, match=f"no feature store at {store.path}"):
         store.read()
     assert store.done_ids() == set()
+
+
+def test_read_transforms_reads_no_matrix(tmp_path, monkeypatch):
+    import features.store as store_module
+    from features.store import FeatureStore, Transform
+
+    store = FeatureStore.at(tmp_path, "demo", "raw")
+    store.append(["v"], {"a": np.ones((1, 2))}, _store_meta())
+    store.set_transform("pca", Transform({"m": np.arange(3.0)}, {"n": 1}))
+    store.append(["w"], {"a": np.ones((1, 2))}, _store_meta())  # a part after the compacted main file
+    monkeypatch.setattr(store_module, "_read_h5", lambda path: pytest.fail(f"read every matrix of {path}"))
+    transforms = store.read_transforms()
+    assert list(transforms) == ["pca"] and transforms["pca"].info == {"n": 1}
+    np.testing.assert_array_equal(transforms["pca"].arrays["m"], np.arange(3.0))

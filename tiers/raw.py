@@ -16,7 +16,7 @@ class RawTier(Tier):
     help = "use the raw (low-level) tier"
     extractor = RawExtractor
     normalize = "normalize_raw"
-    transforms = ("hog_pca",)
+    transforms = (RawExtractor.transform_name,)
 
     def options(self, registry: dict[str, Tier]) -> dict[str, Option]:
         names = tuple(RAW_FEATURES)
