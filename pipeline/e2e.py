@@ -57,7 +57,6 @@ from tiers import module_tiers
 BACKBONE_LR_FRACTION = 0.01  # default --backbone_lr = --lr / 100: pretrained weights move slowly, the new head fast
 MIN_COSINE = 0.99  # reduced-precision backbone features must agree this well with fp32 (some cuDNN get bf16 3-D wrong)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DEEP_BACKBONE = {"hrnet": lambda cfg: "hrnetv2_w48", "csn": lambda cfg: cfg.csn_arch}  # module -> backbone name
 
 
 def autocast_dtype(device: torch.device, requested: str) -> torch.dtype:
@@ -69,17 +68,20 @@ def autocast_dtype(device: torch.device, requested: str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def deep_backbones(cfg: TrainConfig) -> dict[str, str]:
+    """``{module: backbone name}`` of the selected modules whose tier runs a network inside the step."""
+    return {m: name for m, tier in module_tiers(cfg).items() if (name := tier.backbone(cfg)) is not None}
+
+
 def build_backbones(cfg: TrainConfig) -> dict[str, nn.Module]:
     """``{module: backbone}`` of the deep modules ``cfg`` selects: official weights, random (smoke) or stand-ins."""
     out = {}
-    for module in cfg.modules():
-        if module in DEEP_BACKBONE:
-            name = DEEP_BACKBONE[module](cfg)
-            out[module] = (
-                build_standin(name)
-                if cfg.standin_backbones
-                else load_backbone(name, cfg.weights_dir, cfg.smoke_random_weights)
-            )
+    for module, name in deep_backbones(cfg).items():
+        out[module] = (
+            build_standin(name)
+            if cfg.standin_backbones
+            else load_backbone(name, cfg.weights_dir, cfg.smoke_random_weights)
+        )
     return out
 
 
@@ -172,7 +174,7 @@ class EndToEndTrainer:
             "best": self.best,
             "best_pred": self.best_pred,
             "model": head,
-            "end_to_end": {m: DEEP_BACKBONE[m](self.cfg) for m in self.model.backbones},
+            "end_to_end": deep_backbones(self.cfg),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),

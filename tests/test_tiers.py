@@ -227,3 +227,14 @@ def test_gen_features_computes_similarity_after_the_tiers_it_reads(monkeypatch, 
     extraction.run(GenConfig(features=["similarity", "text"], features_dir=str(tmp_path), dataset="demo"))
     assert order == ["text", "similarity"]
     assert list(TIERS).index("similarity") > max(list(TIERS).index(t.name) for t in TIERS.values() if t.spaces())
+
+
+def test_deep_tiers_name_the_backbone_that_computes_them_end_to_end():
+    from model.backbones import BACKBONES
+    from pipeline.e2e import deep_backbones
+
+    cfg = TrainConfig(use_raw=True, use_hrnet=True, use_csn=True, csn_arch="ir_csn_152", extra_features=["emb"])
+    assert deep_backbones(cfg) == {"hrnet": "hrnetv2_w48", "csn": "ir_csn_152"}
+    for tier in TIERS.values():
+        name = tier.backbone(cfg)
+        assert name is None or BACKBONES[name].family == tier.name

@@ -105,6 +105,11 @@ class Tier:
         )
         return f"python gen_features.py --dataset {cfg.dataset} --features {self.name}{flags}"
 
+    def backbone(self, cfg: Any) -> str | None:
+        """The ``model.backbones.BACKBONES`` network computing this tier under ``cfg``, for end-to-end training
+        (None: the tier is pre-computed there, read from its store)."""
+        return None
+
     # ---------------------------------------------------------------- similarity spaces
     def spaces(self) -> tuple[str, ...]:
         """Names of the similarity feature spaces this tier offers (``--similarity_features`` choices)."""

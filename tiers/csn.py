@@ -31,6 +31,9 @@ class CSNTier(Tier):
     def gen_options(self, cfg: Any, store: str) -> dict[str, Any]:
         return {"csn_arch": store}
 
+    def backbone(self, cfg: Any) -> str | None:
+        return cfg.csn_arch
+
     def spaces(self) -> tuple[str, ...]:
         return archs("csn")
 

@@ -30,6 +30,9 @@ class HRNetTier(Tier):
     def gen_options(self, cfg: Any, store: str) -> dict[str, Any]:
         return {"hrnet_frames": int(store.removeprefix("hrnet_f"))}
 
+    def backbone(self, cfg: Any) -> str | None:
+        return HRNetExtractor.arch
+
     def spaces(self) -> tuple[str, ...]:
         return ("hrnet",)
 
