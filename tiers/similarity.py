@@ -38,8 +38,8 @@ class SimilarityTier(Tier):
         return out
 
     def store(self, cfg: Any, **options: Any) -> str:
-        space = options.get("space", cfg.similarity_features[0])
-        return next(s.out_store for s in self.resolve(cfg, self.registry) if s.name == space)
+        """The store of the first space (each space has its own: ``sources`` lists them all)."""
+        return self.resolve(cfg, self.registry)[0].out_store
 
     def owns(self, store: str) -> bool:
         return store == self.name or store.startswith("similarity_")
