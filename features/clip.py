@@ -11,9 +11,10 @@ supported, else fp16) and channels-last on CUDA, fp32 on the CPU, as the hrnet /
 
 Weights (only the image tower is kept): ``<weights_dir>/clip/<model>_<pretrained>.{pt,bin,safetensors}``, which is
 an OpenAI TorchScript archive (the published ``.pt`` files) or a plain state dict (open_clip's hub files).
-``bash weights/download.sh`` fetches the OpenAI ones listed in ``CLIP_WEIGHTS`` (checksum-verified); with internet,
-``--clip_download`` fetches any open_clip model/tag from its hub or URL into that path. A missing file is refused
-with both commands; ``--smoke_random_weights`` builds seeded random weights and marks the store ``smoke``.
+``bash weights/download.sh`` fetches the OpenAI ones listed in ``CLIP_WEIGHTS``; with internet, ``--clip_download``
+fetches any open_clip model/tag from its hub or URL into that path. A missing file is refused with both commands;
+``--smoke_random_weights`` builds seeded random weights and marks the store ``smoke``. The OpenAI files' sha256 are
+pinned in ``weights/SHA256SUMS``, checked by download.sh and again on load (``model.backbones.verify_weights``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from core.io import ConfigError
 from features.base import Clip, Extractor, FrameSpec
 from features.deep import compute_dtype
 from features.tv_compat import ensure_torchvision_importable
-from model.backbones import SMOKE_SEED, check_state_dict
+from model.backbones import SMOKE_SEED, check_state_dict, verify_weights
 
 SUFFIXES = (".pt", ".bin", ".safetensors")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's image normalisation (open_clip's default)
@@ -48,12 +49,12 @@ OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 @dataclass(frozen=True)
 class ClipWeights:
-    """A CLIP checkpoint with a stable published URL (``weights/download.sh`` fetches these)."""
+    """A CLIP checkpoint with a stable published URL (``weights/download.sh`` fetches these; ``weights/SHA256SUMS``
+    pins their sha256, which OpenAI publishes as the URL's folder name)."""
 
     model: str
     pretrained: str
     url: str
-    sha256: str  # of the whole file (OpenAI publishes it as the URL's folder name)
 
     @property
     def name(self) -> str:
@@ -70,17 +71,14 @@ CLIP_WEIGHTS: dict[tuple[str, str], ClipWeights] = {
     for w in (
         ClipWeights(
             "RN50", "openai", f"{_OPENAI}/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
-            "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
         ),
         ClipWeights(
             "ViT-B-32", "openai",
             f"{_OPENAI}/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
         ),
         ClipWeights(
             "ViT-L-14", "openai",
             f"{_OPENAI}/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
         ),
     )
 }  # fmt: skip
@@ -100,8 +98,8 @@ def find_weights(weights_dir: str | Path, model: str, pretrained: str) -> Path |
     return next((p for s in SUFFIXES if (p := folder / f"{weights_stem(model, pretrained)}{s}").is_file()), None)
 
 
-def missing_weights_message(weights_dir: str | Path, model: str, pretrained: str, dataset: str = "DATASET") -> str:
-    where = Path(weights_dir) / "clip" / weights_stem(model, pretrained)
+def fetch_commands(weights_dir: str | Path, model: str, pretrained: str, dataset: str = "DATASET") -> str:
+    """The commands that fetch the weights of ``model`` / ``pretrained`` (download.sh's where it lists them)."""
     ways = []
     if (model, pretrained) in CLIP_WEIGHTS:
         ways.append(f"`bash weights/download.sh {weights_dir} {CLIP_WEIGHTS[model, pretrained].name}`")
@@ -109,9 +107,14 @@ def missing_weights_message(weights_dir: str | Path, model: str, pretrained: str
         f"`python gen_features.py --dataset {dataset} --features clip --clip_model {model} --clip_pretrained "
         f"{pretrained} --weights_dir {weights_dir} --clip_download` (from open_clip's hub or URL; needs internet)"
     )
+    return " or ".join(ways)
+
+
+def missing_weights_message(weights_dir: str | Path, model: str, pretrained: str, dataset: str = "DATASET") -> str:
+    where = Path(weights_dir) / "clip" / weights_stem(model, pretrained)
     return (
         f"CLIP {model}/{pretrained} weights not found: looked for {where}{{{','.join(SUFFIXES)}}}. Fetch them with "
-        + " or ".join(ways)
+        + fetch_commands(weights_dir, model, pretrained, dataset)
         + " (see weights/README.md). To test the pipeline without weights, pass --smoke_random_weights (random "
         "features, marked as smoke in the store)."
     )
@@ -194,6 +197,7 @@ def build_image_tower(
             path = fetch_weights(model, pretrained, weights_dir)
         if path is None:
             raise FileNotFoundError(missing_weights_message(weights_dir, model, pretrained))
+        verify_weights(path, f"clip/{path.name}", fetch_commands(weights_dir, model, pretrained))
     with torch.random.fork_rng(devices=[]), _quiet_root_logger():
         torch.manual_seed(SMOKE_SEED)  # seeded random init: every torchrun shard builds the same smoke model
         clip = open_clip.create_model(

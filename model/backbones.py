@@ -4,10 +4,17 @@
 ``torch.load(weights_only=True)``, checks every key and shape against the model (errors name the key and the file)
 and returns it in eval mode. A missing file is a ``FileNotFoundError`` that says how to get it (``weights/README.md``,
 ``weights/download.sh``). Random weights only with ``smoke_random_weights=True``, for pipeline tests.
+
+Before it is read, a file whose sha256 is pinned in ``weights/SHA256SUMS`` (the one list of digests, which
+``weights/download.sh`` reads too) must match it: ``weights_only`` stops pickled code, not wrong or altered weights.
+``M3S_TRUST_WEIGHTS=1`` loads a file that differs from its pin (your own fine-tuned weights) with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +22,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.io import ConfigError
+from core.io import ROOT, ConfigError
 from model.csn import ip_csn_152, ir_csn_152
 from model.hrnet import HRNetV2
 
 # Buffers that synchronised batch norm adds to every BN (the CSAIL HRNet file has them); no plain BN reads them.
 SYNC_BN_EXTRAS = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
 SMOKE_SEED = 0  # random weights are seeded, so every process (torchrun shard) builds the same smoke model
+# the pinned digests, `sha256sum` lines (digest, two spaces, path under the weights folder); download.sh reads it too
+SHA256SUMS = ROOT / "weights" / "SHA256SUMS"
+TRUST_ENV = "M3S_TRUST_WEIGHTS"  # "1": a file that differs from its pin loads, with a warning (your own weights)
 
 
 class WeightsError(ConfigError):
-    """A checkpoint file does not fit its model (missing, unexpected or misshapen keys, or not a state dict)."""
+    """A checkpoint file does not fit its model (missing, unexpected or misshapen keys, or not a state dict), or its
+    sha256 is not the pinned one."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,7 @@ class Backbone:
 
     build: Callable[[], nn.Module]
     family: str  # the feature family (tier) it serves: "hrnet" or "csn"; a new csn variant is one entry here
-    file: str  # path under the weights folder, spelled as published
+    file: str  # path under the weights folder, spelled as published; its sha256, if published, is in SHA256SUMS
     url: str
     feature_dim: int
     n_params: int  # learnable parameters (the SPEC's count), checked by the tests
@@ -147,6 +158,50 @@ def check_state_dict(
     return {k: state[k] for k in expected}
 
 
+def pinned_sha256(rel: str) -> str | None:
+    """The sha256 pinned for ``rel`` (a path under the weights folder) in ``SHA256SUMS``; None where none is."""
+    for n, line in enumerate(SHA256SUMS.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-f]{64}) [ *](\S+)", line.strip())
+        if match is None:
+            raise WeightsError(f"{SHA256SUMS}, line {n}: {line!r} is not `<sha256>  <path under the weights folder>`")
+        if match[2] == rel:
+            return match[1]
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):  # streamed: a checkpoint is hundreds of MB
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_weights(path: Path, rel: str, fetch: str) -> None:
+    """Refuse ``path`` unless its sha256 is the one pinned for ``rel``; a file with no pin is not checked.
+
+    ``fetch`` names the command(s) that download the official file (for the error). With ``M3S_TRUST_WEIGHTS=1`` a
+    mismatch is a warning: the escape hatch for a different file on purpose.
+    """
+    expected = pinned_sha256(rel)
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if actual == expected:
+        return
+    size = path.stat().st_size
+    what = f"{path} ({size} bytes) has sha256 {actual}, not the {expected} pinned for {rel} in {SHA256SUMS}"
+    if os.environ.get(TRUST_ENV) == "1":
+        print(f"warning: {what}; loading it anyway ({TRUST_ENV}=1)")
+        return
+    raise WeightsError(
+        f"{what}: a truncated, corrupted or altered download. Fetch the official file again with {fetch}; to load "
+        f"a different file on purpose (your own fine-tuned weights), set {TRUST_ENV}=1 (see weights/README.md)."
+    )
+
+
 def load_weights(model: nn.Module, path: Path, ignorable_suffixes: tuple[str, ...] = ()) -> nn.Module:
     """Load ``path`` into ``model`` after ``check_state_dict``; every model key comes from the file."""
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -171,4 +226,5 @@ def load_backbone(name: str, weights_dir: str | Path, smoke_random_weights: bool
             f"{spec.url} to that path by hand; see weights/README.md). To test the pipeline without weights, pass "
             "--smoke_random_weights (random features, marked as smoke in the store)."
         )
+    verify_weights(path, spec.file, f"`bash weights/download.sh {weights_dir}`")
     return load_weights(spec.build(), path, spec.ignorable_suffixes).eval()

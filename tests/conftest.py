@@ -73,3 +73,22 @@ def _wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb"))
     monkeypatch.delenv("M3S_DATA_DIR", raising=False)
+    monkeypatch.delenv("M3S_TRUST_WEIGHTS", raising=False)  # the tests decide whether an unpinned digest is trusted
+
+
+@pytest.fixture
+def pin_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """``pin(rel, path)``: pin ``path``'s sha256 for ``rel`` in a SHA256SUMS of the test's own, which the loaders
+    (``model.backbones.verify_weights``) read instead of ``weights/SHA256SUMS``. Returns that file."""
+    from model import backbones
+
+    sums = tmp_path_factory.mktemp("pins") / "SHA256SUMS"
+    sums.write_text("")
+    monkeypatch.setattr(backbones, "SHA256SUMS", sums)
+
+    def pin(rel: str, path: Path) -> Path:
+        with sums.open("a") as f:
+            f.write(f"{backbones.file_sha256(path)}  {rel}\n")
+        return sums
+
+    return pin
