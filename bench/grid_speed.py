@@ -10,6 +10,8 @@ once, one table, sub-run files and the ablation table and plot written); it runs
 show what CPU threads buy. "sequential" calls ``run_training`` (what ``train.py`` runs, minus interpreter start-up
 and imports) for each of the 45 (combination, seed) configurations, with its default threads.
 ``--sequential_runs N`` times only the first N of them and scales the time to 45 (say so when you quote it).
+Last, "compute only" times one epoch of 15 runs without any start-up, batched vs a plain loop: the arithmetic
+ceiling of batching on this machine.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import ROOT, TrainConfig
 from features.store import FeatureStore, StoredFeatures
+from model.mlp import ModularMLP
+from pipeline.batched import FoldData, RunSpec, train_batched
 from pipeline.experiments import combinations, run_experiment, subset_config
-from pipeline.training import run_training
+from pipeline.training import make_optimizer, run_training
 
 N_TRAIN, N_VAL = 7000, 1500
 BLOCKS = {"raw": 15, "hrnet": 720, "csn": 2048, "sim": 40}
@@ -75,6 +79,38 @@ def import_seconds() -> float:
     return time.perf_counter() - t
 
 
+def compute_only(threads: list[int]) -> None:
+    """Where the ceiling is: one epoch of the 15 combinations of one seed on in-memory tensors, no start-up or files,
+    batched (as the grid trains on a CPU) vs a plain loop of ModularMLP + fused Adam steps on one thread."""
+    dims = dict(BLOCKS)
+    gen = torch.Generator().manual_seed(0)
+    x = {m: torch.randn(N_TRAIN, d, generator=gen) for m, d in dims.items()}
+    xv = {m: torch.randn(N_VAL, d, generator=gen) for m, d in dims.items()}
+    y, yv = torch.rand(N_TRAIN, generator=gen), torch.rand(N_VAL, generator=gen)
+    fold = FoldData([str(i) for i in range(N_TRAIN)], [str(i) for i in range(N_VAL)], x, y, xv, yv, {})
+    cfg = TrainConfig(epochs=1, device="cpu")
+    runs = [RunSpec(1, 0, c) for c in combinations(list(dims))]
+    for n in threads:
+        torch.set_num_threads(n)
+        t = time.perf_counter()
+        train_batched(cfg, runs, [fold], dims, torch.device("cpu"))
+        print(f"compute only, 15 run-epochs: batched, {n} thread(s) {time.perf_counter() - t:.1f} s")
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    for run in runs:
+        xs = torch.cat([x[m] for m in run.modules], 1)
+        net = ModularMLP({m: dims[m] for m in run.modules}, cfg.hidden_channels)
+        opt = make_optimizer(cfg, net.parameters())
+        for idx in torch.randperm(N_TRAIN).split(cfg.batch_size):
+            loss = ((net(xs[idx]).squeeze(-1) - y[idx]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    print(f"compute only, 15 run-epochs: plain loop of runs, 1 thread {time.perf_counter() - t:.1f} s (each step of "
+          "a run reads and writes its own first-layer weights, gradients and Adam moments: memory-bound, and no "
+          "batching shares that)")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=20)
@@ -110,6 +146,7 @@ def main() -> None:
           "interpreter and imports each")  # fmt: skip
     for threads, s in batched.items():
         print(f"  batched with {threads} thread(s): {s:.1f} s -> {seq / s:.1f}x")
+    compute_only(args.threads)
 
 
 if __name__ == "__main__":
