@@ -94,7 +94,7 @@ def missing_store(cfg: ModuleConfig, tier: Tier, module: str, store: FeatureStor
     text = f"no {module} features for {cfg.dataset}: {store.path} does not exist. "
     if not tier.has_switch:
         have = sorted(p.stem for p in store.path.parent.glob("*.h5")) if store.path.parent.is_dir() else []
-        text += f"The stores of {cfg.dataset} are: {', '.join(have) or 'none'}. " if have else ""
+        text += f"The stores of {cfg.dataset} are: {', '.join(have)}. " if have else ""
         return text + f"Import them with: {tier.gen_command(cfg, name)}"
     return text + f"Compute them with: {tier.gen_command(cfg, name)}, or leave the tier out: --no-{tier.switch}"
 

@@ -9,7 +9,7 @@ import torch
 
 from config import ConfigError, TrainConfig
 from dataset import VideoRecord, load_records
-from features.store import FeatureStore, StoredFeatures
+from features.store import FeatureStore, StoredFeatures, Transform
 from pipeline.table import FeatureTable, no_videos
 
 HRNET_META = {"family": "hrnet", "dataset": "Memento10k", "settings": {"frames": 1}, "smoke": False}
@@ -134,9 +134,89 @@ def test_a_missing_store_says_how_to_make_it_or_leave_it_out(stores):
         FeatureTable.build(config(data_dir), records)
     assert str(err.value).startswith(f"no hrnet features for Memento10k: {path} does not exist. Compute them with: ")
     assert str(err.value).endswith(", or leave the tier out: --no-use_hrnet")
+    FeatureStore.at(data_dir / "features", "Memento10k", "other").write(
+        StoredFeatures([records[0].id], {"o": np.zeros((1, 1))}, EMB_META)
+    )
     with pytest.raises(FileNotFoundError) as err:
         FeatureTable.build(config(data_dir, use_hrnet=False, extra_features=["embb"]), records)
-    assert "The stores of Memento10k are: emb. Import them with: " in str(err.value)
+    assert str(err.value).endswith(
+        "The stores of Memento10k are: emb, other. "
+        "Import them with: python gen_features.py --dataset Memento10k --import FILE --name embb"
+    )
+    empty = data_dir.parent / "empty"
+    with pytest.raises(FileNotFoundError) as err:  # no store at all: nothing to list
+        FeatureTable.build(config(data_dir, use_hrnet=False, features_dir=str(empty)), records)
+    assert str(err.value) == (
+        f"no emb features for Memento10k: {empty / 'Memento10k' / 'emb.h5'} does not exist. "
+        "Import them with: python gen_features.py --dataset Memento10k --import FILE --name emb"
+    )
+
+
+def test_a_store_without_the_feature_its_tier_reads_is_named(stores):
+    data_dir, records, blocks = stores
+    ids = [r.id for r in records]
+    store = FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1")
+    store.write(StoredFeatures(ids, {"other": blocks["hrnet"]}, HRNET_META))
+    with pytest.raises(ConfigError) as err:
+        FeatureTable.build(config(data_dir), records)
+    assert str(err.value) == (
+        "hrnet: store hrnet_f1 has no feature 'hrnet'; it has ['other']. "
+        "Compute it with: python gen_features.py --dataset Memento10k --features hrnet --hrnet_frames 1"
+    )
+
+
+def test_a_module_of_several_features_keeps_them_side_by_side_in_order(stores):
+    data_dir, records, _ = stores
+    ids = [r.id for r in records]
+    raw = {
+        name: np.full((len(ids), dim), k, np.float32) for k, (name, dim) in enumerate([("hog", 10), ("contrast", 1)])
+    }
+    meta = {"family": "raw", "dataset": "Memento10k", "settings": {}, "smoke": False}
+    FeatureStore.at(data_dir / "features", "Memento10k", "raw").write(StoredFeatures(ids, raw, meta))
+    cfg = config(data_dir, use_raw=True, raw_features=["contrast", "hog"], normalize_raw=False, extra_features=[])
+    table = FeatureTable.build(cfg, records)
+    assert table.dims == {"raw": 11, "hrnet": 4}
+    np.testing.assert_array_equal(table.splits["val"].x[:, :11].numpy(), [[1.0] + [0.0] * 10] * 20)
+
+
+def test_normalisation_needs_scored_train_videos(stores):
+    data_dir, records, _ = stores
+    with pytest.raises(ConfigError, match="^cannot fit emb normalisation: no scored train videos$"):
+        FeatureTable.build(config(data_dir), records, splits=("val",))
+
+
+def test_the_table_carries_the_stores_fitted_transforms_and_smoke_flags(stores):
+    data_dir, records, blocks = stores
+    ids = [r.id for r in records]
+    fitted = {"pca": Transform({"mean": np.ones(3)}, {"fitted_on": "train"})}
+    meta = {"family": "import", "dataset": "Memento10k", "smoke": True}  # no settings recorded
+    FeatureStore.at(data_dir / "features", "Memento10k", "emb").write(
+        StoredFeatures(ids, {"emb": blocks["emb"]}, meta, transforms=fitted)
+    )
+    table = FeatureTable.build(config(data_dir), records)
+    assert list(table.fitted) == ["emb"] and list(table.fitted["emb"]["transforms"]) == ["pca"]
+    assert table.sources["emb"]["smoke"] is True and table.sources["emb"]["settings"] == {}
+    assert table.sources["emb"]["transforms"] == {"pca": fitted["pca"].digest()}
+
+
+def test_error_lists_stop_at_five_ids(stores):
+    data_dir, records, blocks = stores
+    ids = [r.id for r in records]
+    scored = [i for i, r in enumerate(records) if r.score is not None]
+    first = [ids[i] for i in scored[:5]]
+    emb = blocks["emb"].copy()
+    emb[scored[:7]] = np.inf
+    store = FeatureStore.at(data_dir / "features", "Memento10k", "emb")
+    store.write(StoredFeatures(ids, {"emb": emb}, EMB_META))
+    with pytest.raises(ConfigError) as err:
+        FeatureTable.build(config(data_dir), records)
+    assert str(err.value) == f"7 videos have NaN or inf emb features (first: {first})"
+    keep = [i for i in range(len(ids)) if i not in scored[:7]]
+    store.write(StoredFeatures([ids[i] for i in keep], {"emb": blocks["emb"][keep]}, EMB_META))
+    with pytest.raises(ConfigError) as err:
+        FeatureTable.build(config(data_dir), records)
+    command = "python gen_features.py --dataset Memento10k --import FILE --name emb"
+    assert str(err.value).endswith(f"(first: {', '.join(first)}). Compute them with: {command}")
 
 
 def test_no_videos_says_which_splits_exist_and_what_to_pass():
@@ -154,3 +234,5 @@ def test_no_videos_says_which_splits_exist_and_what_to_pass():
         == "D has no videos in train; it has test 1 (0 scored). Pass --split test"
     )
     assert no_videos("D", [], ("train",), False) == "D has no videos in train; it has no videos at all"
+    mixed = [VideoRecord("c", None, "train", None), VideoRecord("d", None, "val", 0.7)]
+    assert no_videos("D", mixed, ("test",), True).endswith("Pass --split val")  # the first split with scores
