@@ -110,6 +110,8 @@ def read_table(
         raise ConfigError(f"{path}: unsupported format {path.suffix!r}; use .npy (+ --ids), .npz, .h5 or .csv")
     try:
         ids, feats = reader(path, ids_file, id_column)
+    except ConfigError:  # the reader's own message (a ValueError too): as it is
+        raise
     except (OSError, ValueError) as err:  # truncated/empty npy, npz or h5 files
         raise ConfigError(f"{path}: not a readable {path.suffix} file ({err})") from None
     if not ids:
