@@ -38,9 +38,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types here (EOFError, RuntimeError, UnpicklingError, OSError...)
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if "weights_only" in reason:  # torch's advice (load with weights_only=False: run the file's code) is wrong here
-            reason = "torch.load finds no checkpoint of plain tensors and values in it"
+        text = str(err).strip()
+        reason = text.splitlines()[0][:200] if text else type(err).__name__
+        if "weights_only" in text or "weights only" in text.lower():  # torch's advice (weights_only=False: run the
+            reason = "torch.load finds no checkpoint of plain tensors and values in it"  # file's code) is wrong here
         raise ConfigError(f"{not_ours}: it cannot be read ({reason}); it may be truncated or empty") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{not_ours} (format {CHECKPOINT_FORMAT})")
