@@ -38,6 +38,8 @@ def test_npz_and_hdf5_keep_their_arrays_and_find_the_id_key(tmp_path):
     assert ids == ["p", "q"] and sorted(feats) == ["f", "g"]  # 'ids' comes before 'id'; strings are no feature
     ids, feats = read_table(tmp_path / "two.npz", "emb", id_column="id")
     assert ids == ["x", "y"] and sorted(feats) == ["f", "g"]
+    np.savez(tmp_path / "col.npz", ids=np.array([["a.mp4"], ["b.mp4"]]), f=x)  # ids stored as a column
+    assert read_table(tmp_path / "col.npz", "emb")[0] == ["a", "b"]
     with h5py.File(tmp_path / "f.h5", "w") as f:
         f["video"] = np.array([b"v1.mp4", b"v2.mp4"])
         f["a"], f["b"] = x, y
@@ -45,6 +47,11 @@ def test_npz_and_hdf5_keep_their_arrays_and_find_the_id_key(tmp_path):
     ids, feats = read_table(tmp_path / "f.h5", "emb")
     assert ids == ["v1", "v2"] and sorted(feats) == ["a", "b"]  # several arrays keep their own names
     np.testing.assert_array_equal(feats["b"], y)
+    ids, feats = read_table(tmp_path / "f.h5", "emb", id_column="b")
+    assert ids == ["0.0", "0.0"] and list(feats) == ["emb"]  # any dataset can be the ids, when asked
+    with pytest.raises(ConfigError) as err:
+        read_table(tmp_path / "f.h5", "emb", id_column="nope")
+    assert str(err.value) == f"{tmp_path / 'f.h5'}: no id column 'nope'; it has ['a', 'b', 'video']"
 
 
 def test_id_key_errors_name_what_the_file_has(tmp_path):
@@ -70,6 +77,18 @@ def test_csv_columns_become_one_matrix(tmp_path):
     ids, feats = read_table(path, "emb")
     assert ids == ["a", "b"] and feats["emb"].dtype == np.float64
     np.testing.assert_array_equal(feats["emb"], [[1.5, 2.0], [-3.0, 40.0]])
+    path.write_text("\ufeffid,x\r\na.mp4,1\r\n")  # a BOM before the id column, Windows line ends
+    assert read_table(path, "emb")[0] == ["a"]
+    path.write_text("x,key\n1,a\n")
+    assert read_table(path, "emb", id_column="key")[0] == ["a"]
+    with pytest.raises(ConfigError) as err:
+        read_table(path, "emb", id_column="nope")
+    assert str(err.value) == f"{path}: no id column 'nope'; it has ['x', 'key']"
+    for body, fields in (("id,x,y\na,1\n", 2), ("id,x,y\na,1,2,3,4\n", 5)):
+        path.write_text(body)
+        with pytest.raises(ConfigError) as err:
+            read_table(path, "emb")
+        assert str(err.value) == f"{path}: line 2 has {fields} fields; the header has 3"
     path.write_text("id,x\na,1\nb,high\n")
     with pytest.raises(ConfigError) as err:
         read_table(path, "emb")
@@ -89,6 +108,10 @@ def test_files_that_cannot_be_read(tmp_path):
         str(err.value)
         == f"{tmp_path / 'f.parquet'}: unsupported format '.parquet'; use .npy (+ --ids), .npz, .h5 or .csv"
     )
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))  # pickled objects: never loaded
+    (tmp_path / "ids.txt").write_text("a\n")
+    with pytest.raises(ConfigError, match=r"obj.npy: not a readable .npy file \(.*allow_pickle"):
+        read_table(tmp_path / "obj.npy", "emb", str(tmp_path / "ids.txt"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match=r"bad.npz: not a readable .npz file \("):
         read_table(tmp_path / "bad.npz", "emb")
@@ -117,20 +140,24 @@ def test_checked_values_are_float32_rows_of_real_finite_numbers(tmp_path):
 
 def test_import_writes_the_store_with_its_provenance(memento, tmp_path, capsys):
     records = load_records("Memento10k", GenConfig(data_dir=str(memento)))
-    ids = [r.id for r in records][:40] + ["stranger1", "stranger2"]
+    ids = [r.id for r in records][:40] + ["stranger1", "stranger2", "stranger3", "stranger4"]
     path = tmp_path / "f.npz"
     x = np.random.default_rng(0).normal(size=(len(ids), 4))
-    np.savez(path, ids=np.array(ids), f=x)
-    cfg = GenConfig(data_dir=str(memento), dataset="Memento10k", import_path=str(path), name="emb")
+    np.savez(path, key=np.array(ids), ids=np.arange(len(ids)), f=x)  # ids named by --id_column
+    cfg = GenConfig(data_dir=str(memento), dataset="Memento10k", import_path=str(path), name="emb", id_column="key")
     data = import_features(cfg, records)
     out = capsys.readouterr().out
-    assert "warning: 2 ids are not Memento10k videos and are kept but unused (first: ['stranger1', 'stranger2'])" in out
+    first = ["stranger1", "stranger2", "stranger3"]
+    assert f"warning: 4 ids are not Memento10k videos and are kept but unused (first: {first})" in out
     store = FeatureStore.at(memento / "features", "Memento10k", "emb")
-    assert f"imported 42 rows {{'emb': 4}} into {store.path}; 40/{len(records)} Memento10k videos covered" in out
+    assert (
+        f"imported 44 rows {{'ids': 1, 'f': 4}} into {store.path}; 40/{len(records)} Memento10k videos covered" in out
+    )
     back = store.read()
-    assert back.ids == ids and back.features["emb"].dtype == np.float32
-    np.testing.assert_allclose(back.features["emb"], x, rtol=1e-6)
+    assert back.ids == ids and back.features["f"].dtype == np.float32
+    np.testing.assert_allclose(back.features["f"], x, rtol=1e-6)
     assert back.meta["family"] == "import" and back.meta["settings"] == {} and back.meta["smoke"] is False
+    assert back.meta["dataset"] == "Memento10k" and back.meta["code_version"]
     assert back.meta["provenance"] == {"source": "f.npz", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert data.ids == ids
 
@@ -139,11 +166,16 @@ def test_import_refuses_repeated_or_foreign_ids(memento, tmp_path):
     records = load_records("Memento10k", GenConfig(data_dir=str(memento)))
     path = tmp_path / "f.npz"
     cfg = GenConfig(data_dir=str(memento), dataset="Memento10k", import_path=str(path), name="emb")
-    ids = ["g", "f", "e", "d", "c", "b", "a", "z"] * 2
-    np.savez(path, ids=np.array(ids), f=np.ones((16, 2)))
+    ids = ["a", "b", "g", "f", "e", "d", "c", "z"] + ["z", "g", "f", "e", "d", "c"]
+    np.savez(path, ids=np.array(ids), f=np.ones((14, 2)))
     with pytest.raises(ConfigError) as err:
         import_features(cfg, records)
-    assert str(err.value) == f"{path}: repeated ids (first: ['a', 'b', 'c', 'd', 'e'])"
+    assert str(err.value) == f"{path}: repeated ids (first: ['c', 'd', 'e', 'f', 'g'])"  # a and b are once only
+    good = [r.id for r in records][:3]
+    np.savez(path, ids=np.array(good), f=np.array([[1.0], [np.nan], [2.0]]))
+    with pytest.raises(ConfigError) as err:
+        import_features(cfg, records)
+    assert str(err.value) == f"{path}: 1 rows of emb hold NaN or inf (first id {good[1]})"
     np.savez(path, ids=np.array(["p", "q", "r", "s"]), f=np.ones((4, 2)))
     with pytest.raises(ConfigError) as err:
         import_features(cfg, records)
