@@ -93,6 +93,28 @@ def test_files_that_are_not_checkpoints_are_refused_in_one_line(tmp_path):
     assert str(err.value) == f"{not_ours}: it lacks config, dims, modules"
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (EOFError(), "EOFError"),  # no message: its type
+        (RuntimeError("x" * 300 + "\nsecond line"), "x" * 200),  # the first line, cut
+        (RuntimeError("Unsupported global: GLOBAL m.C; load with weights_only=False"), "torch.load finds no"),
+        (RuntimeError("Weights only load failed. This file can still be loaded"), "torch.load finds no"),
+    ],
+)
+def test_the_reason_a_file_cannot_be_read(tmp_path, monkeypatch, error, reason):
+    def fail(*args, **kwargs):
+        raise error
+
+    (tmp_path / "x.pt").write_bytes(b"x")
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(tmp_path / "x.pt")
+    assert f"it cannot be read ({reason}" in str(err.value)
+    if reason == "x" * 200:
+        assert "x" * 201 not in str(err.value) and "second" not in str(err.value)
+
+
 def run_state(best_epoch: int = 2, epoch: int = 5) -> dict:
     best_model = ModularMLP(DIMS, [8, 4]).state_dict()
     history = [{"epoch": e, "val_spearman": e / 10} for e in range(epoch + 1)]
@@ -122,6 +144,12 @@ def test_a_stale_best_checkpoint_is_rebuilt_from_the_last_one(tmp_path, capsys):
     assert repair_best(tmp_path, ckpt) is True and load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
 
 
+def test_a_run_without_history_gets_a_best_checkpoint_with_none(tmp_path):
+    ckpt = {k: v for k, v in run_state().items() if k != "history"}
+    assert repair_best(tmp_path, ckpt) is True
+    assert load_checkpoint(tmp_path / "best.pt")["history"] == []
+
+
 def test_nothing_to_repair_without_a_best_epoch(tmp_path):
     assert repair_best(tmp_path, valid_state()) is False
     assert repair_best(tmp_path, run_state() | {"best_model": {}}) is False
@@ -141,18 +169,20 @@ def test_sources_that_differ_from_the_checkpoint_are_each_named():
     check_sources({"raw": SOURCE}, {"raw": dict(SOURCE), "extra": {}})  # the same, plus an unused store: fine
     have = {"raw": SOURCE | {"dims": {"hog": 8}, "settings": {"frames": 9}, "smoke": True, "transforms": {}}}
     with pytest.raises(ConfigError) as err:
-        check_sources({"raw": SOURCE, "sim": SOURCE}, have)
+        check_sources({"sim": SOURCE, "raw": SOURCE}, have)
     assert str(err.value).splitlines() == [
         "the feature stores differ from the checkpoint's:",
+        "  sim: the checkpoint needs it, it is not selected",
         "  raw dims: checkpoint {'hog': 10}, feature store {'hog': 8}",
         "  raw settings: checkpoint {'frames': 45}, feature store {'frames': 9}",
         "  raw smoke: checkpoint False, feature store True",
         "  raw: its fitted transforms (none) are not the ones the checkpoint was trained with, so its features are in "
         "another basis; extract them with gen_features.py --fit_on <the training dataset>",
-        "  sim: the checkpoint needs it, it is not selected",
     ]
     with pytest.raises(ConfigError, match=r"raw features: checkpoint \['hog'\], feature store \['hog', 'x'\]"):
         check_sources({"raw": SOURCE}, {"raw": SOURCE | {"features": ["hog", "x"]}})
     with pytest.raises(ConfigError, match=r"its fitted transforms \(pca, b\) are not"):
         check_sources({"raw": SOURCE}, {"raw": SOURCE | {"transforms": {"pca": "d2", "b": "d3"}}})
     check_sources({"raw": {}}, {"raw": {}})  # neither records transforms: the same
+    with pytest.raises(ConfigError, match=r"its fitted transforms \(none\) are not"):  # the store records none
+        check_sources({"raw": SOURCE}, {"raw": {k: v for k, v in SOURCE.items() if k != "transforms"}})
