@@ -171,3 +171,32 @@ def test_compaction_removes_only_the_temp_files_of_dead_writers(tmp_path):
     store.compact()
     assert live.exists() and not dead_part.exists() and not dead_main.exists()
     assert store.read().ids == ["v1"]
+
+
+def test_a_refused_append_says_every_difference_and_the_way_out(tmp_path):
+    store = FeatureStore(tmp_path / "raw.h5")
+    store.append(["v1"], _rows(["v1"]), META)
+    other = META | {"family": "hrnet", "smoke": True, "settings": {"size": 128}}
+    with pytest.raises(StoreError) as err:
+        store.append(["v2"], {"a": np.ones((1, 4)), "c": np.ones((1, 1))}, other)
+    assert str(err.value) == (
+        f"{store.path} was computed with other settings:\n"
+        "  family: store has 'raw', requested 'hrnet'\n"
+        "  settings: store has {'size': 256}, requested {'size': 128}\n"
+        "  smoke: store has False, requested True\n"
+        "  dim of a: store has 3, requested 4\n"
+        "  features: store has ['a', 'b'], requested ['a', 'c']\n"
+        "Use a different --features_dir, or delete the store to recompute it."
+    )
+    store.append(["bad"], {}, META, failures={"bad": "cut"})  # failures only: no dims to compare
+
+
+def test_an_absent_store_is_named_and_an_empty_feature_keeps_its_dtype(tmp_path):
+    store = FeatureStore(tmp_path / "raw.h5")
+    for read in (store.meta, store.read_transforms):
+        with pytest.raises(StoreError) as err:
+            read()
+        assert str(err.value) == f"no feature store at {store.path}"
+    store.write(StoredFeatures([], {"a": np.zeros((0, 3))}, META))
+    data = store.read()
+    assert data.features["a"].shape == (0, 3) and data.features["a"].dtype == np.float32
