@@ -27,7 +27,7 @@ def _glorot(fan_in: int, fan_out: int, gen: torch.Generator) -> list[torch.Tenso
 
 @torch.no_grad()
 def _train(x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor], gen: torch.Generator, max_epochs: int) -> None:
-    """Mini-batch Adam with the gradients written out (half the time of autograd's bookkeeping at this size)."""
+    """Mini-batch Adam with the gradients written out (1.5-2x faster than autograd's bookkeeping at this size)."""
     w0, b0, w1, b1 = params
     opt = torch.optim.Adam(params, lr=LR, fused=True)
     best, stale = np.inf, 0
@@ -67,6 +67,6 @@ def fit(x: np.ndarray, labels: np.ndarray, seed: int, max_epochs: int = MAX_EPOC
         _train(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(target), params, gen, max_epochs)
     finally:
         torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(False)  # torch has no getter for the previous state; False is its default
     arrays = dict(zip(("w0", "b0", "w1", "b1"), (p.double().numpy() for p in params), strict=True))
     return arrays | {"classes": classes}
