@@ -176,9 +176,71 @@ def test_extract_summarises_mean_and_std(tmp_path):
     ext.hog_pca = HogPCA(np.zeros(34596), np.eye(10, 34596), np.ones(10))
     (out,) = ext.extract([Clip("v", path, frames)])
     assert {k: v.shape[0] for k, v in out.items()} == stored_dims()
+    assert {v.dtype for v in out.values()} == {np.dtype(np.float32)}
     b = RAW_FEATURES["brightness"].fn(Clip("v", path, frames), {})[:, 0]
     assert out["brightness"][0] == pytest.approx(b.mean(), rel=1e-6)
     assert out["brightness_std"][0] == pytest.approx(b.std(), rel=1e-5, abs=1e-6)
     ext.hog_pca = None
     with pytest.raises(RuntimeError, match="PCA"):
         ext.extract([Clip("v", path, frames)])
+
+
+def test_mean_optical_flow_is_the_farneback_average_of_area_downscaled_frames():
+    """The definition written out: INTER_AREA to 80x80, Farneback per pair, scaled to frame pixels, float64 means."""
+    frames = natural_frames(4, seed=1)
+    frames[1:] = np.roll(frames[0], (2, 5), axis=(0, 1))[None]  # one real motion, then two still pairs
+    got = RAW_FEATURES["meanOF"].fn(Clip("v", None, frames), {})
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    small = [cv2.resize(g, (80, 80), interpolation=cv2.INTER_AREA) for g in grey]
+    mags = []
+    for a, b in zip(small[:-1], small[1:], strict=True):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 1, 5, 1.2, 0) * np.float32(256 / 80)
+        mags.append(cv2.magnitude(flow[..., 0], flow[..., 1]).astype(np.float64).mean())  # float32 flow, float64 mean
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, [np.mean(mags)], rtol=1e-12)
+
+
+def test_vertical_motion_reads_as_much_as_horizontal_motion():
+    across = RAW_FEATURES["meanOF"].fn(Clip("x", None, translating(6, 6)), {})[0]
+    down = RAW_FEATURES["meanOF"].fn(Clip("y", None, translating(6, 6).transpose(0, 2, 1, 3).copy()), {})[0]
+    assert down == pytest.approx(across, rel=0.1)
+
+
+def test_a_clip_is_converted_to_grey_once(monkeypatch, tmp_path):
+    """contrast and meanOF share the full-size grey frames raw_features made (blurriness greys its own resize)."""
+    import features.raw as raw
+
+    full_size = []
+    real = raw.grey_frames
+    monkeypatch.setattr(raw, "grey_frames", lambda f: (full_size.append(f.shape[1:3] == (256, 256)), real(f))[1])
+    frames = natural_frames(3)
+    path = write_x264(tmp_path / "v.mp4", frames[:, :64, :64])
+    out = raw.raw_features(Clip("v", path, frames), HogPCA(np.zeros(34596), np.eye(10, 34596), np.ones(10)))
+    assert sum(full_size) == 1
+    assert out["contrast"][0] == pytest.approx(np.mean([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).std() for f in frames]))
+
+
+def test_the_raw_errors_say_what_is_missing(tmp_path):
+    frames = translating(3, 1)
+    with pytest.raises(RuntimeError) as err:
+        RAW_FEATURES["hog"].fn(Clip("v", None, frames), {})
+    assert str(err.value) == "the HOG PCA is not fitted: the extraction loop fits it before extract()"
+    with pytest.raises(VideoError) as err:
+        RAW_FEATURES["size_orig"].fn(Clip("v", None, frames), {})
+    assert (str(err.value.path), err.value.reason) == ("<memory>", "size_orig needs the original video file")
+    lonely = tmp_path / "videos_npy" / "c_d.npy"
+    lonely.parent.mkdir()
+    np.save(lonely, frames)
+    with pytest.raises(VideoError) as err:
+        RAW_FEATURES["size_orig"].fn(Clip("c_d", lonely, frames), {})
+    assert str(err.value) == (
+        f"{lonely}: size_orig needs the original compressed video (looked for videos/<stem>.mp4 beside videos_npy/); "
+        "the .npy array's size says nothing about the video"
+    )
+    ext = RawExtractor.__new__(RawExtractor)
+    ext.hog_pca = None
+    with pytest.raises(RuntimeError) as err:
+        ext.extract([Clip("v", None, frames)])
+    assert str(err.value) == (
+        "RawExtractor: the HOG PCA is not loaded (the extraction loop runs prepare_fit / load_prepared first)"
+    )
