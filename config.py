@@ -90,7 +90,8 @@ ModuleConfig = make_dataclass(
 
 # flags that only end-to-end training (--no-fixed_features) reads
 _END_TO_END_ONLY = ("data_augmentation", "compute_raw", "freeze_backbones", "grad_checkpointing", "standin_backbones",
-                    "smoke_random_weights", "backbone_lr", "grad_accumulation")  # fmt: skip
+                    "smoke_random_weights", "backbone_lr", "grad_accumulation", "e2e_frames", "e2e_size", "workers",
+                    "prefetch", "deep_dtype", "weights_dir")  # fmt: skip
 
 
 @dataclass
