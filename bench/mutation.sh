@@ -1,66 +1,101 @@
 #!/usr/bin/env bash
 # Mutation testing of the core modules with mutmut (outside CI: it runs the relevant tests once per mutant).
 #
-#   bash bench/mutation.sh                                  # the core modules, judged by the whole suite
-#   bash bench/mutation.sh model/losses.py model/metrics.py -- tests/test_model.py tests/test_mutants.py
+#   bash bench/mutation.sh                       # every core module, each judged by its own tests (CORE below)
+#   bash bench/mutation.sh features/raw.py       # one core module, with its tests from CORE
+#   bash bench/mutation.sh model/losses.py -- tests/test_model.py     # any module(s), judged by the tests named
 #
-# Works on a scratch copy of the committed tree (HEAD) ($M3S_MUTATION_DIR, default /tmp/m3s-mutation), so the checkout never
-# holds a mutant. Prints the score (killed / counted; timeouts count as killed, "no tests" and "survived" as
-# survivors) and the surviving mutants. Equivalent mutants (no test can tell them apart) are listed in
-# bench/mutation_equivalent.txt, one per line with its reason, and left out of the score. Re-running resumes:
-# mutmut remembers finished mutants while the sources are unchanged. MUTATION_JOBS sets the parallel runners (2).
+# Works on a scratch copy of the committed tree (HEAD) ($M3S_MUTATION_DIR, default /tmp/m3s-mutation, one folder
+# per run), so the checkout never holds a mutant. Prints each run's score (killed / counted; timeouts count as
+# killed, "no tests" and "survived" as survivors) and its surviving mutants, then one line per run. Mutants left
+# out of the score (equivalent: no test can tell them apart from the original) are listed in
+# bench/mutation_equivalent.txt, one per line with its reason. Re-running a run resumes it: mutmut remembers
+# finished mutants while the sources are unchanged (delete the folder after changing tests). MUTATION_JOBS sets
+# the parallel test runners (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 py="$repo/.venv/bin/python"
 "$py" -c "import mutmut" 2>/dev/null || "$py" -m pip install -q mutmut==3.8.1
-core=(model/losses.py model/metrics.py pipeline/training.py pipeline/checkpoint.py features/store.py features/raw.py
-      features/similarity.py pipeline/table.py config.py features/importer.py)
+
+# module(s) | the tests that judge them (the tests that exercise them, without the slow end-to-end ones)
+CORE=(
+  "model/losses.py model/metrics.py | tests/test_model.py tests/test_mutants.py"
+  "pipeline/training.py | tests/test_training_loop.py tests/test_train.py tests/test_run_records.py tests/test_faults.py tests/test_newcomer_errors.py"
+  "pipeline/checkpoint.py | tests/test_checkpoint.py tests/test_faults.py tests/test_train.py"
+  "features/store.py | tests/test_store.py tests/test_mutants.py tests/test_faults.py"
+  "features/raw.py | tests/test_raw.py tests/test_extract.py tests/test_mutants.py tests/test_e2e.py"
+  "features/similarity.py | tests/test_similarity.py tests/test_dbscan_method.py tests/test_mutants.py tests/test_faults.py"
+  "pipeline/table.py | tests/test_table.py tests/test_train.py tests/test_mutants.py tests/test_newcomer_errors.py"
+  "config.py | tests/test_config_checks.py tests/test_config.py tests/test_newcomer_errors.py tests/test_mutants.py tests/test_tiers.py tests/test_faults.py"
+  "features/importer.py | tests/test_importer.py tests/test_faults.py tests/test_mutants.py tests/test_train.py"
+)
+# tests that cannot run under mutmut: it forks the test process, and this one counts the processes it leaves
+DESELECT="not killing_the_extraction"
+
 modules=() tests=() after=0
 for arg in "$@"; do
   if [ "$arg" = "--" ]; then after=1; elif [ $after = 1 ]; then tests+=("$arg"); else modules+=("$arg"); fi
 done
-[ ${#modules[@]} -gt 0 ] || modules=("${core[@]}")
-[ ${#tests[@]} -gt 0 ] || tests=(tests)
-work=${M3S_MUTATION_DIR:-/tmp/m3s-mutation}
-mkdir -p "$work"
-git archive HEAD | tar -xf - -C "$work"  # the committed tree, not work in progress
-cd "$work"
+runs=()
+if [ ${#modules[@]} -eq 0 ]; then
+  runs=("${CORE[@]}")
+elif [ ${#tests[@]} -gt 0 ]; then
+  runs=("${modules[*]} | ${tests[*]}")
+else
+  for entry in "${CORE[@]}"; do
+    [ " ${entry%%|*}" = " ${modules[*]} " ] && runs=("$entry")
+  done
+  [ ${#runs[@]} -gt 0 ] || { echo "no tests listed for ${modules[*]} in CORE: name them after --" >&2; exit 2; }
+fi
+
 toml_list() { local out=""; for x in "$@"; do out+="\"$x\", "; done; printf '[%s]' "${out%, }"; }
-cat >> pyproject.toml <<CFG
+root=${M3S_MUTATION_DIR:-/tmp/m3s-mutation}
+summary=()
+for entry in "${runs[@]}"; do
+  read -r -a mods <<< "${entry%%|*}"
+  read -r -a judged <<< "${entry#*|}"
+  work="$root/$(echo "${mods[0]}" | tr '/.' '__')"
+  echo "== ${mods[*]} (judged by ${judged[*]}) in $work"
+  mkdir -p "$work"
+  git archive HEAD | tar -xf - -C "$work"  # the committed tree, not work in progress
+  cat >> "$work/pyproject.toml" <<CFG
 
 [tool.mutmut]
-source_paths = $(toml_list "${modules[@]}")
-pytest_add_cli_args_test_selection = $(toml_list "${tests[@]}")
+source_paths = $(toml_list "${mods[@]}")
+pytest_add_cli_args_test_selection = $(toml_list "${judged[@]}")
 also_copy = ["core", "tiers", "pipeline", "features", "model", "dataset.py", "config.py", "train.py", "evaluate.py",
              "gen_features.py", "configs", "tests", "envs", "weights"]
-pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-x"]
+pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-x", "-k", "$DESELECT"]
 CFG
-export OMP_NUM_THREADS=1 M3S_DATA_DIR="$work/data"
-"$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > run.log 2>&1 || { tail -20 run.log; }
-"$py" -m mutmut results --all true > results.txt 2>&1 || "$py" -m mutmut results > results.txt 2>&1
-"$py" - "$repo/bench/mutation_equivalent.txt" <<'PY'
+  (cd "$work" && OMP_NUM_THREADS=1 M3S_DATA_DIR="$work/data" "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" \
+     > run.log 2>&1) || tail -20 "$work/run.log"
+  (cd "$work" && { "$py" -m mutmut results --all true > results.txt 2>&1 || "$py" -m mutmut results > results.txt 2>&1; })
+  line=$("$py" - "$repo/bench/mutation_equivalent.txt" "$work/results.txt" <<'PY'
 import re
 import sys
 from pathlib import Path
 
 equivalent = {}
-listed = Path(sys.argv[1])
-if listed.is_file():
-    for line in listed.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, why = line.partition(" ")
-            equivalent[name] = why.strip()
+for line in Path(sys.argv[1]).read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+        name, _, why = line.partition(" ")
+        equivalent[name] = why.strip()
 status = {}
-for line in Path("results.txt").read_text().splitlines():
-    m = re.match(r"\s*([\w.\[\]<>-]+__mutmut_\d+): (.+)", line)
+for line in Path(sys.argv[2]).read_text().splitlines():
+    m = re.match(r"\s*([\w.\[\]<>ǁ-]+__mutmut_\d+): (.+)", line)
     if m:
         status[m.group(1)] = m.group(2).strip()
 counted = {k: v for k, v in status.items() if k not in equivalent}
 killed = sum(v in ("killed", "timeout") for v in counted.values())
-total = len(counted)
-print(f"mutants {len(status)}, equivalent (left out) {len(status) - total}, killed {killed}/{total} = "
-      f"{100 * killed / max(total, 1):.1f} %")
 for name in sorted(k for k, v in counted.items() if v not in ("killed", "timeout")):
-    print(f"  {counted[name]}: {name}")
+    print(f"  {counted[name]}: {name}", file=sys.stderr)
+print(f"mutants {len(status)}, equivalent (left out) {len(status) - len(counted)}, killed {killed}/{len(counted)} = "
+      f"{100 * killed / max(len(counted), 1):.1f} %")
 PY
+)
+  echo "$line"
+  summary+=("${mods[*]}: $line")
+done
+echo "== summary"
+printf '%s\n' "${summary[@]}"

@@ -47,6 +47,7 @@ def test_registered_with_its_options_and_store():
     assert gen.clip_download is True and not hasattr(TrainConfig(), "clip_download")  # extraction-only option
 
 
+@pytest.mark.slow
 def test_smoke_settings_and_output():
     ext = smoke_extractor()
     settings = ext.settings()
@@ -110,6 +111,7 @@ def _random_clip(seed: int) -> torch.nn.Module:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["state_dict", "torchscript"])
 def test_weights_files_load_into_the_image_tower(tmp_path, layout, pin_weights):
     """An open_clip state dict (.bin) and an OpenAI-style TorchScript archive (.pt) both load, values exact."""
@@ -148,6 +150,7 @@ def test_clip_download_saves_under_the_name_extraction_looks_for(tmp_path, monke
     assert torch.equal(visual.conv1.weight, model.visual.conv1.weight)
 
 
+@pytest.mark.slow
 def test_misshapen_weights_name_the_key(tmp_path):
     model = _random_clip(seed=1)
     state = model.state_dict()

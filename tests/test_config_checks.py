@@ -4,6 +4,7 @@ first accepted one), and the --help of the three scripts built from the config f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 import config
 from config import ConfigError, EvalConfig, GenConfig, TrainConfig, default_data_dir, from_dict, parse
+from tests.test_config import REFERENCE_FLAGS
 from tiers import TIERS
 
 
@@ -267,6 +269,7 @@ def test_to_dict_round_trips():
 # --------------------------------------------------------------------------- --help, from a fresh interpreter
 
 
+@functools.cache
 def _help(script: str) -> str:
     out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=config.ROOT)
     assert out.returncode == 0, out.stderr
@@ -293,6 +296,13 @@ def test_help_documents_every_field_with_its_default(script, cls):
             assert "{" + ",".join(map(str, f.metadata["choices"])) + "}" in text, f.name
     doc = " ".join((config.ROOT / script).read_text().split('"""')[1].split())  # the script's docstring
     assert doc[:60] in text
+
+
+def test_help_lists_every_reference_flag_and_its_default():
+    text = _help("train.py")
+    missing = [f for f in REFERENCE_FLAGS if f"{f} " not in text]
+    assert not missing, missing
+    assert "number of epochs (default: 20)" in text and "(default: 512 64)" in text and "(default: 0.001)" in text
 
 
 def test_the_tier_switches_and_options_in_the_configs():

@@ -238,6 +238,7 @@ print(json.dumps([s.extracted for s in run(GenConfig(**json.loads(sys.argv[1])))
 """
 
 
+@pytest.mark.slow
 def test_end_to_end_through_the_orchestrator(tmp_path):
     """gen_features' loop (features/extract.py) over a tiny Memento10k: both deep families, smoke weights, resume."""
     from features.store import FeatureStore

@@ -227,6 +227,7 @@ def test_two_torchrun_processes_give_the_weights_of_one(data_dir, tmp_path):
                for k, v in one["backbones"].items() if k.startswith("hrnet.") and v.is_floating_point())  # fmt: skip
 
 
+@pytest.mark.slow
 def test_scoring_new_videos_runs_the_fine_tuned_backbones(data_dir, tmp_path):
     from pipeline.apply import read_scores, score_videos
 
@@ -259,6 +260,7 @@ def test_cuda_step_mixed_precision_channels_last(data_dir, tmp_path):
     assert np.isfinite(trainer.predict("val")).all()
 
 
+@pytest.mark.slow
 def test_imported_features_join_the_step_and_decoding_workers_change_nothing(data_dir, tmp_path):
     from pipeline.extraction import run_import
 

@@ -105,6 +105,7 @@ def test_killed_run_resumes_to_identical_bytes(reference, corpus, tmp_path):
     assert (features / "Memento10k" / "raw.h5").read_bytes() == ref_path.read_bytes()
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_gives_identical_bytes(reference, corpus, tmp_path):
     ref_path, _ = reference
     features = tmp_path / "f"

@@ -68,11 +68,6 @@ def test_abbreviations_are_off_and_typos_get_the_closest_flag(capsys):
     assert "did you mean --checkpoint?" in capsys.readouterr().err
 
 
-def test_help_shows_every_default():
-    out = _script("train.py", "--help").stdout
-    assert "number of epochs (default: 20)" in out and "(default: mse)" in out
-
-
 def test_a_misspelt_extra_features_name_lists_the_stores(memento, tmp_path):
     _import(memento, tmp_path, "emb")
     cfg = TrainConfig(data_dir=str(memento), extra_features=["embb"])

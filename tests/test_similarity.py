@@ -137,6 +137,7 @@ def test_training_with_similarity_module(corpus, tmp_path, monkeypatch):
     assert set(ckpt["stats"]) == {"similarity"}  # normalised with train statistics (--normalize_similarity)
 
 
+@pytest.mark.slow
 def test_gen_features_cli_computes_similarity_and_names_missing_sources(corpus):
     import subprocess
     import sys

@@ -1,0 +1,375 @@
+"""The training loop itself, on an in-memory feature table (no dataset, no files): what an epoch computes, how the
+best epoch is chosen and kept, what a checkpoint holds, how a run resumes, and the messages it prints."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from config import ConfigError, TrainConfig
+from model.losses import LOSSES
+from model.metrics import compute_metrics
+from model.mlp import ModularMLP
+from pipeline import training
+from pipeline.checkpoint import save_checkpoint
+from pipeline.table import FeatureTable, SplitData
+from pipeline.training import (
+    Trainer,
+    free_run_name,
+    interrupted_message,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    resolve_resume,
+    seed_everything,
+    set_threads,
+    summary_lines,
+)
+
+
+def make_table(n_train: int = 45, n_val: int = 20, dim: int = 4, seed: int = 0) -> FeatureTable:
+    """A learnable task: y is a squashed linear function of x, plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, generator=g)
+
+    def split(n: int, prefix: str) -> SplitData:
+        x = torch.randn(n, dim, generator=g)
+        y = torch.sigmoid(x @ w + 0.1 * torch.randn(n, generator=g))
+        return SplitData([f"{prefix}{i}" for i in range(n)], x, y)
+
+    stats = {"emb": {"mean": torch.zeros(dim), "std": torch.ones(dim)}}
+    sources = {"emb": {"tier": "imported", "features": ["emb"], "settings": {}, "smoke": False}}
+    return FeatureTable(["emb"], {"emb": dim}, {"train": split(n_train, "t"), "val": split(n_val, "v")}, stats,
+                        sources)  # fmt: skip
+
+
+def make_cfg(**kw) -> TrainConfig:
+    base = {"extra_features": ["emb"], "seed": 3, "epochs": 3, "batch_size": 8, "hidden_channels": [6], "lr": 0.01}
+    return TrainConfig(**(base | kw))
+
+
+class Recorder:
+    """A RunLogger stand-in that keeps every call."""
+
+    def __init__(self) -> None:
+        self.rows, self.checkpoints, self.finished = [], [], None
+
+    def epoch(self, row, pred, true):
+        self.rows.append((dict(row), pred.copy(), true.copy()))
+
+    def checkpoint(self, state, is_best):
+        self.checkpoints.append((state, is_best))
+
+    def finish(self, history, best, val, best_pred, last_pred):
+        self.finished = (list(history), dict(best), val, best_pred.copy(), last_pred.copy())
+
+
+def test_seed_everything_seeds_python_numpy_and_torch():
+    seed = 2**40 + 5  # numpy takes it modulo 2**32
+    seed_everything(seed)
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    assert drawn == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
+def test_threads_follow_the_flag_or_the_size_of_a_step(monkeypatch):
+    monkeypatch.setattr(training, "available_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(make_cfg(threads=3)) == 3 and torch.get_num_threads() == 3
+        assert set_threads(make_cfg(batch_size=32)) == 1
+        assert set_threads(make_cfg(batch_size=32), runs=64) == 2  # 2048 rows a step
+        assert set_threads(make_cfg(batch_size=1024), runs=9) == 4  # never more than the cores
+        assert set_threads(make_cfg(batch_size=1023)) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_get_every_hyper_parameter(name):
+    cfg = make_cfg(optimizer=name, lr=0.02, weight_decay=0.003, momentum=0.7)
+    opt = make_optimizer(cfg, ModularMLP({"emb": 2}, [3]).parameters())
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    group = opt.param_groups[0]
+    assert type(opt) is kind and (group["lr"], group["weight_decay"], group["fused"]) == (0.02, 0.003, True)
+    if name == "sgd":
+        assert group["momentum"] == 0.7
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "lrs"),
+    [
+        ("step", [0.1, 0.1, 0.05, 0.05, 0.025]),
+        ("cosine", [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)]),
+        ("none", [0.1] * 5),
+    ],
+)
+def test_schedules_over_epochs(scheduler, lrs):
+    cfg = make_cfg(scheduler=scheduler, lr=0.1, scheduler_step_size=2, scheduler_gamma=0.5, epochs=4)
+    opt = torch.optim.SGD(ModularMLP({"emb": 2}, [3]).parameters(), lr=0.1)
+    sched = make_scheduler(cfg, opt)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(lrs)
+
+
+def test_predict_in_chunks_equals_one_pass_in_eval_mode():
+    model = ModularMLP({"emb": 3}, [4]).train()
+    x = torch.randn(10, 3)
+    whole = model(x).detach().numpy()
+    out = predict(model, x, batch=3)
+    assert out.dtype == np.float32 and out.shape == (10,) and not model.training
+    np.testing.assert_allclose(out, whole, rtol=1e-6)
+    np.testing.assert_allclose(predict(model, x), whole, rtol=1e-6)
+
+
+def test_a_table_without_train_or_val_is_refused():
+    table = make_table()
+    del table.splits["val"]
+    with pytest.raises(ConfigError) as err:
+        Trainer(make_cfg(dataset="VideoMem"), table, torch.device("cpu"))
+    assert str(err.value) == "VideoMem needs scored train and val videos; found splits ['train']"
+    table = make_table()
+    del table.splits["train"]
+    with pytest.raises(ConfigError, match=r"found splits \['val'\]"):
+        Trainer(make_cfg(), table, torch.device("cpu"))
+
+
+def test_an_unseeded_run_draws_and_records_a_seed(monkeypatch):
+    monkeypatch.setattr(training.os, "urandom", lambda n: bytes([7, 1, 0, 0][:n]))
+    cfg = make_cfg(seed=None)
+    Trainer(cfg, make_table(), torch.device("cpu"))
+    assert cfg.seed == 7 + 256
+
+
+def test_the_loss_context_holds_the_train_mean_and_the_schedule():
+    table = make_table()
+    trainer = Trainer(make_cfg(epochs=5, mse_tails_pow=3.0, mse_tails_mult_fact=1.5), table, torch.device("cpu"))
+    ctx = trainer.ctx
+    assert (ctx.epoch, ctx.epochs, ctx.tails_pow, ctx.tails_mult) == (0, 5, 3.0, 1.5)
+    assert ctx.train_mean == pytest.approx(float(table.splits["train"].y.double().mean()), rel=1e-12)
+    assert ctx.train_mean != pytest.approx(float(table.splits["val"].y.double().mean()), rel=1e-3)
+
+
+def test_an_epoch_returns_the_mean_loss_over_samples_and_steps_the_schedule():
+    """With a vanishing lr the model does not move, so the epoch's loss is the plain MSE over all train samples,
+    whatever the batch split (45 = 5 x 8 + 5: a last, smaller batch weighs less)."""
+    table = make_table()
+    trainer = Trainer(make_cfg(optimizer="sgd", momentum=0.0, lr=1e-30, scheduler_step_size=1), table, "cpu")
+    train = table.splits["train"]
+    with torch.no_grad():
+        expected = float(((trainer.model(train.x) - train.y) ** 2).mean())
+    assert trainer.train_epoch(2) == pytest.approx(expected, rel=1e-5)
+    assert trainer.model.training and trainer.ctx.epoch == 2
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-30 * 0.2)
+
+
+def test_an_epoch_visits_every_train_video_once_per_epoch_in_seeded_order():
+    table = make_table()
+    trainer = Trainer(make_cfg(batch_size=8), table, "cpu")
+    seen = []
+    trainer.loss_fn = lambda pred, y, ctx: (seen.append(y.clone()), ((pred - y) ** 2).mean())[1]
+    trainer.train_epoch(0)
+    order = torch.randperm(45, generator=torch.Generator().manual_seed(3))
+    assert [len(b) for b in seen] == [8] * 5 + [5]
+    torch.testing.assert_close(torch.cat(seen), table.splits["train"].y[order])
+
+
+def test_evaluate_scores_the_split_and_its_loss():
+    table = make_table()
+    trainer = Trainer(make_cfg(loss="l1"), table, "cpu")
+    val = table.splits["val"]
+    metrics, pred = trainer.evaluate(val)
+    expected = compute_metrics(predict(trainer.model, val.x), val.y.numpy())
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+    assert metrics["loss"] == pytest.approx(float((torch.from_numpy(pred) - val.y).abs().mean()), rel=1e-6)
+
+
+def test_fit_keeps_the_best_epoch_on_val_and_reports_the_last():
+    table = make_table()
+    cfg = make_cfg(epochs=6, lr=0.05, save=True)
+    trainer = Trainer(cfg, table, "cpu")
+    scores = iter([0.2, 0.5, 0.5, 0.4, 0.6, 0.1])  # val Spearman of each epoch: best is epoch 4, ties do not win
+    real = trainer.evaluate
+    weights = []
+
+    def scripted(split):
+        metrics, pred = real(split)
+        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return metrics | {"spearman": next(scores)}, pred
+
+    trainer.evaluate = scripted
+    log = Recorder()
+    lrs = [g["lr"] for g in trainer.opt.param_groups]
+    result = trainer.fit(log)
+    history = trainer.history
+    assert [r["epoch"] for r in history] == list(range(6)) and history[0]["lr"] == lrs[0]
+    assert set(history[0]) >= {"epoch", "lr", "train_loss", "seconds", "val_spearman", "val_loss", "val_mse"}
+    assert result["best"] == history[4] and result["last"] == history[5]
+    assert [improved for _, improved in log.checkpoints] == [True, True, False, False, True, False]
+    assert [state["epoch"] for state, _ in log.checkpoints] == list(range(6))
+    for k, v in trainer.best_model.items():
+        torch.testing.assert_close(v, weights[4][k])
+    assert [row for row, _, _ in log.rows] == history
+    np.testing.assert_array_equal(log.rows[0][2], table.splits["val"].y.numpy())
+    done_history, best, val, best_pred, last_pred = log.finished
+    assert done_history == history and best == history[4] and val is table.splits["val"]
+    best_net = ModularMLP(table.dims, cfg.hidden_channels)
+    best_net.load_state_dict(weights[4])
+    np.testing.assert_allclose(best_pred, predict(best_net, val.x), rtol=1e-6)
+    np.testing.assert_allclose(last_pred, predict(trainer.model, val.x), rtol=1e-6)
+    assert not np.allclose(best_pred, last_pred)
+
+
+def test_without_save_or_log_no_checkpoint_is_made(capsys):
+    log = Recorder()
+    Trainer(make_cfg(epochs=2), make_table(), "cpu").fit(log)
+    assert log.checkpoints == [] and len(log.rows) == 2
+    printed = capsys.readouterr().out  # no terminal under pytest: one line an epoch
+    assert "epoch 1/2: train mse " in printed and "(best so far)" in printed and "epoch 2/2" in printed
+
+
+def test_a_checkpoint_holds_the_whole_run_and_resumes_it_exactly(tmp_path):
+    table = make_table()
+    cfg = make_cfg(epochs=4, save=True)
+    whole = Trainer(cfg, table, "cpu")
+    whole.fit(Recorder())
+    first = Trainer(make_cfg(epochs=2, save=True), table, "cpu")
+    log = Recorder()
+    first.fit(log)
+    state = log.checkpoints[-1][0]
+    assert state["tiers"] == {"emb": "imported"} and state["modules"] == ["emb"] and state["dims"] == {"emb": 4}
+    assert state["train_mean"] == first.ctx.train_mean and state["fitted"] == {} and state["epoch"] == 1
+    assert state["config"]["epochs"] == 2 and state["sources"] is table.sources and state["stats"] is table.stats
+    assert state["best"] == first.best and len(state["history"]) == 2 and state["metrics"] == first.history[-1]
+    save_checkpoint(state, tmp_path / "last.pt")
+    resumed = Trainer(make_cfg(epochs=4, save=True), table, "cpu", resume=torch.load(tmp_path / "last.pt"))
+    assert resumed.start_epoch == 2
+    resumed.fit(Recorder())
+    for k, v in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v)
+    assert [r["val_spearman"] for r in resumed.history] == [r["val_spearman"] for r in whole.history]
+
+
+def test_a_run_resumed_past_its_last_epoch_still_finishes():
+    table = make_table()
+    first = Trainer(make_cfg(epochs=2, save=True), table, "cpu")
+    log = Recorder()
+    first.fit(log)
+    again = Trainer(make_cfg(epochs=2), table, "cpu", resume=log.checkpoints[-1][0])
+    done = Recorder()
+    result = again.fit(done)
+    assert done.rows == [] and result["last"] == first.history[-1]
+    np.testing.assert_allclose(done.finished[4], predict(first.model, table.splits["val"].x), rtol=1e-6)
+
+
+def test_a_checkpoint_of_other_widths_is_refused():
+    log = Recorder()
+    Trainer(make_cfg(epochs=1, save=True), make_table(dim=4), "cpu").fit(log)
+    with pytest.raises(ConfigError) as err:
+        Trainer(make_cfg(), make_table(dim=5), "cpu", resume=log.checkpoints[-1][0])
+    assert str(err.value) == "checkpoint dims {'emb': 4} differ from the feature table's {'emb': 5}"
+
+
+def _saved_run(tmp_path, **kw):
+    log = Recorder()
+    Trainer(make_cfg(epochs=2, save=True, **kw), make_table(), "cpu").fit(log)
+    path = tmp_path / "runs" / "old" / "last.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(log.checkpoints[-1][0], path)
+    return path
+
+
+def test_resume_takes_the_checkpoint_config_and_the_flags_given_now(tmp_path):
+    path = _saved_run(tmp_path)
+    cfg = make_cfg(checkpoint_local=str(path), epochs=5)
+    assert resolve_resume(make_cfg(), {}) == (make_cfg(), None)
+    resumed, ckpt = resolve_resume(cfg, {"epochs": 5})
+    assert (resumed.epochs, resumed.lr, resumed.name, resumed.checkpoint_local) == (5, 0.01, "old", str(path))
+    assert resumed.runs_dir == str((tmp_path / "runs").resolve()) and ckpt["epoch"] == 1
+    renamed, _ = resolve_resume(cfg, {"epochs": 5, "name": "new"})
+    assert (renamed.name, renamed.runs_dir) == ("new", "runs")
+
+
+def test_resume_refuses_changed_training_settings_in_one_message(tmp_path):
+    path = _saved_run(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        resolve_resume(make_cfg(checkpoint_local=str(path)), {"lr": 0.5, "hidden_channels": [7], "data_dir": "/x"})
+    assert str(err.value) == (
+        "--hidden_channels [7] differs from the checkpoint's [6]; --lr 0.5 differs from the checkpoint's 0.01. A "
+        f"resumed run keeps the model, inputs and training settings of {path}; start a new run (another -n NAME) "
+        "instead"
+    )
+
+
+def test_resume_refuses_a_best_checkpoint_without_optimiser_and_a_stretched_cosine(tmp_path):
+    path = _saved_run(tmp_path, scheduler="cosine")
+    with pytest.raises(ConfigError) as err:
+        resolve_resume(make_cfg(checkpoint_local=str(path)), {"epochs": 3})
+    assert str(err.value) == (
+        f"{path} follows a cosine schedule over 2 epochs; it cannot be stretched to 3 after the fact (its learning "
+        "rate would jump back up). Resume with the same --epochs, or start a new run (a step or constant schedule "
+        "can be extended)"
+    )
+    assert resolve_resume(make_cfg(checkpoint_local=str(path)), {"epochs": 2})[0].epochs == 2
+    state = torch.load(path)
+    del state["optimizer"]
+    save_checkpoint(state, path)
+    with pytest.raises(ConfigError) as err:
+        resolve_resume(make_cfg(checkpoint_local=str(path)), {})
+    assert str(err.value) == f"{path} holds no optimiser state (a best.pt rebuilt after a kill); resume from last.pt"
+
+
+def test_a_taken_run_name_gets_the_next_free_number(tmp_path, capsys):
+    assert free_run_name(tmp_path, "demo") == "demo" and capsys.readouterr().out == ""
+    for name in ("demo", "demo-2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("{}")
+    (tmp_path / "demo-3").mkdir()  # a folder without a run in it is free
+    assert free_run_name(tmp_path, "demo") == "demo-3"
+    assert capsys.readouterr().out == (
+        f"{tmp_path / 'demo'} holds another run; this one is {tmp_path / 'demo-3'} (-n NAME to choose)\n"
+    )
+
+
+def test_the_interrupted_message_says_how_to_resume(tmp_path):
+    assert interrupted_message(tmp_path) == (
+        "interrupted before any checkpoint was written (train with -s to be able to resume); the epochs done are in "
+        f"{tmp_path / 'metrics.jsonl'}"
+    )
+    log = Recorder()
+    Trainer(make_cfg(epochs=1, save=True), make_table(), "cpu").fit(log)
+    save_checkpoint(log.checkpoints[-1][0] | {"epoch": 6}, tmp_path / "last.pt")
+    assert interrupted_message(tmp_path) == (
+        f"interrupted; the last checkpoint is {tmp_path / 'last.pt'} (epoch 7). Resume with: "
+        f".venv/bin/python train.py --checkpoint_local {tmp_path / 'last.pt'}"
+    )
+
+
+def test_the_summary_gives_the_best_and_the_last_epoch():
+    def row(epoch, s):
+        return {"epoch": epoch, "val_spearman": s, "val_kendall": s / 2, "val_mse": 0.01, "val_mae": 0.08}
+
+    lines = summary_lines({"best": row(4, 0.61234), "last": row(9, 0.5), "run_dir": "runs/x"})
+    assert lines == [
+        "best epoch 5 (selected on val, so optimistic): spearman 0.6123, kendall 0.3062, mse 0.0100, mae 0.0800",
+        "last epoch 10: spearman 0.5000, kendall 0.2500, mse 0.0100, mae 0.0800",
+        "run directory: runs/x (plots: scatter_val.png, histograms_val.png, learning_curves.png)",
+    ]
+    nan = summary_lines({"best": row(0, float("nan")), "last": row(0, float("nan")), "run_dir": "r"})
+    assert nan[0] == "warning: val Spearman is NaN" and len(nan) == 4
+
+
+def test_every_loss_trains_one_epoch():
+    for name in LOSSES:
+        loss = Trainer(make_cfg(loss=name), make_table(), "cpu").train_epoch(0)
+        assert math.isfinite(loss), name
