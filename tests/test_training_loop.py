@@ -3,14 +3,17 @@ best epoch is chosen and kept, what a checkpoint holds, how a run resumes, and t
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from config import ConfigError, TrainConfig
+from config import ConfigError, TrainConfig, parse_explicit
 from model.losses import LOSSES
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
@@ -25,10 +28,12 @@ from pipeline.training import (
     make_scheduler,
     predict,
     resolve_resume,
+    run_training,
     seed_everything,
     set_threads,
     summary_lines,
 )
+from tests.test_train import _import, _train
 
 
 def make_table(n_train: int = 45, n_val: int = 20, dim: int = 4, seed: int = 0) -> FeatureTable:
@@ -373,3 +378,32 @@ def test_every_loss_trains_one_epoch():
     for name in LOSSES:
         loss = Trainer(make_cfg(loss=name), make_table(), "cpu").train_epoch(0)
         assert math.isfinite(loss), name
+
+
+# --------------------------------------------------------------------------- run_training over a dataset
+
+
+def test_an_unnamed_run_is_named_after_its_dataset_modules_and_time(memento, tmp_path, capsys):
+    _import(memento, tmp_path, name="emb")
+    _import(memento, tmp_path, name="emb2")
+    result = _train(memento, tmp_path, "--extra_features", "emb", "emb2", "--epochs", "1")
+    assert re.fullmatch(r"Memento10k_emb\+emb2_\d{8}-\d{6}", Path(result["run_dir"]).name)
+    assert (
+        "Memento10k: {'train': 60, 'val': 20} videos; modules {'emb': 6, 'emb2': 6} -> in_dim 12; device cpu; seed 3"
+    ) in capsys.readouterr().out
+
+
+def test_a_resumed_run_keeps_the_normalisation_of_its_checkpoint(memento, tmp_path):
+    """Resuming rebuilds the table with the checkpoint's statistics, not new ones from today's train split."""
+    _import(memento, tmp_path)
+    _train(memento, tmp_path, "-n", "r", "-s", "--epochs", "1", "--normalize_extra")
+    last = tmp_path / "runs" / "r" / "last.pt"
+    before = torch.load(last, weights_only=True)["stats"]
+    annotations = memento / "Memento10k" / "memento_train_data.json"
+    annotations.write_text(json.dumps(json.loads(annotations.read_text())[:30]))  # half the train videos now
+    cfg, explicit = parse_explicit(TrainConfig, ["--checkpoint_local", str(last), "--epochs", "2"], check=False)
+    run_training(cfg, explicit)
+    after = torch.load(last, weights_only=True)
+    assert after["epoch"] == 1 and set(after["stats"]) == set(before) == {"emb"}
+    for key, value in before["emb"].items():
+        torch.testing.assert_close(after["stats"]["emb"][key], value)
