@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 py="$repo/.venv/bin/python"
+[ -x "$py" ] || bash envs/setup.sh  # a fresh clone: the environment first
 "$py" -c "import mutmut" 2>/dev/null || "$py" -m pip install -q mutmut==3.8.1
 
 # module(s) | the tests that judge them (the tests that exercise them, without the slow end-to-end ones)
