@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from config import ConfigError, TrainConfig, parse_explicit
+from config import ConfigError, GenConfig, TrainConfig, parse, parse_explicit
+from dataset import load_records
 from model.losses import LOSSES
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
 from pipeline import training
 from pipeline.checkpoint import save_checkpoint
+from pipeline.extraction import run_import as import_features
 from pipeline.table import FeatureTable, SplitData
 from pipeline.training import (
     Trainer,
@@ -407,3 +409,44 @@ def test_a_resumed_run_keeps_the_normalisation_of_its_checkpoint(memento, tmp_pa
     assert after["epoch"] == 1 and set(after["stats"]) == set(before) == {"emb"}
     for key, value in before["emb"].items():
         torch.testing.assert_close(after["stats"]["emb"][key], value)
+
+
+def test_a_seeded_videomem_split_is_said_and_recorded(tmp_path, capsys):
+    """Without the official pickle, VideoMem's train/val split is drawn (seeded): the run says which one it used."""
+    root = tmp_path / "data" / "VideoMem"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.6, 1.0, 50)
+    lines = ["video,short-term_memorability,nb_short-term_annotations,long-term_memorability,nb_long-term_annotations"]
+    lines += [f"video{i}.webm,{s:.3f},30,0.5,10" for i, s in enumerate(scores)]
+    (root / "ground-truth_dev-set.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
+    x = np.c_[scores * 10, rng.normal(size=(50, 3))].astype(np.float32)
+    np.savez(tmp_path / "f.npz", ids=np.array([f"video{i}" for i in range(50)]), emb=x)
+    gen = ["--dataset", "VideoMem", "--data_dir", str(tmp_path / "data"), "--import", str(tmp_path / "f.npz")]
+    import_features(parse(GenConfig, [*gen, "--name", "emb"]))
+    source = load_records("VideoMem", GenConfig(data_dir=str(tmp_path / "data")))[0].extras["split_source"]
+    capsys.readouterr()
+    argv = ["--dataset", "VideoMem", "--data_dir", str(tmp_path / "data"), "--runs_dir", str(tmp_path / "runs"),
+            "-n", "vm", "--extra_features", "emb", "--epochs", "1", "--seed", "0"]  # fmt: skip
+    run_training(*parse_explicit(TrainConfig, argv, check=False))
+    assert f"VideoMem train/val split: {source}\n" in capsys.readouterr().out
+    assert json.loads((tmp_path / "runs" / "vm" / "summary.json").read_text())["split"] == source
+
+
+def test_every_smoke_store_is_named_in_the_warning(memento, tmp_path, monkeypatch, capsys):
+    _import(memento, tmp_path, name="emb")
+    _import(memento, tmp_path, name="emb2")
+    real = FeatureTable.build.__func__
+
+    def smoke_build(cls, *args, **kwargs):
+        table = real(cls, *args, **kwargs)
+        for source in table.sources.values():
+            source["smoke"] = True  # as stores extracted with --smoke_random_weights are
+        return table
+
+    monkeypatch.setattr(FeatureTable, "build", classmethod(smoke_build))
+    _train(memento, tmp_path, "--extra_features", "emb", "emb2", "--epochs", "1")
+    assert (
+        "warning: emb, emb2 hold SMOKE features (random backbone weights): this run measures nothing"
+        in capsys.readouterr().out
+    )
