@@ -94,6 +94,7 @@ def test_threads_follow_the_flag_or_the_size_of_a_step(monkeypatch):
         assert set_threads(make_cfg(batch_size=32), runs=64) == 2  # 2048 rows a step
         assert set_threads(make_cfg(batch_size=1024), runs=9) == 4  # never more than the cores
         assert set_threads(make_cfg(batch_size=1023)) == 1
+        assert set_threads(make_cfg(batch_size=1024)) == 1 and set_threads(make_cfg(batch_size=1024), runs=2) == 2
     finally:
         torch.set_num_threads(before)
 
@@ -450,3 +451,17 @@ def test_every_smoke_store_is_named_in_the_warning(memento, tmp_path, monkeypatc
         "warning: emb, emb2 hold SMOKE features (random backbone weights): this run measures nothing"
         in capsys.readouterr().out
     )
+
+
+def test_resume_from_wandb_fetches_from_the_project_and_names_a_foreign_config(tmp_path, monkeypatch):
+    path = _saved_run(tmp_path)
+    asked = []
+    monkeypatch.setattr(training, "fetch_wandb_checkpoint", lambda *args: (asked.append(args), path)[1])
+    cfg = make_cfg(checkpoint_run_id="ent/proj/abc", checkpoint_epoch=1, project="memo", runs_dir=str(tmp_path / "r"))
+    resumed, _ = resolve_resume(cfg, {})
+    assert asked == [("ent/proj/abc", 1, "memo")] and resumed.runs_dir == str(tmp_path / "r")
+    state = torch.load(path)
+    state["config"]["future_flag"] = 1  # a checkpoint from another version of m3s
+    save_checkpoint(state, path)
+    with pytest.raises(ConfigError, match=rf"^checkpoint {re.escape(str(path))}: unknown key\(s\) future_flag; "):
+        resolve_resume(make_cfg(checkpoint_local=str(path)), {})
