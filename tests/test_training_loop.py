@@ -238,12 +238,53 @@ def test_fit_keeps_the_best_epoch_on_val_and_reports_the_last():
     assert not np.allclose(best_pred, last_pred)
 
 
-def test_without_save_or_log_no_checkpoint_is_made(capsys):
+def _scripted(trainer: Trainer, scores: list[float]) -> None:
+    """Make ``trainer``'s val Spearman of each epoch the next of ``scores``."""
+    real, it = trainer.evaluate, iter(scores)
+    trainer.evaluate = lambda split: (lambda m, p: (m | {"spearman": next(it)}, p))(*real(split))
+
+
+def test_without_a_terminal_each_epoch_is_one_line_and_without_save_or_log_no_checkpoint(capsys):
     log = Recorder()
-    Trainer(make_cfg(epochs=2), make_table(), "cpu").fit(log)
+    trainer = Trainer(make_cfg(epochs=2), make_table(), "cpu")
+    _scripted(trainer, [0.5, 0.25])
+    trainer.fit(log)
     assert log.checkpoints == [] and len(log.rows) == 2
-    printed = capsys.readouterr().out  # no terminal under pytest: one line an epoch
-    assert "epoch 1/2: train mse " in printed and "(best so far)" in printed and "epoch 2/2" in printed
+    assert 0 <= trainer.history[0]["seconds"] < 60
+    loss = [f"{r['train_loss']:.4f}" for r in trainer.history]
+    assert capsys.readouterr().out == (  # no terminal under pytest
+        f"epoch 1/2: train mse {loss[0]}, val Spearman 0.5000 (best so far)\n"
+        f"epoch 2/2: train mse {loss[1]}, val Spearman 0.2500\n"
+    )
+
+
+def test_on_a_terminal_the_bar_shows_the_epochs_loss_and_val_spearman(monkeypatch, capsys):
+    shown = []
+
+    class Bar:
+        disable = False  # a terminal
+
+        def __init__(self, iterable, **kwargs):
+            self.iterable = iterable
+            shown.append(kwargs)
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def set_postfix(self, **kwargs):
+            shown.append(kwargs)
+
+    monkeypatch.setattr(training, "tqdm", Bar)
+    trainer = Trainer(make_cfg(epochs=2), make_table(), "cpu")
+    _scripted(trainer, [0.5, 0.25])
+    trainer.fit(Recorder())
+    loss = [f"{r['train_loss']:.4f}" for r in trainer.history]
+    assert shown == [
+        {"desc": "epochs", "unit": "ep", "disable": None},
+        {"loss": loss[0], "val_spearman": "0.5000"},
+        {"loss": loss[1], "val_spearman": "0.2500"},
+    ]
+    assert capsys.readouterr().out == ""  # the bar instead of the lines
 
 
 def test_a_checkpoint_holds_the_whole_run_and_resumes_it_exactly(tmp_path):
