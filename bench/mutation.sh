@@ -72,29 +72,7 @@ CFG
   (cd "$work" && OMP_NUM_THREADS=1 M3S_DATA_DIR="$work/data" "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" \
      > run.log 2>&1) || tail -20 "$work/run.log"
   (cd "$work" && { "$py" -m mutmut results --all true > results.txt 2>&1 || "$py" -m mutmut results > results.txt 2>&1; })
-  line=$("$py" - "$repo/bench/mutation_equivalent.txt" "$work/results.txt" <<'PY'
-import re
-import sys
-from pathlib import Path
-
-equivalent = {}
-for line in Path(sys.argv[1]).read_text().splitlines():
-    if line.strip() and not line.startswith("#"):
-        name, _, why = line.partition(" ")
-        equivalent[name] = why.strip()
-status = {}
-for line in Path(sys.argv[2]).read_text().splitlines():
-    m = re.match(r"\s*([\w.\[\]<>ǁ-]+__mutmut_\d+): (.+)", line)
-    if m:
-        status[m.group(1)] = m.group(2).strip()
-counted = {k: v for k, v in status.items() if k not in equivalent}
-killed = sum(v in ("killed", "timeout") for v in counted.values())
-for name in sorted(k for k, v in counted.items() if v not in ("killed", "timeout")):
-    print(f"  {counted[name]}: {name}", file=sys.stderr)
-print(f"mutants {len(status)}, equivalent (left out) {len(status) - len(counted)}, killed {killed}/{len(counted)} = "
-      f"{100 * killed / max(len(counted), 1):.1f} %")
-PY
-)
+  line=$("$py" "$repo/bench/mutation_score.py" "$repo/bench/mutation_equivalent.txt" "$work/results.txt")
   echo "$line"
   summary+=("${mods[*]}: $line")
 done
