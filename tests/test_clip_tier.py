@@ -129,6 +129,7 @@ def test_weights_files_load_into_the_image_tower(tmp_path, layout, pin_weights):
     assert info["weights"].startswith("clip/RN50_openai.") and info["size"] == (224, 224)
 
 
+@pytest.mark.slow
 def test_clip_download_saves_under_the_name_extraction_looks_for(tmp_path, monkeypatch):
     """--clip_download: open_clip's download (faked here: no network) lands in <weights_dir>/clip/<model>_<tag>."""
     open_clip = _open_clip()

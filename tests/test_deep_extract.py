@@ -112,6 +112,7 @@ def _normalised(frames: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
     return ((x - torch.tensor(mean)) / torch.tensor(std)).movedim(-1, -3 if frames.ndim == 4 else 1)
 
 
+@pytest.mark.slow
 def test_hrnet_averages_the_chosen_frames_imagenet_normalised():
     ext = extractor("hrnet", {"hrnet_frames": 5})
     clip = clips(1, seed=2)[0]

@@ -88,6 +88,7 @@ def test_config_accepts_end_to_end_flags_only_with_no_fixed_features(tmp_path):
         parse(TrainConfig, ["--use_hrnet", "--no-fixed_features", "--batch_size", "4", "--grad_accumulation", "8"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", [False, True])
 def test_one_step_moves_backbones_only_when_fine_tuned(data_dir, tmp_path, frozen):
     extra = ("--freeze_backbones",) if frozen else ("--grad_checkpointing",)
@@ -107,6 +108,7 @@ def test_one_step_moves_backbones_only_when_fine_tuned(data_dir, tmp_path, froze
     assert all(torch.equal(before_bb[k], after_bb[k]) for k in buffers)  # BN statistics frozen in both modes
 
 
+@pytest.mark.slow
 def test_resume_restores_backbones_optimiser_and_scaler_exactly(data_dir, tmp_path):
     # fp16 autocast on the CPU turns the loss scaler on, so its state is part of what must come back
     extra = ("--epochs", "2", "-s", "--deep_dtype", "fp16", "--data_augmentation")
@@ -202,6 +204,7 @@ def test_evaluate_runs_the_fine_tuned_backbones(data_dir, tmp_path):
     assert "backbones" not in load_checkpoint(Path(frozen["run_dir"]) / "last.pt")
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_give_the_weights_of_one(data_dir, tmp_path):
     def train(runs: Path, nproc: int, *extra: str) -> dict:
         argv = _argv(data_dir, runs, "-n", "dist", "--epochs", "1", "-s", "--backbone_lr", "0.01", *extra)

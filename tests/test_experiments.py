@@ -119,6 +119,7 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
         _grid(two_modules, tmp_path, "--folds", "3")
 
 
+@pytest.mark.slow
 def test_ablation_and_baselines_write_their_files(two_modules, tmp_path, capsys):
     import subprocess
     import sys

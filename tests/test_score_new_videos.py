@@ -19,6 +19,7 @@ def _predictions(path):
         return {row["id"]: float(row["pred"]) for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_folder_of_new_videos_is_scored_like_the_dataset(tmp_path):
     data, features = tmp_path / "data", tmp_path / "features"
     names = memento_layout(data / "Memento10k", 20, n_frames=8)
