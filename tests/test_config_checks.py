@@ -14,6 +14,7 @@ import pytest
 
 import config
 from config import ConfigError, EvalConfig, GenConfig, TrainConfig, default_data_dir, from_dict, parse
+from core import cli
 from tests.test_config import REFERENCE_FLAGS
 from tiers import TIERS
 
@@ -318,3 +319,48 @@ def test_the_tier_switches_and_options_in_the_configs():
             if o.train:
                 assert (train[name].metadata["help"], train[name].metadata["choices"]) == (o.help, o.choices)
     assert "use_imported" not in train
+
+
+# --------------------------------------------------------------------------- the field builders, called directly
+# (the configs are built once, at import; these tests call the builders themselves, so that a change in them is seen
+# by the tests in this process too, not only by the --help checks above, which run in a fresh interpreter)
+
+
+def test_opt_builds_a_field_with_its_help_choices_and_flags():
+    scalar = config.opt(3, "three", (1, 3), short="-t", flag="--three")
+    assert (scalar.default, scalar.default_factory) == (3, dataclasses.MISSING)
+    assert dict(scalar.metadata) == {"help": "three", "choices": (1, 3), "short": "-t", "flag": "--three"}
+    listed = config.opt([1, 2], "a list")
+    assert listed.default is dataclasses.MISSING
+    first, second = listed.default_factory(), listed.default_factory()
+    assert first == [1, 2] and first is not second  # every config gets its own list
+    assert dict(listed.metadata) == {"help": "a list", "choices": None, "short": None, "flag": None}
+
+
+@pytest.mark.parametrize("gen", [False, True])
+def test_tier_fields_are_the_switches_and_the_options_of_each_side(gen):
+    fields = {name: (tp, f) for name, tp, f in config._tier_fields(gen)}
+    expected = {}
+    for tier in TIERS.values():
+        if tier.has_switch and not gen:
+            expected[tier.switch] = (bool, False, tier.help or f"use the {tier.name} tier", None)
+        for name, o in tier.options(TIERS).items():
+            if o.gen if gen else o.train:
+                expected[name] = (o.type, o.default, o.help, o.choices)
+    got = {}
+    for name, (tp, f) in fields.items():
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        got[name] = (tp, default, f.metadata["help"], f.metadata["choices"])
+    assert got == expected
+    assert ("use_raw" in got, "csn_arch" in got, "normalize_raw" in got) == (not gen, True, not gen)
+    assert gen or got["use_raw"] == (bool, False, "use the raw (low-level) tier", None)
+
+
+def test_parse_passes_its_description_to_the_help(capsys):
+    with pytest.raises(SystemExit):
+        parse(EvalConfig, ["--help"], description="Score a checkpoint.")
+    assert "\n\nScore a checkpoint.\n\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        config.parse_explicit(GenConfig, ["--help"])
+    plain = capsys.readouterr().out
+    assert plain == cli.build_parser(GenConfig).format_help()  # no description unless given
