@@ -197,7 +197,7 @@ def test_mean_optical_flow_is_the_farneback_average_of_area_downscaled_frames():
         flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 1, 5, 1.2, 0) * np.float32(256 / 80)
         mags.append(cv2.magnitude(flow[..., 0], flow[..., 1]).astype(np.float64).mean())  # float32 flow, float64 mean
     assert got.dtype == np.float64
-    np.testing.assert_allclose(got, [np.mean(mags)], rtol=1e-12)
+    np.testing.assert_allclose(got, [np.mean(mags)], rtol=1e-9)  # a float32 mean is off by ~4e-8; runs differ by 3e-11
 
 
 def test_vertical_motion_reads_as_much_as_horizontal_motion():
