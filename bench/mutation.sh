@@ -69,8 +69,11 @@ also_copy = ["core", "tiers", "pipeline", "features", "model", "dataset.py", "co
              "gen_features.py", "configs", "tests", "envs", "weights"]
 pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-x", "-k", "$DESELECT"]
 CFG
-  (cd "$work" && OMP_NUM_THREADS=1 M3S_DATA_DIR="$work/data" "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" \
-     > run.log 2>&1) || tail -20 "$work/run.log"
+  # mutmut forks a process per mutant from one that has run the tests: GNU OpenMP (numba's default threading layer,
+  # and scikit-learn's) refuses to run in such a fork (it terminates it: "fork() called from a process already using
+  # GNU OpenMP"), so the runs use numba's workqueue layer and one thread of each
+  (cd "$work" && OMP_NUM_THREADS=1 NUMBA_THREADING_LAYER=workqueue NUMBA_NUM_THREADS=1 M3S_DATA_DIR="$work/data" \
+     "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > run.log 2>&1) || tail -20 "$work/run.log"
   (cd "$work" && { "$py" -m mutmut results --all true > results.txt 2>&1 || "$py" -m mutmut results > results.txt 2>&1; })
   line=$("$py" "$repo/bench/mutation_score.py" "$repo/bench/mutation_equivalent.txt" "$work/results.txt")
   echo "$line"
