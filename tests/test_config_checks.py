@@ -360,7 +360,7 @@ def test_parse_passes_its_description_to_the_help(capsys):
     with pytest.raises(SystemExit):
         parse(EvalConfig, ["--help"], description="Score a checkpoint.")
     assert "\n\nScore a checkpoint.\n\n" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        config.parse_explicit(GenConfig, ["--help"])
-    plain = capsys.readouterr().out
-    assert plain == cli.build_parser(GenConfig).format_help()  # no description unless given
+    for parser in (config.parse_explicit, parse):
+        with pytest.raises(SystemExit):
+            parser(GenConfig, ["--help"])
+        assert capsys.readouterr().out == cli.build_parser(GenConfig).format_help()  # no description unless given
