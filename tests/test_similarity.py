@@ -181,6 +181,7 @@ def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
         expected = fitted.features[method][[row[records[k].id] for k in val]]
         np.testing.assert_allclose(scored.features[method], expected, rtol=1e-5, atol=1e-6)
     assert scored.meta["settings"] == fitted.meta["settings"] and scored.meta["fit_on"] == "Memento10k"
+    assert scored.meta["dataset"] == "folder"
     with pytest.raises(ConfigError, match="no train split"):
         TIERS["similarity"].compute(GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder",
                                      similarity_features=["hrnet"], similarity_methods=methods))  # fmt: skip

@@ -216,3 +216,56 @@ def test_kde_bandwidth_is_a_seeded_5_fold_search_over_100_log_spaced_values():
             grid.fit(train)
         assert arrays["bandwidth"].tolist() == [grid.best_params_["bandwidth"]]
         assert np.array_equal(arrays["train"], train)  # 30 videos: all kept
+
+
+def test_cosine_threshold_covers_every_block_of_a_large_corpus():
+    rng = np.random.default_rng(8)
+    train, x = np.abs(rng.normal(size=(5, 3))), np.abs(rng.normal(size=(4200, 3)))  # three 2048-row blocks
+    out = CosineThreshold(0.95).score({"train": train}, x, np.zeros(len(x), dtype=bool))[:, 0]
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(out, ((unit(x) @ unit(train).T) >= 0.95).mean(1))
+
+
+def test_kde_subsample_is_seeded(monkeypatch):
+    monkeypatch.setattr(sim, "KDE_MAX_TRAIN", 40)
+    train = np.random.default_rng(2).normal(size=(60, 2))
+    first, again = KDE().fit(train, SPACE, seed=3)["train"], KDE().fit(train, SPACE, seed=3)["train"]
+    assert np.array_equal(first, again)
+
+
+def test_dbscan_uses_its_seed_min_samples_5_and_a_classifier_for_two_labels(monkeypatch):
+    seeds = []
+    monkeypatch.setattr(sim.tsne, "embed", lambda x, seed, **kw: (seeds.append(seed), x)[1])
+    rng = np.random.default_rng(9)
+    five, six = rng.normal(0, 0.01, size=(5, 2)), rng.normal(10, 0.01, size=(6, 2))
+    arrays = DBSCANClusters().fit(np.concatenate([five, six]), Space("s", "s", "f", eps=1.0, command=""), 11)
+    assert seeds == [11] and arrays["train_labels"].tolist() == [0] * 5 + [1] * 6  # 5 points are a cluster
+    assert "classes" in arrays  # two labels, no noise: new videos still need the classifier
+    new = DBSCANClusters().score(arrays, np.array([[0.0, 0.0], [10.0, 10.0]]), np.zeros(2, dtype=bool))
+    assert new.argmax(1).tolist() == [0, 1]
+
+
+def test_the_stored_classifier_is_applied_as_written():
+    """One relu layer then the output layer; argmax over several outputs, the sign of one output (the 2-class stores
+    scikit-learn's MLPClassifier wrote)."""
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.25, 0.0]])
+    layer = {"w0": np.eye(2), "b0": np.zeros(2), "train_labels": np.array([0])}
+    multi = layer | {"w1": np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]), "b1": np.array([0.0, 1.0, 0.0]),
+                     "classes": np.array([-1, 4, 7])}  # fmt: skip
+    assert DBSCANClusters.predict(multi, x).tolist() == [-1, 7, 4, 4]
+    binary = layer | {"w1": np.array([[2.0], [-1.0]]), "b1": np.array([-1.0]), "classes": np.array([-1, 3])}
+    assert DBSCANClusters.predict(binary, x).tolist() == [3, -1, -1, -1]  # logits 1, -2, -1, -0.5
+    binary["b1"] = np.array([-0.5])
+    assert DBSCANClusters.predict(binary, x).tolist() == [3, -1, -1, -1]  # logits 1.5, -1.5, -0.5, 0 (not > 0)
+
+
+def test_the_similarity_store_inherits_smoke_and_settings_from_its_source(corpus):
+    data_dir, records = corpus
+    store = FeatureStore.at(data_dir / "features", "Memento10k", "hrnet_f1")
+    x = store.read().features["hrnet"]
+    out = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1")
+    for meta, smoke, settings in (({"smoke": True, "settings": {"frames": 1}}, True, {"frames": 1}),
+                                  ({"family": "hrnet"}, False, {})):  # fmt: skip
+        store.write(StoredFeatures([r.id for r in records], {"hrnet": x}, meta))
+        compute_similarity(_cfg(data_dir), records, [SPACE])
+        assert (out.read().meta["smoke"], out.read().meta["settings"]["source_settings"]) == (smoke, settings)
