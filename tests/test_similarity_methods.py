@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import features.similarity as sim
-from config import ConfigError, GenConfig
+from config import ConfigError, GenConfig, code_version
 from dataset import load_records
 from features.similarity import (
     KDE,
@@ -138,7 +138,8 @@ def corpus(tmp_path):
 
 
 def _cfg(data_dir, **kw):
-    return GenConfig(data_dir=str(data_dir), dataset="Memento10k", similarity_methods=["cosine_mean"], **kw)
+    base = {"data_dir": str(data_dir), "dataset": "Memento10k", "similarity_methods": ["cosine_mean"]}
+    return GenConfig(**(base | kw))
 
 
 def test_a_space_is_written_with_its_fitted_state_and_meta(corpus, capsys):
@@ -153,7 +154,10 @@ def test_a_space_is_written_with_its_fitted_state_and_meta(corpus, capsys):
     assert stored.meta["smoke"] is False
     info = stored.transforms["cosine_mean"].info
     assert info == {"space": "hrnet", "seed": 4, "fitted_on": "train", "n_train": 10}
-    assert stored.features["cosine_mean"].dtype == np.float32
+    assert stored.features["cosine_mean"].dtype == np.float32 and stored.meta["code_version"] == code_version()
+    compute_similarity(_cfg(data_dir, similarity_methods=["fractional_mean"]), records, [SPACE], seed=4)
+    both = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1").read()
+    assert set(both.features) == set(both.transforms) == {"cosine_mean", "fractional_mean"}  # fitted earlier: kept
 
 
 def test_too_few_train_videos_and_missing_sources_are_refused(corpus, tmp_path):
