@@ -7,7 +7,7 @@
 #
 # Works on a scratch copy of the committed tree (HEAD) ($M3S_MUTATION_DIR, default /tmp/m3s-mutation, one folder
 # per run), so the checkout never holds a mutant. Prints each run's score (killed / counted; timeouts count as
-# killed, "no tests" and "survived" as survivors) and its surviving mutants, then one line per run. Mutants left
+# killed; "survived", "no tests" and "suspicious" as survivors) and its surviving mutants, then one line per run. Mutants left
 # out of the score (equivalent: no test can tell them apart from the original) are listed in
 # bench/mutation_equivalent.txt, one per line with its reason. Re-running a run resumes it: mutmut remembers
 # finished mutants while the sources are unchanged (delete the folder after changing tests). MUTATION_JOBS sets
@@ -19,7 +19,7 @@ py="$repo/.venv/bin/python"
 [ -x "$py" ] || bash envs/setup.sh  # a fresh clone: the environment first
 "$py" -c "import mutmut" 2>/dev/null || "$py" -m pip install -q mutmut==3.8.1
 
-# module(s) | the tests that judge them (the tests that exercise them, without the slow end-to-end ones)
+# module(s) | the test files that judge them (those that exercise them; their slow-marked tests run too)
 CORE=(
   "model/losses.py model/metrics.py | tests/test_model.py tests/test_mutants.py"
   "pipeline/training.py | tests/test_training_loop.py tests/test_train.py tests/test_run_records.py tests/test_faults.py tests/test_newcomer_errors.py"
