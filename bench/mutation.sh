@@ -7,8 +7,8 @@
 #
 # Works on a scratch copy of the committed tree (HEAD) ($M3S_MUTATION_DIR, default /tmp/m3s-mutation, one folder
 # per run), so the checkout never holds a mutant. Prints each run's score (killed / counted; timeouts count as
-# killed; "survived", "no tests" and "suspicious" as survivors) and its surviving mutants, then one line per run. Mutants left
-# out of the score (equivalent: no test can tell them apart from the original) are listed in
+# killed; "survived", "no tests" and "suspicious" as survivors) and its surviving mutants, then one line per run.
+# Mutants left out of the score (equivalent: no test can tell them apart from the original) are listed in
 # bench/mutation_equivalent.txt, one per line with its reason. Re-running a run resumes it: mutmut remembers
 # finished mutants while the sources are unchanged (delete the folder after changing tests). MUTATION_JOBS sets
 # the parallel test runners (2).
