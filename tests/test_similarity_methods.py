@@ -27,6 +27,11 @@ SPACE = Space("hrnet", "hrnet_f1", "hrnet", eps=3.0, command="python gen_feature
 META = {"family": "hrnet", "dataset": "Memento10k", "settings": {"frames": 1}, "smoke": False}
 
 
+def _unit(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: cosines, computed here independently of the module's own helper."""
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
 def test_pca_reduces_only_spaces_wider_than_ten():
     rng = np.random.default_rng(0)
     assert fit_pca(rng.normal(size=(30, 10)), 0) == {}
@@ -64,8 +69,7 @@ def test_cosine_threshold_counts_other_training_videos_across_blocks():
     is_train = np.r_[np.zeros(2100, dtype=bool), np.ones(30, dtype=bool)]
     method = CosineThreshold(0.9)
     out = method.score(method.fit(train, SPACE, 0), x, is_train)[:, 0]
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    sims = unit(x) @ unit(train).T
+    sims = _unit(x) @ _unit(train).T
     expected = ((sims >= 0.9).sum(1) - is_train) / (30 - is_train)
     np.testing.assert_allclose(out, expected)
     exact = CosineThreshold(1.0).score({"train": np.array([[1.0, 0.0]])}, np.array([[2.0, 0.0]]), np.array([False]))
@@ -226,8 +230,7 @@ def test_cosine_threshold_covers_every_block_of_a_large_corpus():
     rng = np.random.default_rng(8)
     train, x = np.abs(rng.normal(size=(5, 3))), np.abs(rng.normal(size=(4200, 3)))  # three 2048-row blocks
     out = CosineThreshold(0.95).score({"train": train}, x, np.zeros(len(x), dtype=bool))[:, 0]
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    np.testing.assert_allclose(out, ((unit(x) @ unit(train).T) >= 0.95).mean(1))
+    np.testing.assert_allclose(out, ((_unit(x) @ _unit(train).T) >= 0.95).mean(1))
 
 
 def test_kde_subsample_is_seeded(monkeypatch):

@@ -75,6 +75,26 @@ class Recorder:
         self.finished = (list(history), dict(best), val, best_pred.copy(), last_pred.copy())
 
 
+def last_state(table: FeatureTable | None = None, **kw) -> tuple[Trainer, dict]:
+    """A short saved run (2 epochs unless ``epochs=``) on ``table``: its trainer and the state of its last epoch."""
+    trainer, log = Trainer(make_cfg(**({"epochs": 2, "save": True} | kw)), table or make_table(), "cpu"), Recorder()
+    trainer.fit(log)
+    return trainer, log.checkpoints[-1][0]
+
+
+def _scripted(trainer: Trainer, scores: list[float]) -> list[dict]:
+    """Make ``trainer``'s val Spearman of each epoch the next of ``scores``; returns the model's weights at each."""
+    real, it, weights = trainer.evaluate, iter(scores), []
+
+    def evaluate(split):
+        metrics, pred = real(split)
+        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return metrics | {"spearman": next(it)}, pred
+
+    trainer.evaluate = evaluate
+    return weights
+
+
 def test_seed_everything_seeds_python_numpy_and_torch():
     seed = 3 * 2**32 + 5  # numpy takes it modulo 2**32 (it refuses seeds of 2**32 and more)
     seed_everything(seed)
@@ -208,16 +228,7 @@ def test_fit_keeps_the_best_epoch_on_val_and_reports_the_last():
     table = make_table()
     cfg = make_cfg(epochs=6, lr=0.05, save=True)
     trainer = Trainer(cfg, table, "cpu")
-    scores = iter([0.2, 0.5, 0.5, 0.4, 0.6, 0.1])  # val Spearman of each epoch: best is epoch 4, ties do not win
-    real = trainer.evaluate
-    weights = []
-
-    def scripted(split):
-        metrics, pred = real(split)
-        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
-        return metrics | {"spearman": next(scores)}, pred
-
-    trainer.evaluate = scripted
+    weights = _scripted(trainer, [0.2, 0.5, 0.5, 0.4, 0.6, 0.1])  # val Spearman: best is epoch 4, ties do not win
     log = Recorder()
     lrs = [g["lr"] for g in trainer.opt.param_groups]
     result = trainer.fit(log)
@@ -238,12 +249,6 @@ def test_fit_keeps_the_best_epoch_on_val_and_reports_the_last():
     np.testing.assert_allclose(best_pred, predict(best_net, val.x), rtol=1e-6)
     np.testing.assert_allclose(last_pred, predict(trainer.model, val.x), rtol=1e-6)
     assert not np.allclose(best_pred, last_pred)
-
-
-def _scripted(trainer: Trainer, scores: list[float]) -> None:
-    """Make ``trainer``'s val Spearman of each epoch the next of ``scores``."""
-    real, it = trainer.evaluate, iter(scores)
-    trainer.evaluate = lambda split: (lambda m, p: (m | {"spearman": next(it)}, p))(*real(split))
 
 
 def test_without_a_terminal_each_epoch_is_one_line_and_without_save_or_log_no_checkpoint(capsys):
@@ -294,10 +299,7 @@ def test_a_checkpoint_holds_the_whole_run_and_resumes_it_exactly(tmp_path):
     cfg = make_cfg(epochs=4, save=True)
     whole = Trainer(cfg, table, "cpu")
     whole.fit(Recorder())
-    first = Trainer(make_cfg(epochs=2, save=True), table, "cpu")
-    log = Recorder()
-    first.fit(log)
-    state = log.checkpoints[-1][0]
+    first, state = last_state(table)
     assert state["tiers"] == {"emb": "imported"} and state["modules"] == ["emb"] and state["dims"] == {"emb": 4}
     assert state["train_mean"] == first.ctx.train_mean and state["fitted"] == {} and state["epoch"] == 1
     assert state["config"]["epochs"] == 2 and state["sources"] is table.sources and state["stats"] is table.stats
@@ -313,10 +315,8 @@ def test_a_checkpoint_holds_the_whole_run_and_resumes_it_exactly(tmp_path):
 
 def test_a_run_resumed_past_its_last_epoch_still_finishes():
     table = make_table()
-    first = Trainer(make_cfg(epochs=2, save=True), table, "cpu")
-    log = Recorder()
-    first.fit(log)
-    again = Trainer(make_cfg(epochs=2), table, "cpu", resume=log.checkpoints[-1][0])
+    first, state = last_state(table)
+    again = Trainer(make_cfg(epochs=2), table, "cpu", resume=state)
     done = Recorder()
     result = again.fit(done)
     assert done.rows == [] and result["last"] == first.history[-1]
@@ -324,19 +324,16 @@ def test_a_run_resumed_past_its_last_epoch_still_finishes():
 
 
 def test_a_checkpoint_of_other_widths_is_refused():
-    log = Recorder()
-    Trainer(make_cfg(epochs=1, save=True), make_table(dim=4), "cpu").fit(log)
+    _, state = last_state(make_table(dim=4), epochs=1)
     with pytest.raises(ConfigError) as err:
-        Trainer(make_cfg(), make_table(dim=5), "cpu", resume=log.checkpoints[-1][0])
+        Trainer(make_cfg(), make_table(dim=5), "cpu", resume=state)
     assert str(err.value) == "checkpoint dims {'emb': 4} differ from the feature table's {'emb': 5}"
 
 
 def _saved_run(tmp_path, **kw):
-    log = Recorder()
-    Trainer(make_cfg(epochs=2, save=True, **kw), make_table(), "cpu").fit(log)
     path = tmp_path / "runs" / "old" / "last.pt"
     path.parent.mkdir(parents=True)
-    save_checkpoint(log.checkpoints[-1][0], path)
+    save_checkpoint(last_state(**kw)[1], path)
     return path
 
 
@@ -397,9 +394,7 @@ def test_the_interrupted_message_says_how_to_resume(tmp_path):
         "interrupted before any checkpoint was written (train with -s to be able to resume); the epochs done are in "
         f"{tmp_path / 'metrics.jsonl'}"
     )
-    log = Recorder()
-    Trainer(make_cfg(epochs=1, save=True), make_table(), "cpu").fit(log)
-    save_checkpoint(log.checkpoints[-1][0] | {"epoch": 6}, tmp_path / "last.pt")
+    save_checkpoint(last_state(epochs=1)[1] | {"epoch": 6}, tmp_path / "last.pt")
     assert interrupted_message(tmp_path) == (
         f"interrupted; the last checkpoint is {tmp_path / 'last.pt'} (epoch 7). Resume with: "
         f".venv/bin/python train.py --checkpoint_local {tmp_path / 'last.pt'}"
