@@ -129,6 +129,10 @@ def from_dict(cls: type, values: dict, source: str = "config", aliases: dict | N
 
 def main_guard(fn: typing.Callable[[], None]) -> None:
     """Run a script's main, turning the errors we raise on purpose into one clear line and exit status 2."""
+    for stream in (sys.stdout, sys.stderr):
+        # a video id from a file name that is not valid UTF-8 (caf\xe9.mp4) must not kill a run when it is printed
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         fn()
     except (M3SError, FileNotFoundError) as err:

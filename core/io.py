@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import functools
 import json
@@ -13,7 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,6 +114,27 @@ def out_of_space(err: BaseException, directory: Path | str) -> bool:
 def write_text(path: Path | str, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(path: Path | str, header: list[str], rows: Iterable[list]) -> None:
+    """A CSV written atomically in valid UTF-8, so any CSV reader opens it: an id from a file name that is not valid
+    UTF-8 (``caf\\xe9.mp4``) is written with its bad bytes escaped, as ``caf\\xe9``."""
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([escape_bytes(v) if isinstance(v, str) else v for v in row] for row in rows)
+
+
+def escape_bytes(text: str) -> str:
+    """``text`` with the bytes of a name that is not valid UTF-8 (surrogate escapes from ``os.fsdecode``) written as
+    ``\\xNN``: printable and writable anywhere."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_csv(path: Path | str) -> list[dict[str, str]]:
+    """The rows of a CSV written by :func:`write_csv`, as dicts keyed by its header."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def write_json(path: Path | str, data: dict) -> None:

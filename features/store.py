@@ -2,7 +2,7 @@
 
 Layout of ``<features_dir>/<dataset>/<family>.h5``::
 
-    /ids                     (N,) utf-8 strings, sorted
+    /ids                     (N,) utf-8 strings, sorted; a file name that is not valid UTF-8 keeps its own bytes
     /features/<name>         (N, D) float32, one matrix per feature
     /failures/ids, reasons   videos that could not be processed, and why
     /transforms/<name>/<arr> fitted transforms (HOG PCA, ...) as plain arrays; attrs["info"] = JSON
@@ -84,12 +84,12 @@ def _write_h5(path: Path, data: StoredFeatures) -> None:
 def _write_h5_unchecked(path: Path, data: StoredFeatures) -> None:
     with atomic_write(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         f.attrs["meta"] = json.dumps(data.meta, sort_keys=True)
-        _dataset(f, "ids", np.array(data.ids, dtype=object), _STR)
+        _dataset(f, "ids", _encoded(data.ids), _STR)
         for name, matrix in sorted(data.features.items()):
             _dataset(f, f"features/{name}", np.ascontiguousarray(matrix, dtype=np.float32))
         failed = sorted(data.failures)
-        _dataset(f, "failures/ids", np.array(failed, dtype=object), _STR)
-        _dataset(f, "failures/reasons", np.array([data.failures[i] for i in failed], dtype=object), _STR)
+        _dataset(f, "failures/ids", _encoded(failed), _STR)
+        _dataset(f, "failures/reasons", _encoded([data.failures[i] for i in failed]), _STR)
         for tname, transform in sorted(data.transforms.items()):
             group = f.require_group(f"transforms/{tname}")
             group.attrs["info"] = json.dumps(transform.info, sort_keys=True)
@@ -107,8 +107,15 @@ def _dataset(f: h5py.File, name: str, arr: np.ndarray, dtype=None) -> None:
     f.create_dataset(name, data=arr, dtype=dtype, track_times=False)
 
 
+def _encoded(strings: list[str]) -> np.ndarray:
+    """UTF-8 bytes, with the surrogate escapes of a file name that is not valid UTF-8 (``caf\\xe9.mp4`` from a
+    Latin-1 file system, decoded by ``os.fsdecode``) turned back into that name's own bytes: the id round-trips.
+    Valid names give the bytes h5py would write for them, so existing stores are unchanged."""
+    return np.array([s.encode("utf-8", "surrogateescape") for s in strings], dtype=object)
+
+
 def _strings(dataset: h5py.Dataset) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else s for s in dataset[()]]
+    return [s.decode("utf-8", "surrogateescape") if isinstance(s, bytes) else s for s in dataset[()]]
 
 
 def _refuse_linked_storage(f: h5py.File, path: Path) -> None:

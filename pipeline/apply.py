@@ -12,14 +12,13 @@ A video that cannot be decoded or extracted is written to the output with its re
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import tempfile
 from pathlib import Path
 
 from config import EvalConfig, GenConfig, TrainConfig, from_dict
 from core.device import resolve_device
-from core.io import ConfigError, atomic_write
+from core.io import ConfigError, read_csv, write_csv
 from core.media import CLIP_SUFFIXES, video_id
 from dataset import DATASETS, VideoRecord
 from features.extract import Dist, device_for, extract_family, with_crop
@@ -200,16 +199,14 @@ def _predict(ckpt: dict, records: list[VideoRecord], features_dir: Path, device)
 
 def write_scores(path: Path, records: list[VideoRecord], preds: dict[str, float], failed: dict[str, str]) -> None:
     """CSV ``id, prediction, error, path`` in input order: a prediction, or empty with why the video failed."""
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "prediction", "error", "path"])
-        for r in records:
-            p = preds.get(r.id)
-            reason = "" if p is not None else failed.get(r.id, "no features were computed")
-            w.writerow([r.id, "" if p is None else f"{p:.6f}", reason, str(r.path)])
+    rows = []
+    for r in records:
+        p = preds.get(r.id)
+        reason = "" if p is not None else failed.get(r.id, "no features were computed")
+        rows.append([r.id, "" if p is None else f"{p:.6f}", reason, str(r.path)])
+    write_csv(path, ["id", "prediction", "error", "path"], rows)
 
 
 def read_scores(path: Path) -> dict[str, float]:
     """``{id: prediction}`` of a scores CSV (failed videos left out)."""
-    with open(path, newline="") as f:
-        return {row["id"]: float(row["prediction"]) for row in csv.DictReader(f) if row["prediction"]}
+    return {row["id"]: float(row["prediction"]) for row in read_csv(path) if row["prediction"]}

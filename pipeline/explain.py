@@ -17,7 +17,6 @@ figures). Everything goes to ``explain_<dataset>_<split>_<checkpoint>/`` beside 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from scipy.stats import spearmanr
 
 from config import EvalConfig, TrainConfig, from_dict
 from core.device import resolve_device
-from core.io import ConfigError, atomic_write, write_text
+from core.io import ConfigError, write_csv, write_text
 from dataset import VideoRecord, load_records
 from features.base import FrameSpec
 from features.video import VideoError, read_clip
@@ -115,10 +114,7 @@ def write_tables(e: Explanation, out: Path, title: str) -> None:
     """``explain.csv`` (one row per module) and ``explain.md`` (the same, readable, with the examples)."""
     header = ["module", "mean_replacement_drop", "permutation_drop", "permutation_std", "grad_x_input_share"]
     rows = [[m, e.mean_drop[m], e.perm_drop[m], e.perm_std[m], e.grad_share[m]] for m in e.modules]
-    with atomic_write(out / "explain.csv") as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([[r[0], *(f"{v:.6f}" for v in r[1:])] for r in rows])
+    write_csv(out / "explain.csv", header, [[r[0], *(f"{v:.6f}" for v in r[1:])] for r in rows])
     lines = [
         f"# {title}",
         "",
@@ -150,13 +146,19 @@ def examples(e: Explanation, k: int = N_EXAMPLES) -> list[tuple[str, int]]:
 
 
 def write_examples(e: Explanation, out: Path) -> None:
-    with atomic_write(out / "examples.csv") as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["kind", "id", "truth", "prediction", "abs_error", *(f"contribution_{m}" for m in e.modules)])
-        for kind, i in examples(e):
-            contrib = [f"{c:.6f}" for c in e.contributions[i]]
-            w.writerow([kind, e.ids[i], f"{e.true[i]:.6f}", f"{e.pred[i]:.6f}", f"{abs(e.pred[i] - e.true[i]):.6f}",
-                        *contrib])  # fmt: skip
+    header = ["kind", "id", "truth", "prediction", "abs_error", *(f"contribution_{m}" for m in e.modules)]
+    rows = (
+        [
+            kind,
+            e.ids[i],
+            f"{e.true[i]:.6f}",
+            f"{e.pred[i]:.6f}",
+            f"{abs(e.pred[i] - e.true[i]):.6f}",
+            *(f"{c:.6f}" for c in e.contributions[i]),
+        ]  # fmt: skip
+        for kind, i in examples(e)
+    )
+    write_csv(out / "examples.csv", header, rows)
 
 
 def plot_importance(e: Explanation, path: Path, title: str) -> None:

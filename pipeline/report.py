@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import asdict
@@ -12,19 +11,18 @@ import numpy as np
 import yaml
 
 from config import TrainConfig
-from core.io import ConfigError, atomic_write, remove_stale_temps, write_json, write_text
+from core.io import ConfigError, remove_stale_temps, write_csv, write_json, write_text
 from pipeline.checkpoint import save_checkpoint
 from pipeline.plots import plot_run
 
 
 def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, columns: dict[str, np.ndarray]) -> None:
     """CSV ``id, score, <prediction columns>`` (score empty where unknown)."""
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "score", *columns])
-        for i, vid in enumerate(ids):
-            score = "" if true is None else f"{true[i]:.6f}"
-            w.writerow([vid, score, *(f"{c[i]:.6f}" for c in columns.values())])
+    rows = (
+        [vid, "" if true is None else f"{true[i]:.6f}", *(f"{c[i]:.6f}" for c in columns.values())]
+        for i, vid in enumerate(ids)
+    )
+    write_csv(path, ["id", "score", *columns], rows)
 
 
 def _epoch(line: str) -> float:

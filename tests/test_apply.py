@@ -2,6 +2,7 @@
 the training dataset's stores deleted, give the predictions the model gave the same videos inside the dataset."""
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -54,17 +55,20 @@ def test_a_folder_of_new_videos_is_scored_like_the_dataset_in_one_command(traine
     for k, v in enumerate(videos):
         shutil.copy(v, mine / ("sub" if k == 0 else "") / v.name)  # ids are paths below the folder
     (mine / "broken.mp4").write_bytes(b"not a video at all")
+    # a Latin-1 file name (not valid UTF-8) is scored too: store ids round-trip any file name
+    os.link(videos[1], os.path.join(os.fsencode(mine), b"caf\xe9.mp4"))
     out = tmp / "scores.csv"
     cmd = [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(ckpt), "--videos", str(mine),
            "--out", str(out), "--workers", "1", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="backslashreplace", cwd=tmp, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"scored {len(videos)} of {len(videos) + 1} videos" in proc.stdout and "failed broken" in proc.stdout
+    assert f"scored {len(videos) + 1} of {len(videos) + 2} videos" in proc.stdout and "failed broken" in proc.stdout
     scores = read_scores(out)
+    assert scores.pop("caf\\xe9") == pytest.approx(in_dataset[videos[1].stem], abs=1e-6)
     assert len(scores) == len(videos) == len(in_dataset) == 4
     for vid, pred in scores.items():
         assert pred == pytest.approx(in_dataset[vid.rsplit("/", 1)[-1]], abs=1e-6)
-    with open(out, newline="") as f:
+    with open(out, newline="", encoding="utf-8") as f:  # valid UTF-8: the bad byte of caf\xe9 is escaped
         rows = {r["id"]: r for r in csv.DictReader(f)}
     assert rows["broken"]["prediction"] == "" and "raw:" in rows["broken"]["error"]
 

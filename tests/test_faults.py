@@ -284,6 +284,29 @@ def test_a_file_name_that_is_not_utf8_is_decoded(tmp_path):
     assert out.stdout.strip() == "(4, 32, 32, 3) True"
 
 
+def test_store_ids_round_trip_a_file_name_that_is_not_utf8(tmp_path):
+    """``caf\\xe9.mp4`` killed extraction when its id was written to the part file (UnicodeEncodeError): its id keeps
+    the file's own bytes in the store, as a row and as a failure, and valid UTF-8 ids are stored as before."""
+    import os
+
+    import h5py
+
+    from features.store import FeatureStore
+
+    latin1, bad = os.fsdecode(b"caf\xe9"), os.fsdecode(b"\xff\xfe")
+    store = FeatureStore.at(tmp_path, "folder", "raw")
+    meta = {"family": "raw", "dataset": "folder", "settings": {}}
+    store.append([latin1, "caf\u00e9"], {"x": np.array([[1.0], [2.0]])}, meta, failures={bad: "truncated"})
+    assert store.done_ids() == {latin1, "caf\u00e9", bad}  # a rerun skips them: nothing is redone or lost
+    data = store.compact()
+    assert data.ids == sorted([latin1, "caf\u00e9"]) and data.failures == {bad: "truncated"}
+    with h5py.File(store.path) as f:
+        assert sorted(f["ids"][()]) == [b"caf\xc3\xa9", b"caf\xe9"]  # the Latin-1 byte as it is; UTF-8 as UTF-8
+    again = FeatureStore(store.path).read()
+    assert again.ids == data.ids and again.failures == data.failures
+    np.testing.assert_array_equal(again.features["x"][again.ids.index(latin1)], [1.0])
+
+
 SLOW_TIER = """
 import time
 
