@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from core.io import ConfigError, M3SError
+from core.io import ConfigError, Interrupted, M3SError
 
 
 class Parser(argparse.ArgumentParser):
@@ -135,6 +135,12 @@ def main_guard(fn: typing.Callable[[], None]) -> None:
             stream.reconfigure(errors="backslashreplace")
     try:
         fn()
+    except Interrupted as err:  # Ctrl-C / SIGTERM where the run knows what it kept: one line, the shell's 130
+        print(f"{err}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except (M3SError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -30,6 +30,10 @@ class ConfigError(M3SError, ValueError):
     """A bad config value or key, or data that does not fit the config; the message says what is valid."""
 
 
+class Interrupted(M3SError):
+    """Ctrl-C or SIGTERM: the message says what was kept and how to go on (scripts exit with status 130)."""
+
+
 class StoreError(M3SError, RuntimeError):
     """A feature store is missing, corrupt, or does not match what the caller expects."""
 

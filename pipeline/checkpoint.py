@@ -32,6 +32,14 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by ``train.py --save``; anything else (empty, truncated, another program's file, a
     pickle that would need ``weights_only=False``) is one clear error, never torch's traceback or advice."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        hint = (
+            f"pass one of its checkpoints: {', '.join(str(path / f) for f in found)}"
+            if found
+            else ("it holds no checkpoint (train.py --save writes best.pt and last.pt)")
+        )
+        raise ConfigError(f"{path} is a directory, not a checkpoint; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (train.py --save writes best.pt and last.pt)")
     not_ours = f"{path} is not an m3s checkpoint (best.pt / last.pt written by train.py --save)"
@@ -71,9 +79,25 @@ def repair_best(run_dir: Path, ckpt: dict) -> bool:
     return True
 
 
+def load_weights(module: torch.nn.Module, weights: dict, what: str = "the checkpoint") -> None:
+    """``module.load_state_dict(weights)``, with a checkpoint whose tensors do not fit the model it describes (edited,
+    or written by other code) as one line that names the first differences, not torch's 20-line report."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    diffs = [f"{k}: {have[k]} in it, {want[k]} in the model" for k in want if k in have and have[k] != want[k]]
+    diffs += [f"{k} missing" for k in want if k not in have] + [f"{k} unexpected" for k in have if k not in want]
+    if diffs:
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise ConfigError(
+            f"{what}'s weights do not fit the model its config describes: {'; '.join(diffs[:3])}{more}. Was it "
+            "edited, or written by another version? Retrain, or use the checkpoint the run wrote"
+        )
+    module.load_state_dict(weights)
+
+
 def model_from_checkpoint(ckpt: dict) -> ModularMLP:
     model = ModularMLP(ckpt["dims"], ckpt["config"]["hidden_channels"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"])
     return model
 
 

@@ -32,20 +32,20 @@ from tqdm import tqdm
 from config import TrainConfig
 from core.device import available_cores
 from core.io import ConfigError
+from core.rundir import free_run_name
 from dataset import load_records
 from features.extract import Dist, device_for
 from model.backbones import build_standin, load_backbone
 from model.e2e import EndToEndModel
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
-from pipeline.checkpoint import check_sources, stats_from_checkpoint
+from pipeline.checkpoint import check_sources, load_weights, stats_from_checkpoint
 from pipeline.clipdata import EpochBatches, make_loader, micro_batches
 from pipeline.e2e_data import E2EData, build_data
 from pipeline.report import RunLogger, fetch_wandb_checkpoint
 from pipeline.training import (
     Interrupted,
     _sigterm_as_interrupt,
-    free_run_name,
     interrupted_message,
     make_optimizer,
     make_scheduler,
@@ -188,7 +188,7 @@ class EndToEndTrainer:
         """The head and, when they were fine-tuned, the backbones of a checkpoint."""
         if ckpt["dims"] != self.model.dims:
             raise ConfigError(f"checkpoint dims {ckpt['dims']} differ from this run's {self.model.dims}")
-        self.model.head.load_state_dict(ckpt["model"])
+        load_weights(self.model.head, ckpt["model"])
         if "backbones" in ckpt:
             self.model.backbones.load_state_dict(ckpt["backbones"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 
 from config import TrainConfig
 from core.io import ConfigError, remove_stale_temps, write_csv, write_json, write_text
+from core.rundir import owned
 from pipeline.checkpoint import save_checkpoint
 from pipeline.plots import plot_run
 
@@ -39,7 +41,16 @@ class RunLogger:
     def __init__(self, cfg: TrainConfig, resume_epoch: int = 0) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.runs_dir) / cfg.name
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._owned = ExitStack()  # one process writes a run directory: a second one stops here, with one line
+        self._owned.enter_context(owned(self.run_dir))
+        try:
+            self._start(resume_epoch)
+        except BaseException:
+            self._owned.close()
+            raise
+
+    def _start(self, resume_epoch: int) -> None:
+        cfg = self.cfg
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
         self.notes: dict = {}  # what summary.json must say beside the metrics (e.g. smoke stores)
@@ -71,8 +82,11 @@ class RunLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.wandb is not None:
-            self.wandb.finish(exit_code=0 if exc[0] is None else 1)
+        try:
+            if self.wandb is not None:
+                self.wandb.finish(exit_code=0 if exc[0] is None else 1)
+        finally:
+            self._owned.close()
 
     def epoch(self, row: dict, pred: np.ndarray, true: np.ndarray) -> None:
         with self.metrics_path.open("a") as f:

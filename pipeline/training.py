@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from config import ModuleConfig, TrainConfig, from_dict
 from core.device import available_cores, resolve_device
-from core.io import ConfigError, M3SError, code_version
+from core.io import ConfigError, Interrupted, code_version
+from core.rundir import free_run_name, owned
 from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
@@ -34,6 +35,7 @@ from pipeline.checkpoint import (
     CHECKPOINT_FORMAT,
     check_sources,
     load_checkpoint,
+    load_weights,
     repair_best,
     stats_from_checkpoint,
 )
@@ -137,7 +139,7 @@ class Trainer:
     def _restore(self, ckpt: dict) -> None:
         if ckpt["dims"] != self.table.dims:
             raise ConfigError(f"checkpoint dims {ckpt['dims']} differ from the feature table's {self.table.dims}")
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt["model"], f"checkpoint {self.cfg.checkpoint_local or 'to resume'}")
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -256,19 +258,24 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
 
 
 def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
-    """Everything ``train.py`` does: resolve, build the table, train, write the run directory."""
+    """Everything ``train.py`` does: resolve, claim the run directory, build the table, train, write the directory."""
     cfg, ckpt = resolve_resume(cfg, explicit or {})
     cfg.check()
+    if not cfg.name:
+        cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if not ckpt:
+        cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name)
+    with owned(Path(cfg.runs_dir) / cfg.name):  # before the data loads: a second process stops at once
+        return _train(cfg, ckpt)
+
+
+def _train(cfg: TrainConfig, ckpt: dict | None) -> dict:
     device = resolve_device(cfg.device)
     set_threads(cfg)
     records = load_records(cfg.dataset, cfg)
     table = FeatureTable.build(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
     if ckpt:
         check_sources(ckpt["sources"], table.sources)
-    if not cfg.name:
-        cfg.name = f"{cfg.dataset}_{'+'.join(table.modules)}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if not ckpt:
-        cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name)
     trainer = Trainer(cfg, table, device, resume=ckpt)
     n = {s: len(d.y) for s, d in table.splits.items()}
     print(f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; seed {cfg.seed}")
@@ -294,22 +301,6 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
 
 
 RESUME = ".venv/bin/python train.py --checkpoint_local"
-
-
-def free_run_name(runs_dir: Path, name: str) -> str:
-    """``name``, or ``name-2``, ``name-3``... when ``runs_dir/name`` holds another run: a new run (e.g. a second run of
-    ``configs/demo.yaml``, which sets ``name: demo``) never replaces another's files. Says so when it renames."""
-    free, k = name, 1
-    while (runs_dir / free / "config.yaml").exists():
-        k += 1
-        free = f"{name}-{k}"
-    if free != name:
-        print(f"{runs_dir / name} holds another run; this one is {runs_dir / free} (-n NAME to choose)")
-    return free
-
-
-class Interrupted(M3SError):
-    """Ctrl-C or SIGTERM during training: the message says where the last checkpoint is and how to resume."""
 
 
 @contextmanager

@@ -186,3 +186,28 @@ def test_sources_that_differ_from_the_checkpoint_are_each_named():
     check_sources({"raw": {}}, {"raw": {}})  # neither records transforms: the same
     with pytest.raises(ConfigError, match=r"its fitted transforms \(none\) are not"):  # the store records none
         check_sources({"raw": SOURCE}, {"raw": {k: v for k, v in SOURCE.items() if k != "transforms"}})
+
+
+def test_weights_of_the_wrong_shape_are_one_line_naming_the_tensor(tmp_path):
+    state = valid_state()
+    state["model"] = dict(state["model"])
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.zeros(3, 3)
+    save_checkpoint(state, tmp_path / "edited.pt")
+    with pytest.raises(ConfigError) as err:
+        model_from_checkpoint(load_checkpoint(tmp_path / "edited.pt"))
+    message = str(err.value)
+    want = tuple(ModularMLP(DIMS, [8, 4]).state_dict()[first].shape)
+    assert "\n" not in message and f"{first}: (3, 3) in it, {want} in the model" in message
+
+
+def test_a_run_directory_given_as_checkpoint_names_its_checkpoints(tmp_path):
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(valid_state(), tmp_path / "best.pt")
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(tmp_path)
+    assert (
+        str(err.value)
+        == f"{tmp_path} is a directory, not a checkpoint; pass one of its checkpoints: {tmp_path}/best.pt"
+    )

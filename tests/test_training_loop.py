@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from config import ConfigError, GenConfig, TrainConfig, parse, parse_explicit
+from core.rundir import free_run_name
 from dataset import load_records
 from model.losses import LOSSES
 from model.metrics import compute_metrics
@@ -24,7 +25,6 @@ from pipeline.extraction import run_import as import_features
 from pipeline.table import FeatureTable, SplitData
 from pipeline.training import (
     Trainer,
-    free_run_name,
     interrupted_message,
     make_optimizer,
     make_scheduler,
