@@ -234,6 +234,11 @@ class TrainConfig(ModuleConfig):
             raise ConfigError("resuming (--checkpoint_local / --checkpoint_run_id) is for single runs, not grids")
         if self.search and self.ablate:
             raise ConfigError("--search tunes one combination of modules; run --ablate with the tuned values after")
+        if self.ablate and len(self.modules()) < 2:
+            raise ConfigError(
+                f"--ablate trains every combination of the selected modules; only {self.modules() or 'none'} is "
+                "selected: select two or more, or drop --ablate"
+            )
 
 
 @dataclass
@@ -331,6 +336,10 @@ def _explain_similarity(argv: list[str]) -> None:
         )
 
 
+#: A flag given on the command line drops the config file's value of the field it stands in for.
+_OVERRIDES = {"seed": "seeds"}
+
+
 def parse_explicit(
     cls: type, argv: list[str] | None = None, description: str = "", check: bool = True
 ) -> tuple[Any, dict]:
@@ -343,7 +352,11 @@ def parse_explicit(
     parser = cli.build_parser(cls, description)
     args = vars(parser.parse_args(argv))
     path = args.pop("config", None)
-    values = (cli.load_yaml(path) if path else {}) | args
+    from_file = cli.load_yaml(path) if path else {}
+    for flag, listed in _OVERRIDES.items():  # --seed 3 over a config's seeds: [1, 2, 3]: the command line wins
+        if flag in args and listed not in args:
+            from_file.pop(listed, None)
+    values = from_file | args
     cfg = from_dict(cls, values, source=f"--config {path}" if path else "flags")
     if check and hasattr(cfg, "check"):
         cfg.check()

@@ -190,6 +190,7 @@ class Bundle:
 # --------------------------------------------------------------------------- training
 
 EpochCallback = Callable[[int, list[dict]], bool]  # (epoch, one val row per run) -> stop now
+DoneCallback = Callable[[list[RunResult]], None]  # finished runs, as soon as they finish
 
 
 class _Group:
@@ -315,13 +316,18 @@ def train_batched(
     dims: dict[str, int],
     device: torch.device,
     on_epoch: EpochCallback | None = None,
+    on_done: DoneCallback | None = None,
 ) -> list[RunResult]:
-    """Train every run of ``runs`` together (on a CPU, in cache-sized chunks); results in the order of ``runs``."""
+    """Train every run of ``runs`` together (on a CPU, in cache-sized chunks); results in the order of ``runs``.
+    ``on_done(results)`` is called as each chunk finishes (a grid writes and reports its runs there)."""
     budget = CPU_CHUNK_PARAMS if device.type == "cpu" else float("inf")
     out: dict[int, RunResult] = {}
     for size in sorted({len(folds[s.fold].y_train) for s in runs}):
         members = [i for i, s in enumerate(runs) if len(folds[s.fold].y_train) == size]
         for chunk in chunks(members, runs, dims, cfg.hidden_channels, budget):
             group = _Group(cfg, [runs[i] for i in chunk], folds, dims, device)
-            out |= dict(zip(chunk, group.fit(on_epoch), strict=True))
+            done = group.fit(on_epoch)
+            out |= dict(zip(chunk, done, strict=True))
+            if on_done is not None:
+                on_done(done)
     return [out[i] for i in range(len(runs))]

@@ -15,23 +15,27 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from config import TrainConfig
 from core.device import resolve_device
-from core.io import ConfigError, code_version, write_json, write_text
+from core.io import ConfigError, Interrupted, code_version, escape_bytes, read_csv, write_json, write_text
+from core.rundir import free_run_name, owned
 from dataset import load_records
-from pipeline.batched import EpochCallback, FoldData, RunResult, RunSpec, train_batched
+from pipeline.batched import DoneCallback, EpochCallback, FoldData, RunResult, RunSpec, train_batched
 from pipeline.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from pipeline.folds import fold_data, load_or_make_folds
 from pipeline.report import RunLogger, write_predictions
 from pipeline.summary import summarise, write_summary
 from pipeline.table import FeatureTable, SplitData
-from pipeline.training import Trainer, predict, set_threads
+from pipeline.training import Trainer, _sigterm_as_interrupt, predict, set_threads
 from tiers import TIERS, module_tiers
 
 
@@ -89,7 +93,14 @@ def fold_table(fold: FoldData, modules: tuple[str, ...], dims: dict[str, int], s
 
 
 def train_sequential(
-    cfg: TrainConfig, runs: list[RunSpec], folds: list[FoldData], dims: dict, sources: dict, run_dir: Path, device
+    cfg: TrainConfig,
+    runs: list[RunSpec],
+    folds: list[FoldData],
+    dims: dict,
+    sources: dict,
+    run_dir: Path,
+    device,
+    on_done: DoneCallback | None = None,
 ) -> list[RunResult]:
     """Each run through the ordinary ``Trainer`` (and its run directory, plots included), one after another."""
     out = []
@@ -107,6 +118,8 @@ def train_sequential(
         out.append(
             RunResult(spec, trainer.history, trainer.best, predict(best_net, val), predict(trainer.model, val), weights)
         )
+        if on_done is not None:
+            on_done(out[-1:])
     return out
 
 
@@ -119,10 +132,11 @@ def train_grid(
     run_dir: Path,
     device: torch.device,
     on_epoch: EpochCallback | None = None,
+    on_done: DoneCallback | None = None,
 ) -> list[RunResult]:
     if cfg.batched:
-        return train_batched(cfg, runs, folds, dims, device, on_epoch)
-    return train_sequential(cfg, runs, folds, dims, sources, run_dir, device)
+        return train_batched(cfg, runs, folds, dims, device, on_epoch, on_done)
+    return train_sequential(cfg, runs, folds, dims, sources, run_dir, device, on_done)
 
 
 def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, sources: dict, run_dir: Path) -> Path:
@@ -136,7 +150,6 @@ def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, s
     write_predictions(
         path / "predictions_val.csv", fold.val_ids, true, {"pred_best": res.best_pred, "pred_last": res.last_pred}
     )
-    write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})
     if cfg.save:
         modules = list(res.spec.modules)
         state = {
@@ -156,7 +169,67 @@ def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, s
             "model": res.weights,
         }
         save_checkpoint(state, path / "last.pt")
+    write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
     return path
+
+
+def read_subrun(cfg: TrainConfig, spec: RunSpec, fold: FoldData, run_dir: Path) -> RunResult | None:
+    """A sub-run that an earlier, interrupted invocation of this grid finished (its summary.json is written last),
+    as the result training it again would give; None if it is not finished or does not match this fold."""
+    path = run_dir / spec.dir_name
+    if not (path / "summary.json").is_file():
+        return None
+    try:
+        rows = read_csv(path / "predictions_val.csv")
+        history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
+        best = json.loads((path / "summary.json").read_text())["best"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if [r["id"] for r in rows] != [escape_bytes(i) for i in fold.val_ids] or len(history) != cfg.epochs:
+        return None
+    columns = {k: np.array([float(r[k]) for r in rows]) for k in ("pred_best", "pred_last")}
+    return RunResult(spec, history, best, columns["pred_best"], columns["pred_last"])
+
+
+#: Fields that may change between two invocations of one experiment (how it runs, where it logs, how many trials).
+RERUN_FREE = ("search", "threads", "log", "project", "group", "tags", "device")
+
+
+def _recorded(run_dir: Path) -> dict | None:
+    try:
+        theirs = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return theirs if isinstance(theirs, dict) else None
+
+
+def same_experiment(run_dir: Path, cfg: TrainConfig, free: tuple[str, ...] = RERUN_FREE) -> bool:
+    """Whether ``run_dir`` holds this experiment (its config.yaml equals ``cfg`` but for the fields ``free``): a rerun
+    of the same command continues it; anything else is another experiment, which gets a directory of its own."""
+    theirs = _recorded(run_dir)
+    ours = yaml.safe_load(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    return theirs is not None and {k: v for k, v in theirs.items() if k not in free} == {
+        k: v for k, v in ours.items() if k not in free
+    }
+
+
+@contextmanager
+def experiment_dir(cfg: TrainConfig, kind: str) -> Iterator[Path]:
+    """Name, claim and hold the run directory of a grid or a search before any data loads: this same experiment
+    interrupted earlier is continued (with the seed it drew), another experiment gets ``name-2``..., and a live owner
+    of the directory stops this process."""
+    cfg.check()
+    free = RERUN_FREE + (("seed",) if cfg.seed is None and not cfg.seeds else ())  # a seed to draw: take the run's
+    if not cfg.name:
+        cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name, resumable=lambda d: same_experiment(d, cfg, free))
+    with owned(Path(cfg.runs_dir) / cfg.name) as run_dir:
+        earlier = _recorded(run_dir)
+        if "seed" in free and earlier and same_experiment(run_dir, cfg, free):
+            cfg.seed = earlier.get("seed")
+        grid_seeds(cfg)  # draws the seed of a new experiment, recorded in its config.yaml
+        write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        yield run_dir
 
 
 class Grid:
@@ -165,13 +238,13 @@ class Grid:
     def __init__(self, cfg: TrainConfig) -> None:
         cfg.check()
         self.cfg, self.device = cfg, resolve_device(cfg.device)
+        self.runs = plan_runs(cfg, max(cfg.folds, 1))
+        if not cfg.name:
+            cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_grid_{time.strftime('%Y%m%d-%H%M%S')}"
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
         records = load_records(cfg.dataset, cfg)
         self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
         self.folds, self.dims, self.sources = fold_data(cfg, records, self.fold_ids, self.device)
-        if not cfg.name:
-            cfg.name = f"{cfg.dataset}_{'+'.join(self.dims)}_grid_{time.strftime('%Y%m%d-%H%M%S')}"
-        self.run_dir = Path(cfg.runs_dir) / cfg.name
-        self.runs = plan_runs(cfg, len(self.folds))
         self.threads = set_threads(cfg, runs=len(self.runs) if cfg.batched else 1)
 
     def describe(self) -> str:
@@ -183,22 +256,64 @@ class Grid:
             f"modules {self.dims}; device {self.device}"
         )
 
-    def train(self, cfg: TrainConfig | None = None, on_epoch: EpochCallback | None = None) -> list[RunResult]:
+    def train(
+        self,
+        cfg: TrainConfig | None = None,
+        on_epoch: EpochCallback | None = None,
+        runs: list[RunSpec] | None = None,
+        on_done: DoneCallback | None = None,
+    ) -> list[RunResult]:
         cfg = cfg or self.cfg
-        return train_grid(cfg, self.runs, self.folds, self.dims, self.sources, self.run_dir, self.device, on_epoch)
+        runs = self.runs if runs is None else runs
+        return train_grid(cfg, runs, self.folds, self.dims, self.sources, self.run_dir, self.device, on_epoch, on_done)
+
+
+def run_line(res: RunResult, k: int, n: int, seconds: float) -> str:
+    """The progress line of one finished run of a grid."""
+    spec, last = res.spec, res.history[-1]
+    return (
+        f"[{k}/{n}] {spec.combination} seed {spec.seed} fold {spec.fold}: last-epoch val Spearman "
+        f"{last['val_spearman']:.4f} (best {res.best['val_spearman']:.4f} at epoch {res.best['epoch'] + 1}, "
+        f"selected on val) [{seconds:.0f} s]"
+    )
 
 
 def run_experiment(cfg: TrainConfig) -> dict:
-    """Everything ``train.py`` does for a grid: train it, write the sub-runs and the summary (and the ablation)."""
+    """Everything ``train.py`` does for a grid: train it (the runs an interrupted invocation left unfinished), write
+    each sub-run as it finishes, then the summary (and the ablation)."""
+    with experiment_dir(cfg, "grid"):
+        return _run_grid(cfg)
+
+
+def _run_grid(cfg: TrainConfig) -> dict:
     grid = Grid(cfg)
     print(grid.describe())
-    grid.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(grid.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    found = {spec: read_subrun(cfg, spec, grid.folds[spec.fold], grid.run_dir) for spec in grid.runs}
+    done = {spec: res for spec, res in found.items() if res is not None}
+    todo = [spec for spec in grid.runs if spec not in done]
+    if done:
+        print(
+            f"{len(done)} of {len(grid.runs)} runs finished earlier in {grid.run_dir}; training the other {len(todo)}"
+        )
     t0 = time.perf_counter()
-    results = grid.train()
+
+    def finished(results: list[RunResult]) -> None:
+        for res in results:
+            write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+            done[res.spec] = res
+            print(run_line(res, len(done), len(grid.runs), time.perf_counter() - t0), flush=True)
+
+    try:
+        with _sigterm_as_interrupt():
+            if todo:
+                grid.train(runs=todo, on_done=finished)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: {len(done)} of {len(grid.runs)} runs are finished in {grid.run_dir} and kept; run the same "
+            f"command again to train the other {len(grid.runs) - len(done)}"
+        ) from None
     seconds = time.perf_counter() - t0
-    for res in results:
-        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+    results = [done[spec] for spec in grid.runs]
     baselines = []
     if cfg.baselines:
         from pipeline.baselines import run_baselines

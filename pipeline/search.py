@@ -6,7 +6,12 @@ is recorded beside it). TPE is seeded (``--search_seed``) and the median pruner 
 at an epoch falls below the median of earlier trials at that epoch. The study lives in SQLite in the run directory
 (``search.db``) unless ``--search_storage URL`` names another database (PostgreSQL, MySQL: workers on several
 machines share one study), so a killed search resumes: ``--search N`` means N finished trials in the study, and a
-rerun of the same command runs only those still missing. Several local processes may run the same command at once.
+rerun of the same command runs only those still missing; the sampler is seeded with ``--search_seed`` plus the number
+of trials already in the study, so a resumed search draws new values instead of repeating the first ones. One process
+owns a run directory (``core.rundir``), so trials left RUNNING in its own SQLite study by a killed process are marked
+FAIL on resume; with ``--search_storage``, workers (one per machine, each with its own run directory) send heartbeats
+and a dead worker's trial is failed by Optuna once its heartbeat stops. A field that acts only under another setting
+(``scheduler_gamma`` under ``scheduler: step``...) is sampled only where that setting holds (:data:`ACTS_ONLY_WITH`).
 
 Search space YAML: ``name: {type: float|int|categorical, low, high, log, step, choices}`` per config field (any
 ``TrainConfig`` field; list values such as ``hidden_channels: [[512, 64], [256, 32]]`` are categorical choices).
@@ -23,8 +28,9 @@ import yaml
 
 from config import ModuleConfig, TrainConfig, from_dict
 from core.cli import load_yaml
-from core.io import ConfigError, write_json, write_text
-from pipeline.experiments import Grid
+from core.io import ConfigError, Interrupted, write_json, write_text
+from pipeline.experiments import Grid, experiment_dir
+from pipeline.training import _sigterm_as_interrupt
 
 SEARCH_TYPES = ("float", "int", "categorical")
 
@@ -47,10 +53,38 @@ def load_space(path: str | Path) -> dict[str, dict]:
     return space
 
 
-def suggest(trial, space: dict[str, dict]) -> dict:
-    """The trial's config values. Categorical choices other than strings (lists...) are offered to Optuna as JSON."""
+#: Fields that act only when another field has one of some values: sampling them otherwise would tune nothing.
+ACTS_ONLY_WITH: dict[str, tuple[str, tuple]] = {
+    "scheduler_gamma": ("scheduler", ("step",)),
+    "scheduler_step_size": ("scheduler", ("step",)),
+    "momentum": ("optimizer", ("sgd",)),
+    "mse_tails_pow": ("loss", ("mse_tails",)),
+    "mse_tails_mult_fact": ("loss", ("mse_tails",)),
+}
+
+
+def idle_fields(space: dict[str, dict], cfg: TrainConfig) -> list[str]:
+    """Fields of ``space`` that no trial can use: their controlling field is fixed by ``cfg`` to another value."""
+    return [
+        name
+        for name in space
+        if name in ACTS_ONLY_WITH
+        and ACTS_ONLY_WITH[name][0] not in space
+        and getattr(cfg, ACTS_ONLY_WITH[name][0]) not in ACTS_ONLY_WITH[name][1]
+    ]
+
+
+def suggest(trial, space: dict[str, dict], cfg: TrainConfig) -> dict:
+    """The trial's config values. Categorical choices other than strings (lists...) are offered to Optuna as JSON.
+    Controlling fields are drawn first; a field that would not act under them (``ACTS_ONLY_WITH``) is not drawn."""
     out = {}
-    for name, spec in space.items():
+    controllers = {ctrl for ctrl, _ in ACTS_ONLY_WITH.values()}
+    for name in sorted(space, key=lambda n: n not in controllers):
+        spec = space[name]
+        if name in ACTS_ONLY_WITH:
+            ctrl, values = ACTS_ONLY_WITH[name]
+            if out.get(ctrl, getattr(cfg, ctrl)) not in values:
+                continue
         if spec["type"] == "float":
             out[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
         elif spec["type"] == "int":
@@ -83,7 +117,7 @@ def _objective(cfg: TrainConfig, grid: Grid, space: dict):
     import optuna
 
     def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, space)
+        values = suggest(trial, space, cfg)
         tcfg = trial_config(cfg, values)
         pruned = []
 
@@ -101,7 +135,8 @@ def _objective(cfg: TrainConfig, grid: Grid, space: dict):
         if cfg.log:
             _log_trial(cfg, trial.number, values, last, best, bool(pruned))
         if pruned:
-            raise optuna.TrialPruned(f"pruned at epoch {pruned[0]}")
+            trial.set_user_attr("pruned_epoch", pruned[0] + 1)
+            raise optuna.TrialPruned(f"pruned at epoch {pruned[0] + 1}")
         return last
 
     return objective
@@ -120,38 +155,78 @@ def _log_trial(cfg: TrainConfig, number: int, values: dict, last: float, best: f
 
 def run_search(cfg: TrainConfig) -> dict:
     """Run the trials still missing from the study, then write ``search.json`` and ``best_config.yaml``."""
+    with experiment_dir(cfg, "search") as run_dir:
+        return _search(cfg, run_dir)
+
+
+def _storage(cfg: TrainConfig, run_dir: Path):
+    import optuna
+
+    if not cfg.search_storage:
+        return storage_url(cfg, run_dir)
+    return optuna.storages.RDBStorage(cfg.search_storage, heartbeat_interval=30, grace_period=120)
+
+
+def fail_orphans(study) -> list[int]:
+    """Mark FAIL the trials a killed process left RUNNING in this run directory's own study (this process owns the
+    directory, so no live process runs them); their numbers."""
+    import optuna
+
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in orphans:
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return [t.number for t in orphans]
+
+
+def _search(cfg: TrainConfig, run_dir: Path) -> dict:
     import optuna
 
     space = load_space(cfg.search_space)
+    idle = idle_fields(space, cfg)
     base = copy.deepcopy(cfg)
     base.search = 0  # a trial is a plain grid
     grid = Grid(base)
-    grid.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(grid.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    storage = storage_url(cfg, grid.run_dir)
+    storage = _storage(cfg, run_dir)
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR
+    )  # its per-trial warnings would repeat our lines, tracebacks and all
     study = optuna.create_study(
         study_name=base.name,
         storage=storage,
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.search_seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.epochs // 4)),
     )
+    orphans = [] if cfg.search_storage else fail_orphans(study)
+    # seeded by the trials already there: a resumed search draws new values, the same history the same ones
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.search_seed + len(study.get_trials(deepcopy=False)))
     done = _finished(study)
-    print(f"{grid.describe()}\nsearch: {done} of {cfg.search} trials already in {storage}")
+    where = cfg.search_storage or storage
+    print(f"{grid.describe()}\nsearch: {done} of {cfg.search} trials already in {where}")
+    if orphans:
+        print(f"trial(s) {', '.join(map(str, orphans))} were left running by a killed process: marked FAIL")
+    if idle:
+        print(f"not searched: {', '.join(idle)} (they act only under another setting than this config's)")
     if done < cfg.search:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(_objective(base, grid, space), n_trials=cfg.search - done)
-    return _write_results(cfg, study, grid.run_dir, storage)
+
+        def report(study, trial) -> None:
+            print(trial_line(trial_row(trial), len(study.trials)), flush=True)
+
+        try:
+            with _sigterm_as_interrupt():
+                study.optimize(_objective(base, grid, space), n_trials=cfg.search - done, callbacks=[report])
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted: {_finished(study)} of {cfg.search} trials are finished in {where}; run the same "
+                "command again to run the rest"
+            ) from None
+    return _write_results(cfg, study, run_dir, where)
 
 
 def _write_results(cfg: TrainConfig, study, run_dir: Path, storage: str) -> dict:
     import optuna
 
-    trials = [
-        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} | t.user_attrs
-        for t in study.get_trials(deepcopy=False)
-    ]
+    trials = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     summary = {
         "study": study.study_name,
@@ -161,7 +236,7 @@ def _write_results(cfg: TrainConfig, study, run_dir: Path, storage: str) -> dict
     }
     if complete:
         best = max(complete, key=lambda t: t.value)
-        values = suggest(optuna.trial.FixedTrial(best.params), load_space(cfg.search_space))
+        values = suggest(optuna.trial.FixedTrial(best.params), load_space(cfg.search_space), cfg)
         best_cfg = asdict(cfg) | values | {"search": 0, "name": ""}
         write_text(run_dir / "best_config.yaml", yaml.safe_dump(best_cfg, sort_keys=False))
         summary |= {"best": {"number": best.number, "value": best.value, "values": values}}
@@ -170,13 +245,32 @@ def _write_results(cfg: TrainConfig, study, run_dir: Path, storage: str) -> dict
     return summary
 
 
+def trial_row(t) -> dict:
+    """What search.json and the printed list say of one trial (a pruned one: the epoch and mean it was stopped at)."""
+    row = {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} | t.user_attrs
+    if t.state.name == "PRUNED" and t.intermediate_values:
+        step = max(t.intermediate_values)
+        row["pruned_at"] = {"epoch": step + 1, "val_spearman": t.intermediate_values[step]}
+    return row
+
+
+def trial_line(t: dict, n: int | None = None) -> str:
+    if t["state"] == "PRUNED" and "pruned_at" in t:
+        at = t["pruned_at"]
+        score = f"pruned at epoch {at['epoch']} (mean val Spearman there {at['val_spearman']:.4f})"
+    elif t["value"] is None:
+        score = "no score"
+    else:
+        score = f"last-epoch val Spearman {t['value']:.4f}"
+    count = f" ({n} in the study)" if n else ""
+    return f"  trial {t['number']:3d} {t['state']:8s} {score}  {t['params']}{count}"
+
+
 def search_lines(summary: dict) -> list[str]:
     lines = [f"study {summary['study']} ({summary['storage']}): {len(summary['trials'])} trials"]
-    for t in summary["trials"]:
-        value = "-" if t["value"] is None else f"{t['value']:.4f}"
-        lines.append(f"  trial {t['number']:3d} {t['state']:8s} last-epoch val Spearman {value}  {t['params']}")
+    lines += [trial_line(t) for t in summary["trials"]]
     if "best" in summary:
         b = summary["best"]
-        lines.append(f"best: trial {b['number']} ({b['value']:.4f}): {b['values']}")
+        lines.append(f"best: trial {b['number']} ({b['value']:.4f}, selected on val: optimistic): {b['values']}")
         lines.append(f"its config: {summary['run_dir']}/best_config.yaml (train.py --config it)")
     return lines

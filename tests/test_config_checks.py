@@ -140,7 +140,7 @@ def test_search_alone_and_resume_alone_are_accepted():
         ([], False),
         (["--seeds", "1"], True),
         (["--folds", "3"], True),
-        (["--ablate"], True),
+        (["--ablate", "--extra_features", "x"], True),
         (["--baselines"], True),
         (["--search", "1"], True),
     ],  # fmt: skip

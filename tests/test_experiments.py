@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from config import TrainConfig, parse, parse_explicit
+from core.io import Interrupted
 from model.losses import LOSSES, LossContext
 from pipeline.batched import BATCHED_LOSSES
 from pipeline.experiments import combinations, run_experiment
@@ -201,7 +202,7 @@ def test_killed_search_resumes(two_modules, tmp_path, monkeypatch):
         return real_train(self, cfg, on_epoch)
 
     monkeypatch.setattr(Grid, "train", killed_in_second_trial)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match=r"interrupted: 1 of 3 trials are finished in sqlite:.*run the same command"):
         run_search(parse(TrainConfig, argv))
     monkeypatch.setattr(Grid, "train", real_train)
     db = tmp_path / "runs/s/search.db"

@@ -10,9 +10,14 @@ import sys
 import pytest
 
 from config import ROOT, TrainConfig, parse_explicit
-from core.rundir import RunDirBusy, free_run_name, owned
+from core.rundir import RunDirBusy, owned
 
-HOLD = "import sys; from core.rundir import owned\nwith owned(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+HOLD = """import sys
+from core.rundir import owned
+with owned(sys.argv[1]):
+    print('held', flush=True)
+    sys.stdin.read()
+"""
 
 
 def _holder(run_dir) -> subprocess.Popen:

@@ -1,0 +1,146 @@
+"""Grids and searches get what single runs have: a run directory of their own, progress, Ctrl-C that keeps finished
+work, a rerun that resumes it, and searches that do not repeat themselves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from config import TrainConfig, parse, parse_explicit
+from core.io import ConfigError, Interrupted
+from pipeline import batched
+from pipeline.experiments import run_experiment
+from pipeline.search import run_search, trial_line, trial_row
+from pipeline.training import run_training
+from tests.test_experiments import _argv, _import
+
+
+@pytest.fixture
+def two_modules(memento, tmp_path):
+    _import(memento, tmp_path, "a", 6, 1)
+    _import(memento, tmp_path, "b", 4, 2)
+    return memento
+
+
+def _summary_rows(summary: dict) -> list[tuple]:
+    return [(r["combination"], r["model"], r["last"]["mean"], r["ensemble"]["mean"]) for r in summary["rows"]]
+
+
+def test_a_grid_never_writes_into_another_runs_directory(two_modules, tmp_path):
+    runs = tmp_path / "runs"
+    run_training(*parse_explicit(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "demo", "--seed", "1"]))
+    before = {p.name: p.read_bytes() for p in (runs / "demo").iterdir() if p.is_file()}
+    grid = run_experiment(parse(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "demo", "--seeds", "3", "4"]))
+    folds = run_experiment(parse(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "demo", "--folds", "2"]))
+    assert grid["run_dir"] == str(runs / "demo-2") and folds["run_dir"] == str(runs / "demo-3")
+    assert {p.name: p.read_bytes() for p in (runs / "demo").iterdir() if p.is_file()} == before
+    assert not list((runs / "demo-3").glob("ablation.*"))
+
+
+def test_an_interrupted_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(
+    two_modules, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(batched, "CPU_CHUNK_PARAMS", 1)  # one run a chunk: runs finish one after another
+    argv = [*_argv(two_modules, tmp_path), "--seeds", "1", "2", "3"]
+    reference = run_experiment(parse(TrainConfig, [*argv, "-n", "whole"]))
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")][-1].startswith(
+        "[3/3] a+b seed 3 fold 0: last-epoch val Spearman"
+    )
+    real_fit, fits = batched._Group.fit, []
+
+    def killed_in_second_run(self, on_epoch):
+        fits.append([s.seed for s in self.runs])
+        if len(fits) == 2:
+            raise KeyboardInterrupt
+        return real_fit(self, on_epoch)
+
+    monkeypatch.setattr(batched._Group, "fit", killed_in_second_run)
+    with pytest.raises(Interrupted, match=r"1 of 3 runs are finished in .*/runs/cut and kept; run the same command"):
+        run_experiment(parse(TrainConfig, [*argv, "-n", "cut"]))
+    assert (tmp_path / "runs/cut/a+b/seed1-fold0/summary.json").is_file()
+    assert not (tmp_path / "runs/cut/a+b/seed2-fold0").exists()
+    fits.clear()
+    monkeypatch.setattr(
+        batched._Group, "fit", lambda self, on_epoch: fits.append(self.runs) or real_fit(self, on_epoch)
+    )
+    resumed = run_experiment(parse(TrainConfig, [*argv, "-n", "cut"]))
+    assert resumed["run_dir"] == str(tmp_path / "runs/cut")  # the same experiment: continued, not renamed
+    assert [[s.seed for s in chunk] for chunk in fits] == [[2], [3]]  # seed 1 was not trained again
+    assert "1 of 3 runs finished earlier" in capsys.readouterr().out
+    for got, want in zip(_summary_rows(resumed), _summary_rows(reference), strict=True):
+        assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], abs=1e-6)
+
+
+def test_config_refusals_of_grids_and_searches(two_modules, tmp_path):
+    with pytest.raises(ConfigError, match="--threads and --search must be >= 0"):
+        run_search(parse_explicit(TrainConfig, [*_argv(two_modules, tmp_path), "--search", "-2"], check=False)[0])
+    with pytest.raises(ConfigError, match=r"--ablate trains every combination .* only \['a'\] is selected"):
+        parse(TrainConfig, ["--extra_features", "a", "--ablate"])
+
+
+def test_an_explicit_seed_wins_over_the_config_files_seeds(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("seeds: [1, 2, 3, 4, 5]\nextra_features: [a]\n")
+    cfg = parse(TrainConfig, ["--config", str(config), "--seed", "3"])
+    assert cfg.seed == 3 and cfg.seeds == [] and not cfg.grid()
+    assert parse(TrainConfig, ["--config", str(config)]).seeds == [1, 2, 3, 4, 5]
+    both = parse(TrainConfig, ["--config", str(config), "--seed", "3", "--seeds", "7", "8"])
+    assert both.seeds == [7, 8]
+
+
+def _space(tmp_path, text: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_resumed_search_draws_new_values_and_fails_orphaned_trials(two_modules, tmp_path, capsys):
+    space = _space(tmp_path, "lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    argv = [*_argv(two_modules, tmp_path), "-n", "s", "--search_space", space, "--epochs", "1"]
+    for n in (1, 2, 3):  # killed after every trial: each invocation runs one more
+        summary = run_search(parse(TrainConfig, [*argv, "--search", str(n)]))
+    values = [t["params"]["lr"] for t in summary["trials"]]
+    assert len(values) == 3 and len(set(values)) == 3  # a re-seeded TPE drew its first value three times
+    assert summary["run_dir"] == str(tmp_path / "runs/s")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'runs/s/search.db'}")
+    study.ask()  # a trial a SIGKILLed process left RUNNING
+    capsys.readouterr()
+    summary = run_search(parse(TrainConfig, [*argv, "--search", "4"]))
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE"]
+    out = capsys.readouterr().out
+    assert "trial(s) 3 were left running by a killed process: marked FAIL" in out
+    assert "  trial   4 COMPLETE last-epoch val Spearman" in out  # a line as each trial finishes
+
+
+def test_only_fields_the_config_uses_are_searched(two_modules, tmp_path, capsys):
+    space = _space(
+        tmp_path,
+        "lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n"
+        "scheduler_gamma: {type: float, low: 0.1, high: 0.9}\nscheduler_step_size: {type: int, low: 1, high: 3}\n",
+    )
+    argv = [*_argv(two_modules, tmp_path), "-n", "c", "--search_space", space, "--epochs", "1", "--search", "2"]
+    summary = run_search(parse(TrainConfig, [*argv, "--scheduler", "cosine"]))
+    assert all(set(t["params"]) == {"lr"} for t in summary["trials"])
+    assert "not searched: scheduler_gamma, scheduler_step_size" in capsys.readouterr().out
+    step = run_search(parse(TrainConfig, [*argv, "-n", "st", "--scheduler", "step"]))
+    assert all(set(t["params"]) == {"lr", "scheduler_gamma", "scheduler_step_size"} for t in step["trials"])
+    best = json.loads((tmp_path / "runs/c/search.json").read_text())["best"]["values"]
+    assert set(best) == {"lr"}
+
+
+def test_a_pruned_trial_is_listed_with_the_epoch_it_was_stopped_at():
+    dist = optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
+    trial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={"lr": 0.01}, distributions={"lr": dist},
+        intermediate_values={0: 0.12, 1: 0.25},
+    )  # fmt: skip
+    row = trial_row(trial)
+    assert row["pruned_at"] == {"epoch": 2, "val_spearman": 0.25} and row["value"] is None
+    line = trial_line(row)
+    assert "pruned at epoch 2 (mean val Spearman there 0.2500)" in line and "last-epoch" not in line
+    done = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.3, params={}, distributions={})
+    assert "last-epoch val Spearman 0.3000" in trial_line(trial_row(done))
+    assert np.isclose(trial_row(done)["value"], 0.3)
