@@ -10,7 +10,7 @@ import re
 
 from config import GenConfig
 from core.io import ConfigError, ensure_writable
-from dataset import DATASETS, load_records, reading_only
+from dataset import DATASETS, generating_demo, load_records, reading_only
 from features.extract import Dist, Summary, device_for, extract_family, with_crop
 from features.importer import import_features
 from features.store import FeatureStore, StoredFeatures
@@ -25,7 +25,8 @@ def run(cfg: GenConfig) -> list[Summary]:
     dist = Dist.from_env()
     dist.init()
     try:
-        records = load_records(cfg.dataset, cfg)
+        with generating_demo():  # gen_features.py --dataset demo is the one command that writes the demo corpus
+            records = load_records(cfg.dataset, cfg)
         device = device_for(cfg.device, dist)
         # new videos are framed like the training dataset's (VideoMem: centre crop)
         crop = DATASETS[cfg.fit_on or cfg.dataset].crop

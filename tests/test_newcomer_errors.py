@@ -143,3 +143,20 @@ def test_videomem_runs_say_which_split_and_imports_do_not_write_one(tmp_path):
     records = load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
     assert records[0].extras["split_source"].startswith("the seeded split (seed 0) ")
     assert (tmp_path / "VideoMem/m3s_split_videomem.json").is_file()
+
+
+def test_only_gen_features_generates_the_demo_corpus(tmp_path, capsys):
+    """train.py --config configs/demo.yaml --data_dir typo_dir wrote 300 clips into typo_dir before failing."""
+    typo = tmp_path / "typo_dir"
+    cfg = TrainConfig(dataset="demo", data_dir=str(typo), use_raw=True)
+    with pytest.raises(FileNotFoundError) as err:
+        load_records("demo", cfg)
+    assert str(err.value) == (
+        f"no demo corpus in {typo / 'demo'}; generate it (and its raw features) with: python gen_features.py "
+        f"--dataset demo --data_dir {typo} --features raw"
+    )
+    assert not typo.exists()
+    argv = ["--config", str(ROOT / "configs/demo.yaml"), "--data_dir", str(typo), "--runs_dir", str(tmp_path / "r")]
+    with pytest.raises(FileNotFoundError, match="no demo corpus in"):
+        run_training(*parse_explicit(TrainConfig, argv, check=False))
+    assert not typo.exists() and not (tmp_path / "r" / "demo").exists()
