@@ -9,6 +9,7 @@ contributes on ``--split`` (see ``pipeline/explain.py``).
 
 from config import EvalConfig, parse
 from core.cli import main_guard
+from core.io import M3SError
 from pipeline.apply import score_videos
 from pipeline.evaluation import run_evaluation
 from pipeline.explain import explain_lines, run_explain
@@ -20,6 +21,8 @@ def print_scores(cfg: EvalConfig) -> None:
     for vid, reason in sorted(result["failed"].items())[:20]:
         print(f"  failed {vid}: {reason}")
     print(f"scores: {result['out']}")
+    if not result["n_scored"]:
+        raise M3SError(f"none of the {result['n']} videos could be scored (reasons above and in {result['out']})")
 
 
 def main() -> None:

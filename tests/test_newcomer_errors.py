@@ -160,3 +160,39 @@ def test_only_gen_features_generates_the_demo_corpus(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no demo corpus in"):
         run_training(*parse_explicit(TrainConfig, argv, check=False))
     assert not typo.exists() and not (tmp_path / "r" / "demo").exists()
+
+
+def test_an_unknown_text_model_offline_is_one_error_at_once_and_a_cached_one_needs_no_hub(tmp_path, monkeypatch):
+    """An unknown --text_model retried the hub for 75 s offline before its error; a model in the local Hugging Face
+    cache is found there first."""
+    import time
+
+    import huggingface_hub.constants
+
+    from features.text import model_location
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"'no-such-model' not found: .* not in the local Hugging Face cache"):
+        model_location("no-such-model")
+    assert time.perf_counter() - t0 < 10
+    snapshot = tmp_path / "hub/models--sentence-transformers--tiny-encoder/snapshots/0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "modules.json").write_text("[]")
+    (tmp_path / "hub/models--sentence-transformers--tiny-encoder/refs").mkdir()
+    (tmp_path / "hub/models--sentence-transformers--tiny-encoder/refs/main").write_text("0123abcd")
+    assert model_location("tiny-encoder") == (str(snapshot), "Hugging Face cache (sentence-transformers/tiny-encoder)")
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("--lr_rate", "--lr"), ("--epoch", "--epochs"), ("--hiden_channels", "--hidden_channels"),
+     ("--batchsize", "--batch_size"), ("--use_rw", "--use_raw"), ("--bogus", None)],
+)  # fmt: skip
+def test_a_mistyped_flag_is_answered_with_the_flag_it_most_likely_meant(typed, meant):
+    from core import cli
+
+    parser = cli.build_parser(TrainConfig)
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    assert cli.closest_flag(typed, flags) == meant  # --lr_rate was answered with --ablate

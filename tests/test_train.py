@@ -219,13 +219,24 @@ def test_wandb_offline_logging(memento, tmp_path, monkeypatch):
         artifacts.append((art.name, art.metadata["epoch"], sorted(aliases)))
         return real_art(self, art, *args, aliases=aliases, **kwargs)
 
+    summary = {}
+    real_set = wandb.sdk.wandb_summary.Summary.__setitem__
+
+    def spy_summary(self, key, value):
+        summary[key] = value
+        return real_set(self, key, value)
+
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", spy_art)
+    monkeypatch.setattr(wandb.sdk.wandb_summary.Summary, "__setitem__", spy_summary)
     _import(memento, tmp_path)
     _train(memento, tmp_path, "-n", "w", "-l", "--group", "g1", "--tags", "t1", "t2", "--epochs", "2")
     expected = {"train_loss", "lr", "val_spearman", "val_kendall", "val_loss", "val_mse", "val_mae", "val_kl", "val_js"}
     assert len(logged) == 2 and all(expected <= set(row) for row in logged)
     assert isinstance(logged[0]["val_pred_hist"], wandb.Histogram)
+    assert [row["epoch"] for row in logged] == [1, 2]  # counted from 1, as printed
+    best = json.loads((tmp_path / "runs/w/summary.json").read_text())["best"]
+    assert summary["best_epoch"] == best["epoch"] + 1 and summary["best_spearman"] == best["val_spearman"]
     assert list((tmp_path / "runs/w/wandb").glob("offline-run-*/run-*.wandb"))
     assert [a[1] for a in artifacts] == [0, 1] and all(a[0].startswith("model-") for a in artifacts)
     assert {"epoch-0", "latest"} <= set(artifacts[0][2]) and {"epoch-1", "latest"} <= set(artifacts[1][2])
