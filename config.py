@@ -32,6 +32,8 @@ DATASET_NAMES = tuple(DATASETS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("step", "cosine", "none")
 FAMILIES = tuple(t.name for t in TIERS.values() if t.computed)  # what gen_features.py --features computes
+#: --workers means the same in every script (torch's DataLoader convention, plus -1)
+WORKERS_HELP = "decoding processes (-1: one per available core; 0: decode in this process; N: N processes)"
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, short: str | None = None, flag: str | None = None):
@@ -131,7 +133,9 @@ class TrainConfig(ModuleConfig):
     ablate: bool = opt(False, "train every non-empty combination of the selected modules")
     baselines: bool = opt(False, "also fit Ridge and RBF-SVR (standardised inputs, CV on train) on the same table")
     batched: bool = opt(True, "train a grid's runs together as one batched model (--no-batched: one by one)")
-    search: int = opt(0, "run this many Optuna trials over --search_space (each scored over --seeds / --folds)")
+    search: int = opt(
+        0, "run this many Optuna trials over --search_space, each scored over --seeds / --folds (0: no search)"
+    )
     search_space: str = opt("configs/search/paper.yaml", "YAML search space of --search")
     search_storage: str = opt("", "Optuna storage URL (default: sqlite in the run directory, so a search resumes)")
     search_seed: int = opt(0, "seed of the TPE sampler")
@@ -142,7 +146,7 @@ class TrainConfig(ModuleConfig):
     grad_accumulation: int = opt(1, "end-to-end: steps each process splits a --batch_size batch into (same update)")
     e2e_frames: int = opt(45, "end-to-end: frames decoded per clip (45, as the stored features)")
     e2e_size: int = opt(256, "end-to-end: side of the square frames (256, as the stored features and the HOG PCA)")
-    workers: int = opt(-1, "end-to-end: clip decoding processes (-1: one per core; 0: in the training process)")
+    workers: int = opt(-1, "end-to-end: clip " + WORKERS_HELP)
     prefetch: int = opt(2, "end-to-end: batches each decoding process prepares ahead")
     deep_dtype: str = opt("auto", "end-to-end: backbone precision (auto: bf16 on GPUs that have it, else fp16 with "
                           "loss scaling; fp32 on the CPU)", ("auto", "bf16", "fp16", "fp32"))  # fmt: skip
@@ -252,7 +256,7 @@ class EvalConfig(Paths):
     videos: str = opt("", "score these videos: a folder (recursive) or a text file of video paths, one a line")
     out: str = opt("", "CSV of --videos scores; default: scores_<videos>_<checkpoint>.csv beside the checkpoint")
     weights_dir: str = opt("weights", "backbone checkpoints for --videos with deep tiers (weights/README.md)")
-    workers: int = opt(0, "decoding worker processes for --videos (0: one per available core)")
+    workers: int = opt(-1, "--videos: " + WORKERS_HELP)
     # interpretability (pipeline/explain.py)
     explain: bool = opt(False, "per-module contributions on --split, and its best and worst predicted videos")
     explain_repeats: int = opt(5, "seeded shuffles per module for the permutation importance of --explain")
@@ -261,6 +265,8 @@ class EvalConfig(Paths):
     def check(self) -> None:
         if not self.checkpoint:
             raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
+        if self.workers < -1:
+            raise ConfigError(f"--workers {self.workers}: {WORKERS_HELP}")
         if self.videos and self.dataset:
             raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")
         if self.explain and self.videos:
@@ -273,7 +279,7 @@ class EvalConfig(Paths):
 class _GenBase(Paths):
     dataset: str = opt("Memento10k", "dataset whose videos are processed", DATASET_NAMES)
     features: list[str] = opt(["raw"], "feature families (tiers) to compute", FAMILIES)
-    workers: int = opt(0, "decoding worker processes (0: one per available core)")
+    workers: int = opt(-1, WORKERS_HELP)
     batch_size: int = opt(8, "videos per extraction batch")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
 
@@ -299,6 +305,8 @@ class GenConfig(make_dataclass("_GenTiers", _tier_fields(gen=True), bases=(_GenB
     overwrite: bool = opt(False, "--import: replace features already imported under --name")
 
     def check(self) -> None:
+        if self.workers < -1:
+            raise ConfigError(f"--workers {self.workers}: {WORKERS_HELP}")
         if self.import_path and not self.name:
             raise ConfigError("--import needs --name NAME (the module name you will pass to --extra_features)")
 
@@ -336,6 +344,64 @@ def _explain_similarity(argv: list[str]) -> None:
         )
 
 
+def help_groups(cls: type) -> dict[str, list[str]]:
+    """The sections of a script's ``--help``: title -> field names (the tiers' own fields in one section)."""
+    tiers = [name for name, _, _ in _tier_fields(gen=cls is GenConfig)]
+    if cls is TrainConfig:
+        return {
+            "data": ["data_dir", "features_dir", "dataset"],
+            "tiers (the modules the model reads, and how their features are made)": [*tiers, "fixed_features"],
+            "model": ["hidden_channels", "loss", "mse_tails_pow", "mse_tails_mult_fact"],
+            "optimisation": [
+                "batch_size",
+                "lr",
+                "epochs",
+                "optimizer",
+                "momentum",
+                "weight_decay",
+                "scheduler",
+                "scheduler_gamma",
+                "scheduler_step_size",
+                "seed",
+                "device",
+                "threads",
+            ],  # fmt: skip
+            "experiments (several runs and their summary)": [
+                "seeds",
+                "folds",
+                "fold_seed",
+                "ablate",
+                "baselines",
+                "batched",
+                "search",
+                "search_space",
+                "search_storage",
+                "search_seed",
+            ],  # fmt: skip
+            "end-to-end training (--no-fixed_features)": list(_END_TO_END_ONLY),
+            "run directory, resuming and logging": [
+                "name",
+                "save",
+                "runs_dir",
+                "checkpoint_local",
+                "checkpoint_run_id",
+                "checkpoint_epoch",
+                "log",
+                "project",
+                "group",
+                "tags",
+            ],  # fmt: skip
+        }
+    if cls is GenConfig:
+        return {
+            "data": ["data_dir", "features_dir", "dataset", "fit_on", "limit", "retry_failed"],
+            "what to compute": ["features", *tiers],
+            "how": ["workers", "batch_size", "device", "deep_dtype", "weights_dir", "smoke_random_weights"],
+            "importing your own features (--import)": ["import_path", "name", "ids", "id_column", "overwrite"],
+        }
+    return {}
+
+
 #: A flag given on the command line drops the config file's value of the field it stands in for.
 _OVERRIDES = {"seed": "seeds"}
 
@@ -349,7 +415,7 @@ def parse_explicit(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     _explain_similarity(argv)
-    parser = cli.build_parser(cls, description)
+    parser = cli.build_parser(cls, description, help_groups(cls))
     args = vars(parser.parse_args(argv))
     path = args.pop("config", None)
     from_file = cli.load_yaml(path) if path else {}

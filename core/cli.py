@@ -87,28 +87,46 @@ def _coerce(f: dataclasses.Field, value: Any, hints: dict, aliases: dict) -> Any
     return out if is_list else out[0]
 
 
-def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
+def _help(f: dataclasses.Field) -> str:
+    """A field's help with its default, said once: a help text that already states its default keeps its own words."""
+    text = f.metadata.get("help", "")
+    if "default" in text:
+        return text
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    if shown in ("", None, []):
+        return text
+    return f"{text} (default: {shown})"
+
+
+def build_parser(
+    cls: type, description: str = "", groups: dict[str, list[str]] | None = None
+) -> argparse.ArgumentParser:
+    """The parser of a config dataclass; ``groups`` (title -> field names, in order) sorts ``--help`` into sections,
+    and fields of no group come last under "other options"."""
     parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
+    sections = {}
+    for title, names in (groups or {}).items():
+        group = parser.add_argument_group(title)
+        sections |= dict.fromkeys(names, group)
+    other = parser.add_argument_group("other options") if groups else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, is_list = _base_type(hints[f.name])
         names = [f.metadata.get("flag") or f"--{f.name}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
         # argparse's own default display is off: SUPPRESS keeps the values given explicitly apart from defaults
-        help_text = f"{f.metadata.get('help', '')} (default: {shown if shown not in ('', None) else 'none'})"
-        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"dest": f.name, "help": _help(f), "default": argparse.SUPPRESS}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = str if tp is str else tp
             if is_list:
                 kwargs["nargs"] = "+" if f.name not in ("tags", "extra_features") else "*"
-        choices = f.metadata.get("choices")
+        choices = [c for c in f.metadata.get("choices") or () if c != ""]  # "" (unset) is said by the help text
         if choices:
             kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
-        parser.add_argument(*names, **kwargs)
+        sections.get(f.name, other).add_argument(*names, **kwargs)
     return parser
 
 

@@ -164,7 +164,7 @@ def _exit_with(parent: int, every: float = 0.5) -> None:
 
 
 def _loader(records: list, ext: Extractor, mode: str, cfg: Any, dist: Dist) -> torch.utils.data.DataLoader:
-    workers = cfg.workers if cfg.workers > 0 else max(1, available_cores() // max(dist.local_world, 1))
+    workers = cfg.workers if cfg.workers >= 0 else max(1, available_cores() // max(dist.local_world, 1))
     # forkserver, not fork: a worker forked from a parent whose OpenCV/OpenMP threads hold a lock can hang forever
     kwargs = (
         {

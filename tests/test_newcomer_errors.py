@@ -196,3 +196,31 @@ def test_a_mistyped_flag_is_answered_with_the_flag_it_most_likely_meant(typed, m
     parser = cli.build_parser(TrainConfig)
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     assert cli.closest_flag(typed, flags) == meant  # --lr_rate was answered with --ablate
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, GenConfig, EvalConfig])
+def test_help_says_each_default_once_and_offers_no_empty_choice(cls):
+    from config import help_groups
+    from core import cli
+
+    parser = cli.build_parser(cls, "", help_groups(cls))
+    text = parser.format_help()
+    # "default $M3S_DATA_DIR or ./data (default: none)", "(default --lr / 100) (default: none)": said twice
+    assert all(a.help.count("default") <= 1 for a in parser._actions if a.help), text
+    assert "(default: none)" not in text and "default $M3S_DATA_DIR or ./data" in text
+    assert "{," not in text and ",}" not in text  # --dataset {,Memento10k,...} offered the empty string
+    if cls is TrainConfig:  # about 80 options, in sections
+        for title in ("data:", "model:", "optimisation:", "experiments (several runs", "end-to-end training"):
+            assert f"\n{title}" in text
+        assert "other options" not in text  # every flag has its section
+        assert "(0: no search)" in text
+
+
+def test_workers_means_the_same_in_every_script():
+    from config import WORKERS_HELP
+
+    for cls in (TrainConfig, GenConfig, EvalConfig):
+        assert cls.__dataclass_fields__["workers"].default == -1
+        assert WORKERS_HELP in cls.__dataclass_fields__["workers"].metadata["help"]
+    with pytest.raises(ConfigError, match="--workers -2: decoding processes"):
+        parse(GenConfig, ["--workers", "-2"])
