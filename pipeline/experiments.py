@@ -229,7 +229,12 @@ def experiment_dir(cfg: TrainConfig, kind: str) -> Iterator[Path]:
             cfg.seed = earlier.get("seed")
         grid_seeds(cfg)  # draws the seed of a new experiment, recorded in its config.yaml
         write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-        yield run_dir
+        try:
+            yield run_dir
+        except BaseException:
+            if earlier is None and {p.name for p in run_dir.iterdir()} <= {"config.yaml", ".lock"}:
+                (run_dir / "config.yaml").unlink()  # stopped before any result: the name stays free
+            raise
 
 
 class Grid:

@@ -23,7 +23,7 @@ from core.io import ConfigError, write_text
 from dataset import VideoRecord, dataset_root
 from pipeline.batched import FoldData
 from pipeline.table import FeatureTable, fit_stats
-from tiers import module_tiers
+from tiers import module_tiers, owner
 
 
 def scored_pool(records: list[VideoRecord]) -> list[VideoRecord]:
@@ -63,6 +63,28 @@ def load_or_make_folds(cfg: TrainConfig, records: list[VideoRecord]) -> list[lis
     return folds
 
 
+def refuse_fits_that_saw_the_folds(cfg: TrainConfig, fitted: dict) -> None:
+    """``--folds`` draws validation folds from the official train split too. A transform fitted on that split when the
+    stores were extracted (the raw tier's HOG PCA, the similarity tier's DBSCAN / KDE / PCA) has seen every
+    validation fold's videos, so cross-validated scores over it would be optimistic; refitting it per fold means
+    extracting again per fold, which m3s does not do. Refused, with what can be cross-validated instead."""
+    used = {}
+    for store, entry in fitted.items():
+        tier = owner(store)
+        names = tier.fitted_in_use(cfg, sorted(entry["transforms"])) if tier else sorted(entry["transforms"])
+        if names:
+            used[store] = names
+    if used:
+        listed = "; ".join(f"{store} ({', '.join(names)})" for store, names in sorted(used.items()))
+        raise ConfigError(
+            f"--folds {cfg.folds}: the validation folds are drawn from the train split too, and these stores hold "
+            f"transforms fitted on that split at extraction: {listed}. Every validation fold's videos were inside "
+            "those fits, so the cross-validated scores would be optimistic. Cross-validate the modules without them "
+            "(e.g. raw without hog: --raw_features brightness contrast blurriness size_orig meanOF; no similarity), "
+            "or train on the dataset's own split (no --folds)"
+        )
+
+
 def fold_data(
     cfg: TrainConfig, records: list[VideoRecord], folds: list[list[str]] | None, device: torch.device
 ) -> tuple[list[FoldData], dict[str, int], dict]:
@@ -70,6 +92,8 @@ def fold_data(
     pool = scored_pool(records)
     # one read of the stores, every pooled video as one block, nothing normalised yet
     table = FeatureTable.build(cfg, [replace(r, split="train") for r in pool], "cpu", stats={}, splits=("train",))
+    if folds is not None:
+        refuse_fits_that_saw_the_folds(cfg, table.fitted)
     data = table.splits["train"]
     row = {vid: i for i, vid in enumerate(data.ids)}  # videos that failed extraction are not in the table
     kept = [r for r in pool if r.id in row]

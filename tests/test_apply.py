@@ -146,3 +146,22 @@ def test_a_folder_where_nothing_could_be_scored_is_a_failure(trained, tmp_path, 
     assert f"error: none of the 1 videos could be scored (reasons above and in {out})" in captured.err
     (row,) = read_csv(out)
     assert row["id"] == "broken" and row["prediction"] == "" and row["error"].startswith("raw:")  # the reason is kept
+
+
+def test_folds_refuse_transforms_fitted_on_the_train_split(trained, tmp_path):
+    """--folds draws validation folds from the train split, on which the raw store's HOG PCA was fitted: refused
+    (cross-validated scores would be optimistic), and raw without hog cross-validates."""
+    from pipeline.experiments import run_experiment
+
+    tmp, _, _, _ = trained
+    features = tmp_path / "features"
+    shutil.copytree(tmp / "data", tmp_path / "data")
+    run(GenConfig(data_dir=str(tmp_path / "data"), features_dir=str(features), dataset="Memento10k", workers=1))
+    argv = ["--data_dir", str(tmp_path / "data"), "--features_dir", str(features), "--runs_dir", str(tmp_path / "r"),
+            "-n", "cv", "--use_raw", "--folds", "2", "--epochs", "1", "--hidden_channels", "8", "--seeds", "1"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--folds 2: .* fitted on that split at extraction: raw \(hog_pca\)\. Every"):
+        run_experiment(parse(TrainConfig, argv))
+    assert not (tmp_path / "r" / "cv").exists()  # refused before any result: the name stays free
+    no_hog = ["--raw_features", "brightness", "contrast", "blurriness", "size_orig", "meanOF"]
+    summary = run_experiment(parse(TrainConfig, [*argv, *no_hog]))
+    assert summary["runs"] == 2 and summary["run_dir"] == str(tmp_path / "r" / "cv")

@@ -111,6 +111,11 @@ class Tier:
         return None
 
     # ---------------------------------------------------------------- similarity spaces
+    def fitted_in_use(self, cfg: Any, transforms: list[str]) -> list[str]:
+        """Of ``transforms``, fitted on a dataset's train split and carried by this tier's store, those the features
+        ``cfg`` selects depend on (``--folds`` refuses them: they have seen the validation folds' videos)."""
+        return list(transforms)
+
     def spaces(self) -> tuple[str, ...]:
         """Names of the similarity feature spaces this tier offers (``--similarity_features`` choices)."""
         return ()

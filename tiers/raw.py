@@ -28,6 +28,10 @@ class RawTier(Tier):
             ),
         }
 
+    def fitted_in_use(self, cfg: Any, transforms: list[str]) -> list[str]:
+        """The HOG PCA only projects ``hog`` (and its temporal std): the other raw features are fitted on nothing."""
+        return list(transforms) if "hog" in cfg.raw_features else []
+
     def sources(self, cfg: Any, module: str, stores: dict[str, StoredFeatures] | None = None) -> list[Source]:
         """``--raw_features`` in order, each followed by its temporal std with ``--use_temporal_std`` (per-frame
         features only; per-video ones such as ``meanOF`` have none)."""
