@@ -158,7 +158,8 @@ def test_folds_refuse_transforms_fitted_on_the_train_split(trained, tmp_path):
     shutil.copytree(tmp / "data", tmp_path / "data")
     run(GenConfig(data_dir=str(tmp_path / "data"), features_dir=str(features), dataset="Memento10k", workers=1))
     argv = ["--data_dir", str(tmp_path / "data"), "--features_dir", str(features), "--runs_dir", str(tmp_path / "r"),
-            "-n", "cv", "--use_raw", "--folds", "2", "--epochs", "1", "--hidden_channels", "8", "--seeds", "1"]  # fmt: skip
+            "-n", "cv", "--use_raw", "--folds", "2", "--epochs", "1", "--hidden_channels", "8",
+            "--seeds", "1"]  # fmt: skip
     with pytest.raises(ConfigError, match=r"--folds 2: .* fitted on that split at extraction: raw \(hog_pca\)\. Every"):
         run_experiment(parse(TrainConfig, argv))
     assert not (tmp_path / "r" / "cv").exists()  # refused before any result: the name stays free
