@@ -223,6 +223,13 @@ def run_explain(cfg: EvalConfig) -> dict:
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError("--explain looks at one split: --split train, val or test")
     ckpt = load_checkpoint(cfg.checkpoint)
+    if "end_to_end" in ckpt or not ckpt["config"].get("fixed_features", True):
+        raise ConfigError(
+            f"{cfg.checkpoint} was trained end to end (fine-tuned backbones): --explain replaces and shuffles the "
+            "pre-computed stores' features, which are not the inputs its head was trained on, so its numbers would "
+            "describe another model. Score it with evaluate.py (no --explain); explain a model trained on fixed "
+            "features (train.py without --no-fixed_features)"
+        )
     values = dict(ckpt["config"]) | {
         k: getattr(cfg, k) for k in ("data_dir", "features_dir", "dataset") if getattr(cfg, k)
     }

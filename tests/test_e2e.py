@@ -200,6 +200,10 @@ def test_evaluate_runs_the_fine_tuned_backbones(data_dir, tmp_path):
         EvalConfig(checkpoint=str(tmp_path / "no_backbones.pt"), device="cpu", out_dir=str(tmp_path))
     )
     assert other["val"]["mse"] != out["val"]["mse"]
+    from pipeline.explain import run_explain  # --explain would shuffle stored features this head never read
+
+    with pytest.raises(ConfigError, match=r"last.pt was trained end to end \(fine-tuned backbones\): --explain"):
+        run_explain(EvalConfig(checkpoint=str(Path(result["run_dir"]) / "last.pt"), device="cpu", explain=True))
     frozen = run_end_to_end(_cfg(data_dir, tmp_path, "-n", "fz", "--epochs", "1", "-s", "--freeze_backbones"))
     assert "backbones" not in load_checkpoint(Path(frozen["run_dir"]) / "last.pt")
 
