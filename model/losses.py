@@ -1,4 +1,6 @@
-"""Training losses, one registry. Every loss is ``fn(pred, target, ctx) -> scalar`` with ``pred``/``target`` (B,)."""
+"""Training losses, one registry. Every loss is ``fn(pred, target, ctx)`` over the last dimension: ``pred`` and
+``target`` of shape (..., B) give (...,), a scalar for one run's batch (B,), one loss per run for a grid's (R, B).
+``ctx.train_mean`` is a float or a tensor that broadcasts against ``target`` (a grid's (R, 1): each run's own)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -15,17 +16,17 @@ class LossContext:
 
     epoch: int = 0
     epochs: int = 1
-    train_mean: float = 0.0
+    train_mean: float | torch.Tensor = 0.0  # a float, or (R, 1) for R runs at once
     tails_pow: float = 4.0
     tails_mult: float = 2.0
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-    return F.mse_loss(pred, target)
+    return ((pred - target) ** 2).mean(-1)
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-    return F.l1_loss(pred, target)
+    return (pred - target).abs().mean(-1)
 
 
 def mse_tails(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext) -> torch.Tensor:
@@ -34,23 +35,24 @@ def mse_tails(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext) -> tor
     ``mean`` is the train-split mean of the dataset being trained on (the reference always used Memento10k's).
     """
     w = 1 + ctx.tails_mult * (target - ctx.train_mean).abs() ** ctx.tails_pow
-    w = w / w.mean()
-    return (w * (pred - target) ** 2).mean()
+    w = w / w.mean(-1, keepdim=True)
+    return (w * (pred - target) ** 2).mean(-1)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a - a.mean(), b - b.mean()
-    return (a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12)
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
 
 
 def spearman(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext) -> torch.Tensor:
     """Minus the Pearson correlation of soft ranks over the batch (torchsort, l2, strength 1), divided by 100."""
     import torchsort  # compiled extension: imported only by the losses that need it
 
-    # soft_rank ranks along the last dim of a 2-D tensor: the batch is one row, (1, B).
-    rp = torchsort.soft_rank(pred.reshape(1, -1), regularization="l2", regularization_strength=1.0)
-    rt = torchsort.soft_rank(target.reshape(1, -1), regularization="l2", regularization_strength=1.0)
-    return -_pearson(rp.flatten(), rt.flatten()) / 100
+    # soft_rank ranks along the last dim of a 2-D tensor: every batch is one row, (N, B)
+    shape, b = pred.shape[:-1], pred.shape[-1]
+    rp = torchsort.soft_rank(pred.reshape(-1, b), regularization="l2", regularization_strength=1.0)
+    rt = torchsort.soft_rank(target.reshape(-1, b).contiguous(), regularization="l2", regularization_strength=1.0)
+    return (-_pearson(rp, rt) / 100).reshape(shape)
 
 
 def mse_to_spearman(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext) -> torch.Tensor:

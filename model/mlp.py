@@ -30,7 +30,12 @@ class ModularMLP(nn.Module):
         return sum(self.dims.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x)).squeeze(-1)  # (B, in_dim) -> (B,)
+        return self.squash(self.net(x)).squeeze(-1)  # (B, in_dim) -> (B,)
+
+    @staticmethod
+    def squash(logits: torch.Tensor) -> torch.Tensor:
+        """The output non-linearity: scores in [0, 1] (a grid's stacked runs apply this same function)."""
+        return torch.sigmoid(logits)
 
     @staticmethod
     def concat(features: dict[str, torch.Tensor], dims: dict[str, int]) -> torch.Tensor:

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from config import TrainConfig
-from model.losses import LossContext
+from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
 from pipeline.training import make_optimizer, make_scheduler, seed_everything
@@ -78,53 +77,26 @@ class RunResult:
     weights: dict[str, torch.Tensor] = field(default_factory=dict)  # last epoch, as a ModularMLP state dict
 
 
-# --------------------------------------------------------------------------- losses over runs: (R, B) -> (R,)
-
-
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-
-
-def _mse(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext, mean: torch.Tensor) -> torch.Tensor:
-    return ((pred - target) ** 2).mean(-1)
-
-
-def _l1(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext, mean: torch.Tensor) -> torch.Tensor:
-    return (pred - target).abs().mean(-1)
-
-
-def _mse_tails(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext, mean: torch.Tensor) -> torch.Tensor:
-    w = 1 + ctx.tails_mult * (target - mean).abs() ** ctx.tails_pow  # mean: (R, 1), each run's train mean
-    w = w / w.mean(-1, keepdim=True)
-    return (w * (pred - target) ** 2).mean(-1)
-
-
-def _spearman(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext, mean: torch.Tensor) -> torch.Tensor:
-    import torchsort
-
-    # soft_rank ranks each row of a 2-D tensor: one row per run, as model.losses ranks its (1, B) batch
-    rp = torchsort.soft_rank(pred, regularization="l2", regularization_strength=1.0)
-    rt = torchsort.soft_rank(target.contiguous(), regularization="l2", regularization_strength=1.0)
-    return -_pearson_rows(rp, rt) / 100
-
-
-def _mse_to_spearman(pred: torch.Tensor, target: torch.Tensor, ctx: LossContext, mean: torch.Tensor) -> torch.Tensor:
-    a = ctx.epoch / (ctx.epochs - 1) if ctx.epochs > 1 else 0.0
-    return (1 - a) * _mse(pred, target, ctx, mean) + a * _spearman(pred, target, ctx, mean)
-
-
-#: ``model.losses.LOSSES`` over a batch of runs: ``fn(pred (R, B), target (R, B), ctx, train_mean (R, 1)) -> (R,)``
-BATCHED_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "mse": _mse,
-    "l1": _l1,
-    "mse_tails": _mse_tails,
-    "spearman": _spearman,
-    "mse_to_spearman": _mse_to_spearman,
-}
-
-
 # --------------------------------------------------------------------------- the stacked model
+
+
+#: Layers of ModularMLP that act on each value alone, so the same module applies to every stacked run at once.
+ELEMENTWISE = (torch.nn.Mish, torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh, torch.nn.Identity)
+
+
+def _stackable(net: ModularMLP) -> tuple[list[torch.nn.Linear], list[torch.nn.Module]]:
+    """``net``'s linear layers and the element-wise activations between them, read from the model itself: a layer the
+    stacked runs could not reproduce exactly (dropout, a norm, another order) is refused here, never approximated."""
+    layers = list(net.net)
+    linears, acts = layers[0::2], layers[1::2]
+    ok = len(linears) == len(acts) + 1 and all(isinstance(layer, torch.nn.Linear) for layer in linears)
+    if not ok or not all(isinstance(a, ELEMENTWISE) for a in acts):
+        kinds = ", ".join(type(layer).__name__ for layer in layers)
+        raise NotImplementedError(
+            f"the batched grid stacks Linear layers with element-wise activations between them; ModularMLP is now "
+            f"{kinds}: teach pipeline/batched.py that layer, or train the grid with --no-batched"
+        )
+    return linears, acts
 
 
 class Bundle:
@@ -145,7 +117,7 @@ class Bundle:
         for r, spec in enumerate(runs):
             seed_everything(spec.seed)  # then ModularMLP draws its initialisation, as the Trainer's does
             net = ModularMLP({m: dims[m] for m in spec.modules}, hidden)
-            linears = [layer for layer in net.net if isinstance(layer, torch.nn.Linear)]
+            linears, self.activations = _stackable(net)
             first, col = linears[0].weight.detach(), 0  # (H1, D_run)
             for m in spec.modules:
                 w1[m][:, self.members[m].index(r)] = first[:, col : col + dims[m]].T
@@ -170,12 +142,12 @@ class Bundle:
             if len(rs) < k:
                 y = torch.zeros(k, n, self.hidden[0], device=y.device, dtype=y.dtype).index_add(0, self.local[m], y)
             h = y if h is None else h + y
-        h = F.mish(h + self.b1[:, None])
+        h = self.activations[0](h + self.b1[:, None])
         for i, (w, bias) in enumerate(zip(self.ws, self.bs, strict=True)):
             h = torch.baddbmm(bias[:, None], h, w)  # (k, N, out)
             if i < len(self.ws) - 1:
-                h = F.mish(h)
-        return torch.sigmoid(h).squeeze(-1)
+                h = self.activations[i + 1](h)
+        return ModularMLP.squash(h).squeeze(-1)
 
     def state_dict(self, r: int) -> dict[str, torch.Tensor]:
         """Run ``r`` as a ``ModularMLP`` state dict (its own modules' columns only)."""
@@ -207,15 +179,20 @@ class _Group:
         self.gens = [torch.Generator().manual_seed(seed) for _, seed in keys]  # each run's order, as the Trainer's
         means = [[float(folds[fold].y_train.double().mean())] for fold, _ in keys]
         self.train_mean = torch.tensor(means, device=device)  # (bundles, 1): a bundle's runs share their fold
-        self.ctx = LossContext(0, cfg.epochs, 0.0, cfg.mse_tails_pow, cfg.mse_tails_mult_fact)
-        self.loss = BATCHED_LOSSES[cfg.loss]
+        # model.losses over (k, B): one loss per run; each bundle's context holds its fold's train mean, (1, 1)
+        self.ctxs = [
+            LossContext(0, cfg.epochs, self.train_mean[i : i + 1], cfg.mse_tails_pow, cfg.mse_tails_mult_fact)
+            for i in range(len(keys))
+        ]
+        self.loss = LOSSES[cfg.loss]
         self.n = len(folds[runs[0].fold].y_train)
 
     def _fold(self, bundle: Bundle) -> FoldData:
         return self.folds[bundle.runs[0].fold]
 
     def train_epoch(self, epoch: int) -> list[float]:
-        self.ctx.epoch = epoch
+        for ctx in self.ctxs:
+            ctx.epoch = epoch
         device = self.train_mean.device
         orders = [torch.randperm(self.n, generator=g).to(device) for g in self.gens]
         totals = [torch.zeros(len(b.runs), device=device) for b in self.bundles]
@@ -226,7 +203,7 @@ class _Group:
                 idx = order[start : start + self.cfg.batch_size]
                 pred = bundle.forward({m: fold.x_train[m][idx] for m in bundle.members})  # gathered once per order
                 target = fold.y_train[idx].expand(len(bundle.runs), -1)
-                losses.append(self.loss(pred, target, self.ctx, self.train_mean[i : i + 1]))  # (k,)
+                losses.append(self.loss(pred, target, self.ctxs[i]))  # (k,)
             self.opt.zero_grad(set_to_none=True)
             torch.cat(losses).sum().backward()  # runs share no weights: each run's gradient is its own loss's
             self.opt.step()
@@ -248,7 +225,7 @@ class _Group:
         for i, bundle in enumerate(self.bundles):
             fold = self._fold(bundle)
             pred = bundle.forward({m: fold.x_val[m] for m in bundle.members})  # (k, N_val)
-            losses = self.loss(pred, fold.y_val.expand(len(bundle.runs), -1), self.ctx, self.train_mean[i : i + 1])
+            losses = self.loss(pred, fold.y_val.expand(len(bundle.runs), -1), self.ctxs[i])
             true = fold.y_val.cpu().numpy()
             scored.append(
                 [

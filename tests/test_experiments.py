@@ -11,7 +11,6 @@ import torch
 from config import TrainConfig, parse, parse_explicit
 from core.io import Interrupted
 from model.losses import LOSSES, LossContext
-from pipeline.batched import BATCHED_LOSSES
 from pipeline.experiments import combinations, run_experiment
 from pipeline.extraction import run_import
 from pipeline.folds import fold_path, scored_pool
@@ -166,17 +165,37 @@ def test_combinations():
     assert len(combinations(["raw", "hrnet", "csn", "similarity"])) == 15
 
 
+def _numpy_loss(name: str, p: np.ndarray, t: np.ndarray, mean: float, epoch: int, epochs: int) -> float | None:
+    """The closed-form losses written out in numpy, one run's batch at a time (None: no closed form here)."""
+    if name == "mse":
+        return float(((p - t) ** 2).mean())
+    if name == "l1":
+        return float(np.abs(p - t).mean())
+    if name == "mse_tails":
+        w = 1 + 2.0 * np.abs(t - mean) ** 4.0
+        return float((w / w.mean() * (p - t) ** 2).mean())
+    return None
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_batched_losses_equal_the_registry(name):
-    """Every loss of the registry has a batched form, equal to it run by run."""
+def test_one_loss_registry_serves_a_run_and_a_grid_of_runs(name):
+    """model.losses over (R, B), with each run's train mean as an (R, 1) context, is R losses: each the loss of that
+    run's batch alone (B,) with its mean as a float, and the closed-form ones equal numpy's (the batched grid and
+    the single Trainer share this one registry: there is no second copy to drift)."""
     gen = torch.Generator().manual_seed(0)
     pred, target = torch.rand(3, 16, generator=gen), torch.rand(3, 16, generator=gen)
     means = torch.tensor([[0.4], [0.5], [0.6]])
-    ctx = LossContext(2, 5, 0.0, 4.0, 2.0)
-    got = BATCHED_LOSSES[name](pred, target, ctx, means)
+    got = LOSSES[name](pred, target, LossContext(2, 5, means, 4.0, 2.0))
+    assert got.shape == (3,)
     for r in range(3):
-        one = LossContext(2, 5, float(means[r]), 4.0, 2.0)
-        assert float(got[r]) == pytest.approx(float(LOSSES[name](pred[r], target[r], one)), rel=1e-5, abs=1e-7)
+        one = LOSSES[name](pred[r], target[r], LossContext(2, 5, float(means[r]), 4.0, 2.0))
+        assert one.shape == () and float(got[r]) == pytest.approx(float(one), rel=1e-5, abs=1e-7)
+        ref = _numpy_loss(name, pred[r].double().numpy(), target[r].double().numpy(), float(means[r]), 2, 5)
+        if ref is not None:
+            assert float(got[r]) == pytest.approx(ref, rel=1e-5)
+    if name == "mse_to_spearman":  # a = epoch / (epochs - 1) = 0.5 of the way from MSE to the Spearman loss
+        both = 0.5 * LOSSES["mse"](pred, target, LossContext()) + 0.5 * LOSSES["spearman"](pred, target, LossContext())
+        torch.testing.assert_close(got, both)
 
 
 def test_killed_search_resumes(two_modules, tmp_path, monkeypatch):

@@ -144,3 +144,31 @@ def test_a_pruned_trial_is_listed_with_the_epoch_it_was_stopped_at():
     done = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.3, params={}, distributions={})
     assert "last-epoch val Spearman 0.3000" in trial_line(trial_row(done))
     assert np.isclose(trial_row(done)["value"], 0.3)
+
+
+def test_a_grid_stacks_the_models_own_layers_and_refuses_one_it_cannot_stack(monkeypatch):
+    """The batched grid reads ModularMLP's layers (its activations are the model's own modules): a layer it cannot
+    reproduce exactly, such as dropout, is refused instead of silently differing from a single run."""
+    import torch
+
+    from model.mlp import ModularMLP
+    from pipeline.batched import Bundle, RunSpec
+
+    dims = {"a": 3, "b": 2}
+    runs = [RunSpec(1, 0, ("a",)), RunSpec(1, 0, ("a", "b"))]
+    bundle = Bundle(runs, dims, [8, 4], torch.device("cpu"))
+    assert all(isinstance(a, torch.nn.Mish) for a in bundle.activations)
+    x = {"a": torch.randn(5, 3), "b": torch.randn(5, 2)}
+    for r, spec in enumerate(runs):  # each stacked run is its ModularMLP
+        net = ModularMLP({m: dims[m] for m in spec.modules}, [8, 4])
+        net.load_state_dict(bundle.state_dict(r))
+        torch.testing.assert_close(bundle.forward(x)[r], net(torch.cat([x[m] for m in spec.modules], 1)))
+    real_init = ModularMLP.__init__
+
+    def with_dropout(self, dims, hidden=(512, 64)):
+        real_init(self, dims, hidden)
+        self.net.insert(2, torch.nn.Dropout(0.1))
+
+    monkeypatch.setattr(ModularMLP, "__init__", with_dropout)
+    with pytest.raises(NotImplementedError, match="ModularMLP is now Linear, Mish, Dropout, Linear"):
+        Bundle(runs, dims, [8, 4], torch.device("cpu"))
