@@ -6,6 +6,9 @@ mutation tool over the core modules.
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +58,37 @@ def test_atomic_write_leaves_the_old_file_intact_until_it_is_done(tmp_path):
         tmp.write_text("never finished")
         raise RuntimeError("killed")
     assert path.read_text() == "half of the new" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_write_renames_the_temp_file_it_does_not_copy_it(tmp_path):
+    """The final file is the very inode that was written (a copy would be a new file, or the old one rewritten in
+    place, which a concurrent reader could see half done)."""
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    old_inode = path.stat().st_ino
+    with atomic_write(path) as tmp:
+        tmp.write_text("new")
+        written = tmp.stat().st_ino
+    assert path.stat().st_ino == written != old_inode and path.read_text() == "new"
+    assert os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    synced = []  # (inode, is a directory, what the final path held at the time)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append((st.st_ino, stat.S_ISDIR(st.st_mode), path.read_text()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with atomic_write(path) as tmp:
+        tmp.write_text("new")
+        written = tmp.stat().st_ino
+    assert synced == [(written, False, "old"), (tmp_path.stat().st_ino, True, "new")]
 
 
 def test_dbscan_noise_has_its_own_column_not_cluster_zero():
