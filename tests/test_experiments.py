@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from config import TrainConfig, parse, parse_explicit
+from config import ConfigError, TrainConfig, parse, parse_explicit
 from model.losses import LOSSES, LossContext
 from pipeline.batched import BATCHED_LOSSES
 from pipeline.experiments import combinations, run_experiment
@@ -90,8 +90,13 @@ def test_batched_grid_equals_sequential_train_py_runs(two_modules, tmp_path, opt
 def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, tmp_path, monkeypatch):
     import pipeline.batched
 
-    monkeypatch.setattr(pipeline.batched, "CPU_CHUNK_PARAMS", 400)  # several chunks: about two runs each
+    spec = pipeline.batched.RunSpec(seed=1, fold=0, modules=("a", "b"))
+    assert pipeline.batched.run_params(spec, {"a": 6, "b": 4}, [16, 8]) == 11 * 16 + 17 * 8 + 9 * 1 == 321
+    monkeypatch.setattr(pipeline.batched, "CPU_CHUNK_PARAMS", 700)  # two runs of 321 parameters a chunk, not three
+    packed, chunks = [], pipeline.batched.chunks
+    monkeypatch.setattr(pipeline.batched, "chunks", lambda *a: packed.append(chunks(*a)) or packed[-1])
     a = _grid(two_modules, tmp_path, "-n", "k3", "--folds", "3", "--seeds", "1", "2")
+    assert [len(c) for call in packed for c in call] == [2, 2, 2]  # each chunk one fold's two seeds
     cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
     path = fold_path(cfg)
     assert path.parent == two_modules / "Memento10k" and path.name == "m3s_folds_k3_seed0.json"
@@ -101,10 +106,10 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
     pool = sorted(r.id for r in scored_pool(load_records("Memento10k", cfg)))
     assert sorted(i for f in folds for i in f) == pool  # every scored train+val video in exactly one fold
     assert sorted(len(f) for f in folds) == [26, 27, 27]
-    stamp = path.stat().st_mtime_ns
     path.write_text(json.dumps({"folds": [folds[1], folds[0], folds[2]]}))  # reused as written, not redrawn
+    written = (path.stat().st_ino, path.read_bytes())
     b = _grid(two_modules, tmp_path, "-n", "k3b", "--folds", "3", "--seeds", "1", "2", "--no-batched")
-    assert path.stat().st_mtime_ns != stamp and json.loads(path.read_text())["folds"][0] == folds[1]
+    assert (path.stat().st_ino, path.read_bytes()) == written  # not even rewritten with the same folds
     sizes = [len(f) for f in folds]
     assert a["runs"] == b["runs"] == 6 and a["n_val"] == sizes and b["n_val"] == [sizes[1], sizes[0], sizes[2]]
     # the same fold (fold 0 of a = fold 1 of b) trained batched and one by one through the ordinary Trainer
@@ -115,7 +120,7 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
     row = a["rows"][0]
     assert row["last"]["n"] == 6 and row["ensemble"]["n"] == 3 and len(row["runs"]) == 6
     path.write_text(json.dumps({"folds": [folds[0]]}))
-    with pytest.raises(Exception, match="another set of videos"):
+    with pytest.raises(ConfigError, match=f"^{path} was written for another set of videos than Memento10k's 80 "):
         _grid(two_modules, tmp_path, "--folds", "3")
 
 
