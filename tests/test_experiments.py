@@ -124,6 +124,50 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
         _grid(two_modules, tmp_path, "--folds", "3")
 
 
+def test_folds_are_a_seeded_shuffled_partition_of_the_sorted_ids():
+    from pipeline.folds import make_folds
+
+    ids = [f"v{i:03d}" for i in range(23)]
+    folds = make_folds(ids[::-1], 4, seed=5)
+    assert folds == make_folds(ids, 4, seed=5)  # drawn from the sorted ids: the input order does not matter
+    flat = [i for f in folds for i in f]
+    assert sorted(flat) == ids and len(set(flat)) == 23  # disjoint and covering
+    assert sorted(len(f) for f in folds) == [5, 6, 6, 6] and all(f == sorted(f) for f in folds)
+    assert make_folds(ids, 4, seed=6) != folds  # the seed draws them
+    gaps = [max(np.diff([ids.index(i) for i in f])) for f in folds]
+    assert min(gaps) > 1  # shuffled: no fold is a block of neighbours in sorted order (Memento sorts by action)
+
+
+def test_each_fold_is_normalised_with_its_own_train_videos(two_modules, tmp_path):
+    """Against numpy on the stores: fold f's val videos are its own, its statistics are the mean and std of every
+    other pooled video (train and val splits, never test), and both halves are scaled with them."""
+    from dataset import load_records
+    from features.store import FeatureStore
+    from pipeline.folds import fold_data, load_or_make_folds
+
+    cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
+    records = load_records("Memento10k", cfg)
+    folds = load_or_make_folds(cfg, records)
+    data, dims, _ = fold_data(cfg, records, folds, torch.device("cpu"))
+    assert dims == {"a": 6, "b": 4} and len(data) == 3
+    stored = {m: FeatureStore.at(two_modules / "features", "Memento10k", m).read() for m in ("a", "b")}
+    pool = sorted(r.id for r in records if r.split in ("train", "val"))
+    score = {r.id: r.score for r in records}
+    for fold, d in zip(folds, data, strict=True):
+        assert d.val_ids == [r.id for r in records if r.id in set(fold)]  # in the dataset's order
+        assert sorted(d.train_ids) == sorted(set(pool) - set(fold)) and len(d.train_ids) == 80 - len(fold)
+        np.testing.assert_allclose(d.y_val.numpy(), [score[i] for i in d.val_ids], rtol=1e-6)
+        for m, st in stored.items():
+            row = {v: k for k, v in enumerate(st.ids)}
+            (x,) = (v.astype(np.float64) for v in st.features.values())
+            train, val = x[[row[i] for i in d.train_ids]], x[[row[i] for i in d.val_ids]]
+            mean, std = train.mean(0), train.std(0)
+            np.testing.assert_allclose(d.stats[m]["mean"].numpy(), mean, rtol=1e-5)
+            np.testing.assert_allclose(d.stats[m]["std"].numpy(), std, rtol=1e-5)
+            np.testing.assert_allclose(d.x_train[m].numpy(), (train - mean) / std, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(d.x_val[m].numpy(), (val - mean) / std, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_ablation_and_baselines_write_their_files(two_modules, tmp_path, capsys):
     import subprocess
