@@ -252,13 +252,28 @@ def test_killed_search_resumes(two_modules, tmp_path, monkeypatch):
     monkeypatch.setattr(Grid, "train", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         run_search(parse(TrainConfig, argv))
-    monkeypatch.setattr(Grid, "train", real_train)
+    trained = []  # each later trial's run results, as the grid returned them
+
+    def recorded(self, cfg=None, on_epoch=None):
+        trained.append(real_train(self, cfg, on_epoch))
+        return trained[-1]
+
+    monkeypatch.setattr(Grid, "train", recorded)
     db = tmp_path / "runs/s/search.db"
     assert db.is_file()
     first = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials[0]
     summary = run_search(parse(TrainConfig, argv))
     states = [t["state"] for t in summary["trials"]]
     assert states.count("COMPLETE") + states.count("PRUNED") == 3 and states[1] == "FAIL"  # the killed trial
+    assert len(trained) == 2 and [len(r) for r in trained] == [2, 2]
+    for t, results in zip(summary["trials"][2:], trained, strict=True):  # its value: the seeds' mean last-epoch rho
+        last = [r.history[-1]["val_spearman"] for r in results]
+        best = [r.best["val_spearman"] for r in results]
+        assert t["best_epoch_spearman"] == pytest.approx(np.mean(best))
+        assert t["state"] == "PRUNED" or t["value"] == pytest.approx(np.mean(last))
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert summary["best"]["number"] == max(complete, key=lambda t: t["value"])["number"]
+    assert summary["best"]["value"] == max(t["value"] for t in complete)
     assert summary["trials"][0]["value"] == first.value and summary["trials"][0]["params"] == first.params
     assert summary["trials"][0]["runs"] == 2  # scored over both seeds
     best = parse(TrainConfig, ["--config", str(tmp_path / "runs/s/best_config.yaml")])
