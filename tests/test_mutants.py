@@ -91,6 +91,40 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(
     assert synced == [(written, False, "old"), (tmp_path.stat().st_ino, True, "new")]
 
 
+def test_stale_temps_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_path):
+    """What a killed writer left goes; a running writer's temporary file stays (deleting it would break its rename)."""
+    import subprocess
+    import sys
+
+    from core.io import TEMP_SUFFIX, remove_stale_temps
+
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        names = {
+            "live": f".raw.h5.{live.pid}-k3j{TEMP_SUFFIX}",
+            "dead": f".raw.h5.{dead.pid}-x9a{TEMP_SUFFIX}",
+            "mine": f".raw.h5.{os.getpid()}-q1z{TEMP_SUFFIX}",  # this process writes nothing while it cleans
+            "no owner": f".raw{TEMP_SUFFIX}",
+            "data": "raw.h5",
+            "hidden": ".raw.h5.keep",
+        }
+        for name in names.values():
+            (tmp_path / name).write_text("x")
+        removed = remove_stale_temps(tmp_path)
+        assert sorted(p.name for p in removed) == sorted(names[k] for k in ("dead", "mine", "no owner"))
+        assert sorted(os.listdir(tmp_path)) == sorted(names[k] for k in ("live", "data", "hidden"))
+        with atomic_write(tmp_path / "raw.h5") as tmp:  # the names atomic_write gives follow the same pattern
+            assert tmp.name.startswith(f".raw.h5.{os.getpid()}-") and tmp.name.endswith(TEMP_SUFFIX)
+            assert remove_stale_temps(tmp_path) == [tmp] and not tmp.exists()
+            tmp.write_text("y")
+    finally:
+        live.communicate(b"")
+    assert remove_stale_temps(tmp_path) == [tmp_path / names["live"]]  # its writer has ended now
+    assert remove_stale_temps(tmp_path / "absent") == []
+
+
 def test_dbscan_noise_has_its_own_column_not_cluster_zero():
     arrays = {"train_labels": np.array([0, 0, 1, -1, 1, -1]), "n_columns": np.array([3])}
     onehot = DBSCANClusters().score(arrays, np.zeros((6, 2)), np.ones(6, dtype=bool))
@@ -99,8 +133,10 @@ def test_dbscan_noise_has_its_own_column_not_cluster_zero():
 
 
 def test_normalisation_leaves_a_constant_dimension_finite():
+    """Statistics of the scored train videos only: the val video and an unscored train video (50, 7) move nothing."""
     records = [VideoRecord(f"v{i}", None, "train", 0.5) for i in range(4)] + [VideoRecord("w", None, "val", 0.5)]
-    block = np.array([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0], [4.0, 3.0], [5.0, 3.0]], np.float32)
+    records.append(VideoRecord("u", None, "train", None))
+    block = np.array([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0], [4.0, 3.0], [5.0, 3.0], [50.0, 7.0]], np.float32)
     cfg = TrainConfig(use_raw=True)
     stats = fit_stats(cfg, {"raw": TIERS["raw"]}, {"raw": block}, records)["raw"]
     assert stats["std"][1].item() == 1.0 and stats["mean"][1].item() == 3.0
@@ -108,7 +144,7 @@ def test_normalisation_leaves_a_constant_dimension_finite():
         np.std([1, 2, 3, 4])
     )
     normalised = (block - stats["mean"].numpy()) / stats["std"].numpy()
-    assert np.isfinite(normalised).all() and (normalised[:, 1] == 0).all()
+    assert np.isfinite(normalised).all() and (normalised[:5, 1] == 0).all() and normalised[5, 1] == 4.0
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch_size"])
