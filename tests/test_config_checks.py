@@ -70,7 +70,7 @@ def test_each_bad_training_value_is_named_with_its_range(argv, message):
 def test_the_edge_of_every_range_is_accepted(argv, parsed):
     cfg = parse(TrainConfig, ["--use_raw", *argv])
     assert {k: getattr(cfg, k) for k in parsed} == parsed
-    assert all(type(getattr(cfg, k)) is type(v) for k, v in parsed.items())  # 0 parsed as a float where a float
+    assert all(type(getattr(cfg, k)) is type(v) for k, v in parsed.items())  # "0": 0.0 or 0 by field
 
 
 def test_an_empty_raw_feature_list_is_refused_only_for_the_raw_tier(tmp_path):
