@@ -59,6 +59,25 @@ def test_run_stores_good_videos_and_records_failures(reference):
     assert not path.with_suffix(".parts").exists()  # compacted
 
 
+def test_the_hog_pca_is_fitted_on_the_train_videos_alone(corpus, reference):
+    """Its mean is the mean HOG of the first sampled frame of the 12 readable train videos, computed here (the 4 val
+    and 4 test videos would move it)."""
+    from features.hog import hog_descriptors
+    from features.raw import RawExtractor
+    from features.video import read_clip
+
+    path, _ = reference
+    pca = FeatureStore(path).read().transforms["hog_pca"].arrays
+    videos = corpus / "Memento10k" / "videos"
+    names = {i: f"action{i % 3}_clip{i:03d}.mp4" for i in range(N_GOOD)}
+    first = {i: hog_descriptors(read_clip(videos / n, RawExtractor.frame_spec)[:1])[0] for i, n in names.items()}
+    train = [first[i] for i in range(N_GOOD) if i % 5 < 3]  # memento_layout's split rule
+    assert len(train) == 12
+    np.testing.assert_allclose(pca["mean"], np.mean(train, axis=0, dtype=np.float64), rtol=1e-6, atol=1e-9)
+    everything = np.mean(list(first.values()), axis=0, dtype=np.float64)
+    assert np.abs(pca["mean"] - everything).max() > 1e-3  # the test can tell
+
+
 def test_second_run_skips_everything_and_retry_failed_retries(reference, corpus, tmp_path):
     path, _ = reference
     features = tmp_path / "f"
