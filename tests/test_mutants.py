@@ -71,6 +71,15 @@ def test_atomic_write_renames_the_temp_file_it_does_not_copy_it(tmp_path):
         written = tmp.stat().st_ino
     assert path.stat().st_ino == written != old_inode and path.read_text() == "new"
     assert os.listdir(tmp_path) == ["summary.json"]
+    # a reader that opened the old file part-way through its read finishes reading the old content, never a mix
+    old, new = b"o" * 100_000, b"n" * 100_000
+    path.write_bytes(old)
+    with path.open("rb") as reader:
+        head = reader.read(50_000)
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(new)
+        assert head + reader.read() == old
+    assert path.read_bytes() == new
 
 
 def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
