@@ -55,7 +55,8 @@ def atomic_write(path: Path | str, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one step (same directory, so
     ``os.replace`` is atomic), on failure it is removed. Readers ignore its name (``.<name>.<pid>-<random><suffix>``:
     the writer's pid says whose it is, so ``remove_stale_temps`` never deletes another live process's file).
-    The file gets the mode of any new file (``0666`` minus the umask), not ``mkstemp``'s private ``0600``."""
+    The file gets the mode of any new file (``0666`` minus the umask), not ``mkstemp``'s private ``0600``. The file
+    is fsynced before the rename and its directory after it, so a power cut leaves the complete old or new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix, dir=path.parent)
@@ -64,9 +65,19 @@ def atomic_write(path: Path | str, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        _fsync(tmp)  # the content is on disk before the name points at it: a crash leaves the old or the new file
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename itself is on disk when we return
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

@@ -16,6 +16,15 @@ REALDATA = ROOT.parent / "shared" / "realdata"
 ACTIONS = ["adult+female+singing", "aiming", "shooting", "running", "cooking"]
 
 
+def write_videomem(root: Path, names: list[str], scores: list[float] | None = None) -> None:
+    """VideoMem's official ``ground-truth_dev-set.csv``: a byte-order mark, CRLF line ends, its five columns."""
+    root.mkdir(parents=True, exist_ok=True)
+    scores = scores or [0.9] * len(names)
+    lines = ["video,short-term_memorability,nb_short-term_annotations,long-term_memorability,nb_long-term_annotations"]
+    lines += [f"{n},{s},30,0.8,10" for n, s in zip(names, scores, strict=True)]
+    (root / "ground-truth_dev-set.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
+
+
 def write_memento(root: Path, n: dict[str, int] | None = None, seed: int = 0) -> dict[str, list[dict]]:
     """Memento10k's official JSON files (keys in the official order; test split without mem_score)."""
     n = n or {"train": 60, "val": 20, "test": 10}

@@ -47,19 +47,30 @@ def test_each_bad_training_value_is_named_with_its_range(argv, message):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "parsed"),
     [
-        ["--weight_decay", "0", "--momentum", "0", "--scheduler_gamma", "1", "--scheduler_step_size", "1"],
-        ["--seed", "0", "--lr", "1e-300"],
-        ["--seed", str(2**64 - 1)],
-        ["--device", "cuda:12"],
-        ["--device", "mps"],
-        ["--epochs", "1", "--batch_size", "1", "--hidden_channels", "1", "1"],
-        ["--folds", "2", "--seeds", "1", "2", "--threads", "0", "--search", "0"],
+        (
+            ["--weight_decay", "0", "--momentum", "0", "--scheduler_gamma", "1", "--scheduler_step_size", "1"],
+            {"weight_decay": 0.0, "momentum": 0.0, "scheduler_gamma": 1.0, "scheduler_step_size": 1},
+        ),
+        (["--seed", "0", "--lr", "1e-300"], {"seed": 0, "lr": 1e-300}),
+        (["--seed", str(2**64 - 1)], {"seed": 18446744073709551615}),
+        (["--device", "cuda:12"], {"device": "cuda:12"}),
+        (["--device", "mps"], {"device": "mps"}),
+        (
+            ["--epochs", "1", "--batch_size", "1", "--hidden_channels", "1", "1"],
+            {"epochs": 1, "batch_size": 1, "hidden_channels": [1, 1]},
+        ),
+        (
+            ["--folds", "2", "--seeds", "1", "2", "--threads", "0", "--search", "0"],
+            {"folds": 2, "seeds": [1, 2], "threads": 0, "search": 0},
+        ),
     ],
 )
-def test_the_edge_of_every_range_is_accepted(argv):
-    parse(TrainConfig, ["--use_raw", *argv])
+def test_the_edge_of_every_range_is_accepted(argv, parsed):
+    cfg = parse(TrainConfig, ["--use_raw", *argv])
+    assert {k: getattr(cfg, k) for k in parsed} == parsed
+    assert all(type(getattr(cfg, k)) is type(v) for k, v in parsed.items())  # "0": 0.0 or 0 by field
 
 
 def test_an_empty_raw_feature_list_is_refused_only_for_the_raw_tier(tmp_path):
@@ -180,9 +191,15 @@ def test_each_bad_end_to_end_value_is_named(argv, message):
 
 def test_the_edge_of_every_end_to_end_range_is_accepted():
     ok = ["--grad_accumulation", "32", "--e2e_frames", "2", "--e2e_size", "32", "--workers", "-1", "--prefetch", "1"]
-    parse(TrainConfig, [*E2E, "--batch_size", "32", *ok, "--backbone_lr", "1e-300"])
-    parse(TrainConfig, [*E2E, "--grad_accumulation", "1", "--freeze_backbones", "--standin_backbones"])
-    parse(TrainConfig, [*E2E, "--smoke_random_weights"])
+    cfg = parse(TrainConfig, [*E2E, "--batch_size", "32", *ok, "--backbone_lr", "1e-300"])
+    got = (cfg.grad_accumulation, cfg.e2e_frames, cfg.e2e_size, cfg.workers, cfg.prefetch, cfg.backbone_lr)
+    assert got == (32, 2, 32, -1, 1, 1e-300) and cfg.fixed_features is False and cfg.batch_size == 32
+    cfg = parse(TrainConfig, [*E2E, "--grad_accumulation", "1", "--freeze_backbones", "--standin_backbones"])
+    assert (cfg.grad_accumulation, cfg.freeze_backbones, cfg.standin_backbones, cfg.smoke_random_weights) == (
+        1, True, True, False
+    )  # fmt: skip
+    cfg = parse(TrainConfig, [*E2E, "--smoke_random_weights"])
+    assert (cfg.smoke_random_weights, cfg.standin_backbones, cfg.freeze_backbones) == (True, False, False)
 
 
 def test_end_to_end_flags_need_end_to_end_training():
@@ -234,7 +251,8 @@ def test_similarity_methods_given_twice_or_with_feature_names():
         "`--similarity_methods dbscan --similarity_features hrnet ip_csn_152`."
     )
     assert "dbscan, kde, cosine_mean" in message
-    assert refusal(TrainConfig, ["--use_similarity", "--similarity_methods", "kde", "--similarity_methods", "dbscan"])
+    argv = ["--use_similarity", "--similarity_methods", "kde", "--similarity_methods", "dbscan"]
+    assert refusal(TrainConfig, argv) == message
     assert refusal(TrainConfig, ["--use_similarity", "--similarity_methods", "hrnet"]) == message
     argv = ["--use_similarity", "--similarity_methods", "kde", "--similarity_features", "hrnet"]
     assert parse(TrainConfig, argv).similarity_features == ["hrnet"]
@@ -308,16 +326,49 @@ def test_help_lists_every_reference_flag_and_its_default():
     assert "number of epochs (default: 20)" in text and "(default: 512 64)" in text and "(default: 0.001)" in text
 
 
+SWITCH_HELP = {  # written out
+    "use_raw": "use the raw (low-level) tier",
+    "use_hrnet": "use the hrnet (scene semantics) tier",
+    "use_csn": "use the csn (actions) tier",
+    "use_clip": "use the clip tier (CLIP image embeddings of the frames)",
+    "use_text": "use the text tier (sentence embeddings of the captions)",
+    "use_similarity": "use the similarity (distinctiveness) tier",
+}
+TIER_FIELDS = {  # the fields the tiers add to each config, in order, with their types (written out)
+    False: {"use_raw": bool, "raw_features": list[str], "normalize_raw": bool, "use_temporal_std": bool,
+            "use_hrnet": bool, "hrnet_frames": int, "use_csn": bool, "csn_arch": str, "use_clip": bool,
+            "clip_model": str, "clip_pretrained": str, "clip_frames": int, "clip_std": bool, "use_text": bool,
+            "text_model": str, "normalize_text": bool, "use_similarity": bool, "similarity_features": list[str],
+            "similarity_methods": list[str], "normalize_similarity": bool, "extra_features": list[str],
+            "normalize_extra": bool},
+    True: {"hrnet_frames": int, "csn_arch": str, "clip_model": str, "clip_pretrained": str, "clip_frames": int,
+           "clip_download": bool, "text_model": str, "similarity_features": list[str], "similarity_methods": list[str]},
+}  # fmt: skip
+
+
+def _tier_defaults() -> dict:
+    from tests.test_tiers import BUILTIN_OPTIONS
+
+    switches = dict.fromkeys(SWITCH_HELP, False)
+    return switches | {"extra_features": [], "normalize_extra": False} | {
+        o: d for options in BUILTIN_OPTIONS.values() for o, d in options.items()
+    }  # fmt: skip
+
+
 def test_the_tier_switches_and_options_in_the_configs():
     train = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    gen = {f.name for f in dataclasses.fields(GenConfig)}
+    gen = {f.name: f for f in dataclasses.fields(GenConfig)}
+    every = set(TIER_FIELDS[False]) | set(TIER_FIELDS[True])
+    assert every & set(train) == set(TIER_FIELDS[False]) and every & set(gen) == set(TIER_FIELDS[True])
+    defaults = _tier_defaults()
+    for fields, side in ((train, False), (gen, True)):
+        for name in TIER_FIELDS[side]:
+            f = fields[name]
+            assert (f.default_factory() if f.default is dataclasses.MISSING else f.default) == defaults[name], name
+    for switch, text in SWITCH_HELP.items():
+        assert train[switch].metadata["help"] == text
     for tier in TIERS.values():
-        if tier.has_switch:
-            assert train[tier.switch].default is False
-            assert train[tier.switch].metadata["help"] == (tier.help or f"use the {tier.name} tier")
-        assert tier.switch not in gen
         for name, o in tier.options(TIERS).items():
-            assert (name in train, name in gen) == (o.train, o.gen), name
             if o.train:
                 assert (train[name].metadata["help"], train[name].metadata["choices"]) == (o.help, o.choices)
     assert "use_imported" not in train
@@ -341,21 +392,17 @@ def test_opt_builds_a_field_with_its_help_choices_and_flags():
 
 @pytest.mark.parametrize("gen", [False, True])
 def test_tier_fields_are_the_switches_and_the_options_of_each_side(gen):
-    fields = {name: (tp, f) for name, tp, f in config._tier_fields(gen)}
-    expected = {}
-    for tier in TIERS.values():
-        if tier.has_switch and not gen:
-            expected[tier.switch] = (bool, False, tier.help or f"use the {tier.name} tier", None)
-        for name, o in tier.options(TIERS).items():
-            if o.gen if gen else o.train:
-                expected[name] = (o.type, o.default, o.help, o.choices)
-    got = {}
-    for name, (tp, f) in fields.items():
+    fields = config._tier_fields(gen)
+    assert [(name, tp) for name, tp, _ in fields] == list(TIER_FIELDS[gen].items())
+    defaults, helps = _tier_defaults(), {n: o.help for t in TIERS.values() for n, o in t.options(TIERS).items()}
+    for name, _, f in fields:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        got[name] = (tp, default, f.metadata["help"], f.metadata["choices"])
-    assert got == expected
-    assert ("use_raw" in got, "csn_arch" in got, "normalize_raw" in got) == (not gen, True, not gen)
-    assert gen or got["use_raw"] == (bool, False, "use the raw (low-level) tier", None)
+        assert default == defaults[name], name
+        assert f.metadata["help"] == SWITCH_HELP.get(name, helps.get(name)), name
+    assert gen or dict(fields[0][2].metadata) == {
+        "help": "use the raw (low-level) tier", "choices": None, "short": None, "flag": None
+    }  # fmt: skip
+    assert not gen or fields[1][2].metadata["choices"] == ("ip_csn_152", "ir_csn_152")
 
 
 def test_parse_passes_its_description_to_the_help(capsys):

@@ -12,7 +12,7 @@ from config import ConfigError, Paths, TrainConfig
 from dataset import DATASETS, load_records
 from features.store import FeatureStore
 from pipeline.table import FeatureTable
-from tests.conftest import REALDATA, write_memento
+from tests.conftest import REALDATA, write_memento, write_videomem
 
 META = {"family": "import", "dataset": "Memento10k", "settings": {}, "smoke": False}
 
@@ -109,15 +109,40 @@ def test_folder_ids_are_relative_paths(tmp_path):
     assert all(r.split == "test" and r.score is None for r in records)
 
 
-def test_split_pickle_with_code_is_refused(videomem_real):
+def test_split_pickle_with_code_is_refused(tmp_path, capsys):
+    """A security test: it needs no real data, so it never skips."""
+
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
 
-    with (videomem_real / "VideoMem" / "train_test_split_videomem.pkl").open("wb") as f:
+    write_videomem(tmp_path / "VideoMem", [f"video{i}.webm" for i in range(4)])
+    with (tmp_path / "VideoMem" / "train_test_split_videomem.pkl").open("wb") as f:
         pickle.dump((Evil(), []), f)
     with pytest.raises(ConfigError, match="refusing to load builtins.print"):
-        load_records("VideoMem", Paths(data_dir=str(videomem_real)))
+        load_records("VideoMem", Paths(data_dir=str(tmp_path)))
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_videomem_seeded_split_is_written_once_and_reused(tmp_path):
+    """Without the official pickle: 20 % of the videos, drawn by seed 0 from the sorted names (whatever the CSV's
+    order), written to m3s_split_videomem.json and read back by every later run, never redrawn nor rewritten."""
+    names = [f"video{i}.webm" for i in range(25)]
+    write_videomem(tmp_path / "VideoMem", names[::-1], [0.5 + i / 100 for i in range(25)])
+    records = load_records("VideoMem", Paths(data_dir=str(tmp_path)))
+    val = ["video0", "video14", "video21", "video3", "video8"]  # this split, written out: a change would move scores
+    assert sorted(r.id for r in records if r.split == "val") == val
+    assert sorted(r.id for r in records if r.split == "train") == sorted({n[:-5] for n in names} - set(val))
+    assert {r.id: r.score for r in records}["video0"] == 0.74  # the row order of the CSV, reversed
+    path = tmp_path / "VideoMem" / "m3s_split_videomem.json"
+    saved = json.loads(path.read_text())
+    assert saved["seed"] == 0 and saved["val"] == sorted(f"{v}.webm" for v in val) and len(saved["train"]) == 20
+    assert not set(saved["train"]) & set(saved["val"]) and sorted(saved["train"] + saved["val"]) == sorted(names)
+    written = (path.stat().st_ino, path.read_bytes())
+    again = load_records("VideoMem", Paths(data_dir=str(tmp_path)))
+    assert [r.split for r in again] == [r.split for r in records] and (path.stat().st_ino, path.read_bytes()) == written
+    path.write_text(json.dumps({"seed": 0, "train": names[1:], "val": names[:1]}))  # as a person might edit it
+    assert [r.id for r in load_records("VideoMem", Paths(data_dir=str(tmp_path))) if r.split == "val"] == ["video0"]
 
 
 def test_lamem_split_files(tmp_path):

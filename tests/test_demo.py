@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy.stats import spearmanr
 
 from core.demo import demo_records, ensure_demo_corpus
@@ -33,15 +35,26 @@ def test_layout_keys_and_splits(tmp_path):
     assert clip.shape == (45, 64, 64, 3)
 
 
-def test_deterministic_skip_and_redo(tmp_path):
+def _files(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``root`` with its inode and bytes: an atomic rewrite, even of the same bytes, is a new inode."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_skip_and_redo(tmp_path, monkeypatch):
+    import core.demo
+
     ensure_demo_corpus(tmp_path / "a", n_videos=12, seed=3)
     ensure_demo_corpus(tmp_path / "b", n_videos=12, seed=3)
     for name in ("memento_train_data.json", "memento_val_data.json", "memento_test_data.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     video = sorted((tmp_path / "a" / "videos").glob("*.mp4"))[0]
-    stamp = video.stat().st_mtime_ns
-    ensure_demo_corpus(tmp_path / "a", n_videos=12, seed=3)  # complete: nothing rewritten
-    assert video.stat().st_mtime_ns == stamp
+    before = _files(tmp_path / "a")
+    writes = []
+    with monkeypatch.context() as m:
+        m.setattr(core.demo, "atomic_write", lambda path, **kw: writes.append(path) or pytest.fail(f"wrote {path}"))
+        m.setattr(core.demo, "write_text", lambda path, text: writes.append(path) or pytest.fail(f"wrote {path}"))
+        ensure_demo_corpus(tmp_path / "a", n_videos=12, seed=3)  # complete: nothing rewritten
+    assert not writes and _files(tmp_path / "a") == before and len(before) == 12 + 3 + 1
     (tmp_path / "a" / ".complete").unlink()  # as if interrupted before the end
     video.unlink()
     ensure_demo_corpus(tmp_path / "a", n_videos=12, seed=3)

@@ -250,6 +250,7 @@ def test_scoring_new_videos_runs_the_fine_tuned_backbones(data_dir, tmp_path):
     assert [scores[i] for i in ids] == pytest.approx(list(trained), abs=1e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_step_mixed_precision_channels_last(data_dir, tmp_path):
     cfg = _cfg(data_dir, tmp_path, "--device", "cuda", "--deep_dtype", "auto", "--data_augmentation", "--use_raw")

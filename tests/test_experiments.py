@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from config import TrainConfig, parse, parse_explicit
+from config import ConfigError, TrainConfig, parse, parse_explicit
 from core.io import Interrupted
 from model.losses import LOSSES, LossContext
 from pipeline.experiments import combinations, run_experiment
@@ -90,8 +90,13 @@ def test_batched_grid_equals_sequential_train_py_runs(two_modules, tmp_path, opt
 def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, tmp_path, monkeypatch):
     import pipeline.batched
 
-    monkeypatch.setattr(pipeline.batched, "CPU_CHUNK_PARAMS", 400)  # several chunks: about two runs each
+    spec = pipeline.batched.RunSpec(seed=1, fold=0, modules=("a", "b"))
+    assert pipeline.batched.run_params(spec, {"a": 6, "b": 4}, [16, 8]) == 11 * 16 + 17 * 8 + 9 * 1 == 321
+    monkeypatch.setattr(pipeline.batched, "CPU_CHUNK_PARAMS", 700)  # two runs of 321 parameters a chunk, not three
+    packed, chunks = [], pipeline.batched.chunks
+    monkeypatch.setattr(pipeline.batched, "chunks", lambda *a: packed.append(chunks(*a)) or packed[-1])
     a = _grid(two_modules, tmp_path, "-n", "k3", "--folds", "3", "--seeds", "1", "2")
+    assert [len(c) for call in packed for c in call] == [2, 2, 2]  # each chunk one fold's two seeds
     cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
     path = fold_path(cfg)
     assert path.parent == two_modules / "Memento10k" and path.name == "m3s_folds_k3_seed0.json"
@@ -101,10 +106,10 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
     pool = sorted(r.id for r in scored_pool(load_records("Memento10k", cfg)))
     assert sorted(i for f in folds for i in f) == pool  # every scored train+val video in exactly one fold
     assert sorted(len(f) for f in folds) == [26, 27, 27]
-    stamp = path.stat().st_mtime_ns
     path.write_text(json.dumps({"folds": [folds[1], folds[0], folds[2]]}))  # reused as written, not redrawn
+    written = (path.stat().st_ino, path.read_bytes())
     b = _grid(two_modules, tmp_path, "-n", "k3b", "--folds", "3", "--seeds", "1", "2", "--no-batched")
-    assert path.stat().st_mtime_ns != stamp and json.loads(path.read_text())["folds"][0] == folds[1]
+    assert (path.stat().st_ino, path.read_bytes()) == written  # not even rewritten with the same folds
     sizes = [len(f) for f in folds]
     assert a["runs"] == b["runs"] == 6 and a["n_val"] == sizes and b["n_val"] == [sizes[1], sizes[0], sizes[2]]
     # the same fold (fold 0 of a = fold 1 of b) trained batched and one by one through the ordinary Trainer
@@ -115,8 +120,52 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
     row = a["rows"][0]
     assert row["last"]["n"] == 6 and row["ensemble"]["n"] == 3 and len(row["runs"]) == 6
     path.write_text(json.dumps({"folds": [folds[0]]}))
-    with pytest.raises(Exception, match="another set of videos"):
+    with pytest.raises(ConfigError, match=f"^{path} was written for another set of videos than Memento10k's 80 "):
         _grid(two_modules, tmp_path, "--folds", "3")
+
+
+def test_folds_are_a_seeded_shuffled_partition_of_the_sorted_ids():
+    from pipeline.folds import make_folds
+
+    ids = [f"v{i:03d}" for i in range(23)]
+    folds = make_folds(ids[::-1], 4, seed=5)
+    assert folds == make_folds(ids, 4, seed=5)  # drawn from the sorted ids: the input order does not matter
+    flat = [i for f in folds for i in f]
+    assert sorted(flat) == ids and len(set(flat)) == 23  # disjoint and covering
+    assert sorted(len(f) for f in folds) == [5, 6, 6, 6] and all(f == sorted(f) for f in folds)
+    assert make_folds(ids, 4, seed=6) != folds  # the seed draws them
+    gaps = [max(np.diff([ids.index(i) for i in f])) for f in folds]
+    assert min(gaps) > 1  # shuffled: no fold is a block of neighbours in sorted order (Memento sorts by action)
+
+
+def test_each_fold_is_normalised_with_its_own_train_videos(two_modules, tmp_path):
+    """Against numpy on the stores: fold f's val videos are its own, its statistics are the mean and std of every
+    other pooled video (train and val splits, never test), and both halves are scaled with them."""
+    from dataset import load_records
+    from features.store import FeatureStore
+    from pipeline.folds import fold_data, load_or_make_folds
+
+    cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
+    records = load_records("Memento10k", cfg)
+    folds = load_or_make_folds(cfg, records)
+    data, dims, _ = fold_data(cfg, records, folds, torch.device("cpu"))
+    assert dims == {"a": 6, "b": 4} and len(data) == 3
+    stored = {m: FeatureStore.at(two_modules / "features", "Memento10k", m).read() for m in ("a", "b")}
+    pool = sorted(r.id for r in records if r.split in ("train", "val"))
+    score = {r.id: r.score for r in records}
+    for fold, d in zip(folds, data, strict=True):
+        assert d.val_ids == [r.id for r in records if r.id in set(fold)]  # in the dataset's order
+        assert sorted(d.train_ids) == sorted(set(pool) - set(fold)) and len(d.train_ids) == 80 - len(fold)
+        np.testing.assert_allclose(d.y_val.numpy(), [score[i] for i in d.val_ids], rtol=1e-6)
+        for m, st in stored.items():
+            row = {v: k for k, v in enumerate(st.ids)}
+            (x,) = (v.astype(np.float64) for v in st.features.values())
+            train, val = x[[row[i] for i in d.train_ids]], x[[row[i] for i in d.val_ids]]
+            mean, std = train.mean(0), train.std(0)
+            np.testing.assert_allclose(d.stats[m]["mean"].numpy(), mean, rtol=1e-5)
+            np.testing.assert_allclose(d.stats[m]["std"].numpy(), std, rtol=1e-5)
+            np.testing.assert_allclose(d.x_train[m].numpy(), (train - mean) / std, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(d.x_val[m].numpy(), (val - mean) / std, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -223,13 +272,28 @@ def test_killed_search_resumes(two_modules, tmp_path, monkeypatch):
     monkeypatch.setattr(Grid, "train", killed_in_second_trial)
     with pytest.raises(Interrupted, match=r"interrupted: 1 of 3 trials are finished in sqlite:.*run the same command"):
         run_search(parse(TrainConfig, argv))
-    monkeypatch.setattr(Grid, "train", real_train)
+    trained = []  # each later trial's run results, as the grid returned them
+
+    def recorded(self, cfg=None, on_epoch=None):
+        trained.append(real_train(self, cfg, on_epoch))
+        return trained[-1]
+
+    monkeypatch.setattr(Grid, "train", recorded)
     db = tmp_path / "runs/s/search.db"
     assert db.is_file()
     first = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials[0]
     summary = run_search(parse(TrainConfig, argv))
     states = [t["state"] for t in summary["trials"]]
     assert states.count("COMPLETE") + states.count("PRUNED") == 3 and states[1] == "FAIL"  # the killed trial
+    assert len(trained) == 2 and [len(r) for r in trained] == [2, 2]
+    for t, results in zip(summary["trials"][2:], trained, strict=True):  # its value: the seeds' mean last-epoch rho
+        last = [r.history[-1]["val_spearman"] for r in results]
+        best = [r.best["val_spearman"] for r in results]
+        assert t["best_epoch_spearman"] == pytest.approx(np.mean(best))
+        assert t["state"] == "PRUNED" or t["value"] == pytest.approx(np.mean(last))
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert summary["best"]["number"] == max(complete, key=lambda t: t["value"])["number"]
+    assert summary["best"]["value"] == max(t["value"] for t in complete)
     assert summary["trials"][0]["value"] == first.value and summary["trials"][0]["params"] == first.params
     assert summary["trials"][0]["runs"] == 2  # scored over both seeds
     best = parse(TrainConfig, ["--config", str(tmp_path / "runs/s/best_config.yaml")])

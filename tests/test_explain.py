@@ -92,3 +92,39 @@ def test_gradient_x_input_is_the_first_order_change_of_the_prediction():
         change = model(x) - model(base)
     torch.testing.assert_close(gxi.sum(dim=1), change, rtol=1e-2, atol=1e-7)
     assert module_slices({"a": 2, "b": 3}) == {"a": slice(0, 2), "b": slice(2, 5)}
+
+
+def test_explain_numbers_on_a_model_that_ignores_one_module():
+    """Fast, on a crafted model whose first layer gives module b no weight: b's drops and share are exactly 0; a set
+    to its train mean leaves every prediction equal (no ranking: the drop is the whole rho); a's contributions are
+    its finite-difference gradient times its distance to the train mean."""
+    from pipeline.explain import explain
+    from pipeline.table import SplitData
+
+    torch.manual_seed(0)
+    model = ModularMLP({"a": 2, "b": 3}, [8]).double()
+    with torch.no_grad():
+        model.net[0].weight[:, 2:] = 0
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        pred = model(x)
+    y = pred + 0.02 * torch.randn(30, generator=g, dtype=torch.float64)  # truth close to the prediction: rho high
+    train_mean = torch.randn(5, generator=g, dtype=torch.float64)
+    e = explain(model, SplitData([f"v{i}" for i in range(30)], x, y), train_mean, repeats=3, seed=0)
+    rp, ry = (np.argsort(np.argsort(v.numpy())).astype(float) for v in (pred, y))
+    rp, ry = rp - rp.mean(), ry - ry.mean()
+    assert e.rho == pytest.approx((rp * ry).sum() / np.sqrt((rp**2).sum() * (ry**2).sum()), rel=1e-9) and e.rho > 0.8
+    assert e.mean_drop["b"] == e.perm_drop["b"] == e.perm_std["b"] == 0.0 and e.grad_share["b"] == 0.0
+    assert e.mean_drop["a"] == pytest.approx(e.rho) and e.grad_share["a"] == 1.0 and e.perm_drop["a"] > 0.5 * e.rho
+    h, want = 1e-5, np.zeros(30)
+    for j in (0, 1):
+        step = torch.zeros(5, dtype=torch.float64)
+        step[j] = h
+        with torch.no_grad():
+            slope = (model(x + step) - model(x - step)) / (2 * h)
+        want += (slope * (x[:, j] - train_mean[j])).numpy()
+    np.testing.assert_allclose(e.contributions[:, 0], want, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(e.contributions[:, 1], 0.0)
+    np.testing.assert_allclose(e.pred, pred.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(e.true, y.numpy())

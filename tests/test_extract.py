@@ -4,10 +4,10 @@ sharding over 2 CPU ranks (byte-identical too), the dataset crop rule, and a cle
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,25 @@ def test_run_stores_good_videos_and_records_failures(reference):
     assert not path.with_suffix(".parts").exists()  # compacted
 
 
+def test_the_hog_pca_is_fitted_on_the_train_videos_alone(corpus, reference):
+    """Its mean is the mean HOG of the first sampled frame of the 12 readable train videos, computed here (the 4 val
+    and 4 test videos would move it)."""
+    from features.hog import hog_descriptors
+    from features.raw import RawExtractor
+    from features.video import read_clip
+
+    path, _ = reference
+    pca = FeatureStore(path).read().transforms["hog_pca"].arrays
+    videos = corpus / "Memento10k" / "videos"
+    names = {i: f"action{i % 3}_clip{i:03d}.mp4" for i in range(N_GOOD)}
+    first = {i: hog_descriptors(read_clip(videos / n, RawExtractor.frame_spec)[:1])[0] for i, n in names.items()}
+    train = [first[i] for i in range(N_GOOD) if i % 5 < 3]  # memento_layout's split rule
+    assert len(train) == 12
+    np.testing.assert_allclose(pca["mean"], np.mean(train, axis=0, dtype=np.float64), rtol=1e-6, atol=1e-9)
+    everything = np.mean(list(first.values()), axis=0, dtype=np.float64)
+    assert np.abs(pca["mean"] - everything).max() > 1e-3  # the test can tell
+
+
 def test_second_run_skips_everything_and_retry_failed_retries(reference, corpus, tmp_path):
     path, _ = reference
     features = tmp_path / "f"
@@ -80,22 +99,52 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
+STOP_AFTER_PARTS = """
+import os, runpy, sys, threading
+from features.store import FeatureStore
+
+append, written = FeatureStore.append, []
+
+
+def append_then_stop(self, *args, **kwargs):
+    append(self, *args, **kwargs)
+    written.append(1)
+    if len(written) == 3:  # say so on the test's FIFO, then wait to be killed
+        fd = os.open(os.environ["M3S_PARTS_FIFO"], os.O_WRONLY)
+        os.write(fd, b"3 parts\\n")
+        os.close(fd)
+        threading.Event().wait()
+
+
+FeatureStore.append = append_then_stop
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_killed_run_resumes_to_identical_bytes(reference, corpus, tmp_path):
+    """Killed right after its third part is written (the run says so on a FIFO and waits: no polling), then
+    resumed with another batch size."""
     ref_path, _ = reference
     features = tmp_path / "f"
     parts = features / "Memento10k" / "raw.parts"
+    (tmp_path / "stop_after_parts.py").write_text(STOP_AFTER_PARTS)
+    fifo = tmp_path / "parts"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR)  # read and write: the run's open never blocks
     proc = subprocess.Popen(
-        [sys.executable, *_cli(corpus, features, "--batch_size", "1")],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, str(tmp_path / "stop_after_parts.py"), *_cli(corpus, features, "--batch_size", "1")],
+        cwd=ROOT, env=_env() | {"M3S_PARTS_FIFO": str(fifo)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
     )  # fmt: skip
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.h5"))) < 3:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    ready = select.select([fd], [], [], 120)[0]
+    said = os.read(fd, 64) if ready else b""
+    os.close(fd)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _, err = proc.communicate()
+    assert said == b"3 parts\n", err[-2000:]
     n_parts = len(list(parts.glob("*.h5")))
-    assert 3 <= n_parts < N_GOOD + 2  # killed mid-way, some work saved
+    assert n_parts == 3  # killed mid-way, some work saved
     out = subprocess.run(
         [sys.executable, *_cli(corpus, features, "--batch_size", "3")],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,

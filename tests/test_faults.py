@@ -6,7 +6,10 @@ Each test reproduces one defect found by fault injection and failed before its f
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +129,20 @@ def test_a_wandb_artifact_cannot_choose_where_the_run_writes(memento, tmp_path, 
     assert result["run_dir"] == str(tmp_path / "runs2" / "mine") and not (tmp_path / "elsewhere").exists()
 
 
-def test_similarity_store_records_the_failures_of_its_space(memento, tmp_path):
-    """Videos whose deep features failed are failures of the similarity store too, so training leaves them out."""
+def test_similarity_store_records_the_failures_of_its_space(memento, tmp_path, capsys):
+    """Videos whose deep features failed are failures of the similarity store too, so training leaves them out: a
+    failed train video is not trained on, a failed val video gets no prediction."""
+    import csv
+
     from tests.conftest import signal_features
 
     ids, x = signal_features(memento, dim=12)
+    failed = {ids[0]: "decoder crashed", ids[60]: "no frames"}  # the first train and the first val video
+    assert "train-" in ids[0] and "val-" in ids[60]
+    keep = [i for i, v in enumerate(ids) if v not in failed]
     store = FeatureStore.at(memento / "features", "Memento10k", "hrnet_f1")
     meta = {"family": "hrnet", "dataset": "Memento10k", "settings": {}, "smoke": False}
-    store.append(ids[1:], {"hrnet": x[1:]}, meta, failures={ids[0]: "decoder crashed"})
+    store.append([ids[i] for i in keep], {"hrnet": x[keep]}, meta, failures=failed)
     store.compact()
     gen = GenConfig(data_dir=str(memento), dataset="Memento10k", similarity_features=["hrnet"],
                     similarity_methods=["cosine_mean"])  # fmt: skip
@@ -141,27 +150,15 @@ def test_similarity_store_records_the_failures_of_its_space(memento, tmp_path):
 
     TIERS["similarity"].compute(gen)
     sim = FeatureStore.at(memento / "features", "Memento10k", "similarity_hrnet_f1").read()
-    assert sim.failures == {ids[0]: "decoder crashed"}
-    cfg, explicit = parse_explicit(
-        TrainConfig,
-        [
-            "--data_dir",
-            str(memento),
-            "--use_similarity",
-            "--similarity_features",
-            "hrnet",
-            "--similarity_methods",
-            "cosine_mean",
-            "--epochs",
-            "1",
-            "--runs_dir",
-            str(tmp_path / "runs"),
-            "--seed",
-            "0",
-        ],  # fmt: skip
-        check=False,
-    )
-    assert run_training(cfg, explicit)["last"]["epoch"] == 0
+    assert sim.failures == failed and not set(failed) & set(sim.ids)
+    argv = ["--data_dir", str(memento), "--use_similarity", "--similarity_features", "hrnet", "--similarity_methods",
+            "cosine_mean", "--epochs", "1", "--runs_dir", str(tmp_path / "runs"), "--seed", "0", "-n", "r"]  # fmt: skip
+    capsys.readouterr()
+    assert run_training(*parse_explicit(TrainConfig, argv, check=False))["last"]["epoch"] == 0
+    assert "Memento10k: {'train': 59, 'val': 19} videos" in capsys.readouterr().out
+    with (tmp_path / "runs" / "r" / "predictions_val.csv").open() as f:
+        predicted = [row["id"] for row in csv.DictReader(f)]
+    assert predicted == ids[61:80]
 
 
 def test_files_differing_only_in_suffix_are_refused(tmp_path):
@@ -308,6 +305,7 @@ def test_store_ids_round_trip_a_file_name_that_is_not_utf8(tmp_path):
 
 
 SLOW_TIER = """
+import os
 import time
 
 from features.base import Extractor, FrameSpec
@@ -320,6 +318,9 @@ class Slow(Extractor):
     cpu_extract = True
 
     def extract(self, clips):
+        fd = os.open(os.environ["M3S_READY"], os.O_WRONLY)  # the test's FIFO: this worker is up and extracting
+        os.write(fd, f"{os.getpid()}\\n".encode())
+        os.close(fd)
         time.sleep(120)
 
 
@@ -332,13 +333,43 @@ TIER = SlowTier()
 """
 
 
+def _marked(mark: str) -> set[int]:
+    """The processes whose environment holds ``M3S_MARK=<mark>``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"M3S_MARK={mark}".encode() in (entry / "environ").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _lines(fd: int, n: int, seconds: float) -> list[bytes]:
+    """Up to ``n`` lines read from ``fd``, waiting at most ``seconds`` in all (select, no polling)."""
+
+    said, deadline = b"", time.monotonic() + seconds
+    while said.count(b"\n") < n and select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+        said += os.read(fd, 64)
+    return said.split()
+
+
+def _outliving(pidfds: dict[int, int], seconds: float) -> set[int]:
+    """The pids of ``{pidfd: pid}`` still running after ``seconds`` (a pidfd turns readable when its process ends)."""
+
+    left, deadline = dict(pidfds), time.monotonic() + seconds
+    while left and (ended := select.select(list(left), [], [], max(deadline - time.monotonic(), 0))[0]):
+        for fd in ended:
+            del left[fd]
+    return set(left.values())
+
+
 def test_killing_the_extraction_takes_its_workers_with_it(tmp_path):
-    """Forkserver workers (~300 MB each) were seen alive 7 minutes after gen_features.py was killed."""
-    import os
+    """Forkserver workers (~300 MB each) were seen alive 7 minutes after gen_features.py was killed. No sleeps: the
+    workers say they are up through a FIFO, and each process's end is seen through its pidfd."""
     import signal
     import subprocess
     import sys
-    import time
     import uuid
 
     from config import ROOT
@@ -346,36 +377,33 @@ def test_killing_the_extraction_takes_its_workers_with_it(tmp_path):
 
     memento_layout(tmp_path / "data" / "Memento10k", n=4, n_frames=6)
     (tmp_path / "slow_tier.py").write_text(SLOW_TIER)
+    ready = tmp_path / "ready"
+    os.mkfifo(ready)
+    ready_fd = os.open(ready, os.O_RDWR)  # read and write: the workers' opens never block, reads never see an EOF
     mark = uuid.uuid4().hex
-    env = os.environ | {"M3S_TIERS": "slow_tier", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "M3S_MARK": mark}
+    env = os.environ | {"M3S_TIERS": "slow_tier", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "M3S_MARK": mark,
+                        "M3S_READY": str(ready)}  # fmt: skip
     argv = ["gen_features.py", "--dataset", "Memento10k", "--data_dir", str(tmp_path / "data"), "--features", "slow"]
     main = subprocess.Popen([sys.executable, *argv, "--workers", "2", "--batch_size", "1"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-
-    def marked() -> set[int]:
-        pids = set()
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and f"M3S_MARK={mark}".encode() in (entry / "environ").read_bytes():
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-        return pids - {main.pid}
-
-    deadline = time.time() + 60
-    while len(marked()) < 2 and time.time() < deadline:  # the forkserver and its workers are up
-        time.sleep(0.2)
-    time.sleep(2)
-    assert len(marked()) >= 2, "the workers never started"
+    workers = {int(pid) for pid in _lines(ready_fd, 2, 60)}
+    os.close(ready_fd)
+    procs = _marked(mark) - {main.pid}  # the workers, the forkserver and whatever else the extraction started
+    assert len(workers) == 2 and workers <= procs, f"the workers never started ({workers}, {procs})"
+    pidfds = {}
+    for pid in procs:
+        try:
+            pidfds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
     main.send_signal(signal.SIGKILL)
     main.wait()
-    deadline = time.time() + 15
-    while marked() and time.time() < deadline:
-        time.sleep(0.2)
-    left = marked()
+    left = _outliving(pidfds, 15)
+    for fd in pidfds:
+        os.close(fd)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    assert not left, f"{len(left)} worker processes outlived the killed extraction"
+    assert not left, f"{len(left)} processes ({sorted(left)}) outlived the killed extraction"
 
 
 def test_an_unwritable_features_dir_fails_before_any_work(memento, tmp_path, monkeypatch):

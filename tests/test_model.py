@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics, histogram, js_divergence, kl_divergence
@@ -86,7 +85,6 @@ def _direct(name: str, p: np.ndarray, t: np.ndarray, ctx: LossContext) -> float:
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_matches_direct_computation(name):
-    pytest.importorskip("torchsort")
     rng = np.random.default_rng(1)
     p, t = rng.uniform(0.2, 1, 32), rng.uniform(0.4, 1, 32)
     ctx = LossContext(epoch=3, epochs=10, train_mean=0.8, tails_pow=4.0, tails_mult=2.0)
@@ -98,7 +96,6 @@ def test_loss_matches_direct_computation(name):
 
 
 def test_mse_to_spearman_schedule_ends_on_spearman():
-    pytest.importorskip("torchsort")
     p, t = torch.rand(16), torch.rand(16)
     first = LOSSES["mse_to_spearman"](p, t, LossContext(epoch=0, epochs=5))
     last = LOSSES["mse_to_spearman"](p, t, LossContext(epoch=4, epochs=5))
@@ -106,18 +103,24 @@ def test_mse_to_spearman_schedule_ends_on_spearman():
     assert float(last) == pytest.approx(float(LOSSES["spearman"](p, t, LossContext())))
 
 
-def test_metrics_against_scipy_and_by_hand():
-    rng = np.random.default_rng(0)
-    true = rng.uniform(0.4, 1, 200)
-    pred = true + rng.normal(0, 0.05, 200)
+def test_metrics_by_hand():
+    """Literal values worked out by hand, with ties (average ranks, Kendall's tau-b) and an asymmetric KL pair."""
+    pred, true = np.array([1.0, 2.0, 2.0, 3.0]) / 4, np.array([1.0, 2.0, 3.0, 4.0]) / 4
     m = compute_metrics(pred, true)
-    assert m["spearman"] == pytest.approx(stats.spearmanr(pred, true).statistic)
-    assert m["kendall"] == pytest.approx(stats.kendalltau(pred, true).statistic)
-    assert m["mse"] == pytest.approx(np.mean((pred - true) ** 2)) and m["mae"] == pytest.approx(
-        np.mean(np.abs(pred - true))
-    )
+    # ranks 1 2.5 2.5 4 against 1 2 3 4: centred (-1.5 0 0 1.5) . (-1.5 -.5 .5 1.5) = 4.5, norms^2 4.5 and 5
+    assert m["spearman"] == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    # 5 concordant pairs, 0 discordant, 1 tied in pred only: tau-b = 5 / sqrt((6 - 1) * 6)
+    assert m["kendall"] == pytest.approx(5 / math.sqrt(30))
+    assert m["mse"] == pytest.approx((0.25**2 + 0.25**2) / 4) and m["mae"] == pytest.approx(0.5 / 4)
+    # histograms: truth half in bin 6, half in bin 57; prediction 3/4 and 1/4. KL(truth || prediction), not the reverse
+    pred, true = np.array([0.1, 0.1, 0.1, 0.9]), np.array([0.1, 0.1, 0.9, 0.9])
+    m = compute_metrics(pred, true)
+    assert m["kl"] == pytest.approx(0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25), rel=1e-6)
+    assert 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5) != pytest.approx(m["kl"], rel=0.05)
+    js = 0.5 * (0.5 * math.log(0.5 / 0.625) + 0.5 * math.log(0.5 / 0.375))
+    js += 0.5 * (0.75 * math.log(0.75 / 0.625) + 0.25 * math.log(0.25 / 0.375))
+    assert m["js"] == pytest.approx(js, rel=1e-6)
     assert compute_metrics(true, true)["kl"] == pytest.approx(0, abs=1e-9)
-    assert 0 < m["js"] <= math.log(2)
 
 
 def test_divergences_of_histograms():

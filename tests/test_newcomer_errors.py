@@ -14,7 +14,7 @@ from dataset import VideoRecord, load_records
 from pipeline.extraction import run_import
 from pipeline.table import FeatureTable
 from pipeline.training import Interrupted, Trainer, _sigterm_as_interrupt, run_training
-from tests.conftest import signal_features
+from tests.conftest import signal_features, write_videomem
 
 
 def _script(name, *argv, cwd=None):
@@ -110,16 +110,9 @@ def test_sigterm_stops_training_like_ctrl_c():
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
-def _videomem(root, names):
-    root.mkdir(parents=True)
-    lines = ["video,short-term_memorability,nb_short-term_annotations,long-term_memorability,nb_long-term_annotations"]
-    lines += [f"{n},0.9,30,0.8,10" for n in names]
-    (root / "ground-truth_dev-set.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
-
-
 def test_videomem_split_names_without_the_webm_suffix_are_matched_and_said(tmp_path, capsys):
     names = [f"video{i}.webm" for i in range(10)]
-    _videomem(tmp_path / "VideoMem", names)
+    write_videomem(tmp_path / "VideoMem", names)
     with (tmp_path / "VideoMem/train_test_split_videomem.pkl").open("wb") as f:
         pickle.dump(([n[:-5] for n in names[:8]], [n[:-5] for n in names[8:]]), f)
     records = load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
@@ -135,7 +128,7 @@ def test_videomem_runs_say_which_split_and_imports_do_not_write_one(tmp_path):
     from dataset import reading_only
 
     names = [f"video{i}.webm" for i in range(10)]
-    _videomem(tmp_path / "VideoMem", names)
+    write_videomem(tmp_path / "VideoMem", names)
     with reading_only():
         records = load_records("VideoMem", TrainConfig(data_dir=str(tmp_path)))
     assert "(not saved)" in records[0].extras["split_source"]

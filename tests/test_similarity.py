@@ -10,6 +10,7 @@ from features.similarity import METHODS, apply_pca, fit_pca
 from features.store import FeatureStore, StoredFeatures
 from pipeline.training import run_training
 from tests.conftest import write_memento
+from tests.test_similarity_methods import epanechnikov_logp
 from tiers import TIERS
 
 META = {"family": "hrnet", "dataset": "Memento10k", "settings": {"frames": 1}, "smoke": False}
@@ -59,7 +60,12 @@ def test_every_method_scores_against_direct_computation(corpus):
     frac_above = [(np.sum(s >= 0.5) - t) / (len(xt) - t) for s, t in zip(sims, is_train, strict=True)]
     np.testing.assert_allclose(data.features["cosine_threshold0.5"][order, 0], frac_above, rtol=1e-5)
     kde = data.features["kde"][order, 0]
-    assert np.isfinite(kde).all()
+    arrays = data.transforms["kde"].arrays  # fitted on the train videos alone, in the PCA space
+    np.testing.assert_allclose(arrays["train"], z[is_train], rtol=1e-4, atol=1e-4)
+    logp = epanechnikov_logp(z[is_train], z, float(arrays["bandwidth"][0]))
+    floor = min(logp[is_train].min(), logp[np.isfinite(logp)].min()) - 1.0
+    np.testing.assert_allclose(kde, -np.where(np.isfinite(logp), logp, floor), rtol=1e-4)
+    assert np.isfinite(logp[is_train]).all()
     far = METHODS["kde"].score(data.transforms["kde"].arrays, np.full((1, 10), 50.0), np.array([False]))
     assert far[0, 0] > kde.max()  # a video far from every training video is the most distinctive
 

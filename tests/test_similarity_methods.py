@@ -32,6 +32,18 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
+def epanechnikov_logp(train: np.ndarray, x: np.ndarray, h: float) -> np.ndarray:
+    """Log-density of an Epanechnikov KDE written out: mean over train of (1 - |x - t|^2 / h^2)+ divided by the
+    kernel's integral over R^d, the d-ball volume times h^d times 2 / (d + 2). -inf outside every kernel."""
+    from math import gamma, pi
+
+    d = train.shape[1]
+    norm = pi ** (d / 2) / gamma(d / 2 + 1) * h**d * 2 / (d + 2)
+    sq = ((x[:, None, :] - train[None, :, :]) ** 2).sum(-1)  # (n_x, n_train)
+    with np.errstate(divide="ignore"):
+        return np.log(np.clip(1 - sq / h**2, 0, None).mean(1) / norm)
+
+
 def test_pca_reduces_only_spaces_wider_than_ten():
     rng = np.random.default_rng(0)
     assert fit_pca(rng.normal(size=(30, 10)), 0) == {}
@@ -85,14 +97,16 @@ def test_kde_subsamples_large_training_sets_and_floors_empty_densities(monkeypat
     assert kept.shape == (40, 2)
     rows = [int(np.flatnonzero((train == r).all(1))[0]) for r in kept]
     assert rows == sorted(rows) and len(set(rows)) == 40  # a seeded subset, in the original order
-    from sklearn.neighbors import KernelDensity
-
     bandwidth = float(arrays["bandwidth"][0])
-    logp = KernelDensity(kernel="epanechnikov", bandwidth=bandwidth).fit(kept).score_samples(kept)
-    assert arrays["train_logp_min"][0] == pytest.approx(logp.min())
+    assert np.isclose(np.logspace(-2, 2, 100), bandwidth).any()  # one of the grid's values
+    logp = epanechnikov_logp(kept, kept, bandwidth)
+    assert arrays["train_logp_min"][0] == pytest.approx(logp.min(), rel=1e-9)
+    probe = kept[:1] + bandwidth / 2  # inside some kernels: a finite density below the train videos' own
     far = np.array([[1e6, 1e6], [2e6, 0.0]])
-    out = KDE().score(arrays, np.concatenate([kept[:1], far]), np.zeros(3, dtype=bool))[:, 0]
-    assert out[1] == out[2] == pytest.approx(-(min(logp.min(), -out[0]) - 1.0))  # one nat below the lowest finite
+    out = KDE().score(arrays, np.concatenate([probe, far]), np.zeros(3, dtype=bool))[:, 0]
+    own = epanechnikov_logp(kept, probe, bandwidth)[0]
+    assert np.isfinite(own) and out[0] == pytest.approx(-own, rel=1e-9)
+    assert out[1] == out[2] == pytest.approx(-(min(logp.min(), own) - 1.0))  # one nat below the lowest finite
     lower = {**arrays, "train_logp_min": np.array([-50.0])}
     assert KDE().score(lower, far, np.zeros(2, dtype=bool))[0, 0] == pytest.approx(51.0)
 

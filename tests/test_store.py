@@ -93,27 +93,39 @@ def test_temporary_files_are_ignored_by_readers(tmp_path):
 
 def test_reader_in_another_process_while_appending(tmp_path):
     """A second process reads in a loop while this one appends and compacts: it never sees a broken store, and it
-    does see the store grow (it was reading while the writes happened, not before or after them)."""
+    sees every state. In lockstep through its pipes, no sleeps: after each write this process asks for the size the
+    reader sees and waits for the answer; between two questions the reader keeps reading while the next write
+    happens."""
     store = FeatureStore.at(tmp_path, "demo", "raw")
     store.append(["v0"], _rows(["v0"]), META)
     reader = textwrap.dedent(f"""
-        import sys, time; sys.path.insert(0, {str(__import__("config").ROOT)!r})
+        import select, sys; sys.path.insert(0, {str(__import__("config").ROOT)!r})
         from features.store import FeatureStore
-        s = FeatureStore({str(store.path)!r}); sizes = {{len(s.read().ids)}}; t = time.time()
+        s = FeatureStore({str(store.path)!r})
+
+        def check():
+            d = s.read(); assert len(d.ids) == len(d.features["a"]) == len(set(d.ids)); return len(d.ids)
+
         print("reading", flush=True)
-        while time.time() - t < 30 and 40 not in sizes:
-            d = s.read(); assert len(d.ids) == len(d.features["a"]) == len(set(d.ids)); sizes.add(len(d.ids))
-        print(len(sizes), max(sizes))
+        while True:
+            check()
+            if select.select([sys.stdin], [], [], 0)[0]:
+                if not sys.stdin.readline().strip():
+                    break
+                print(check(), flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", reader], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "reading"  # the reader is in its loop before the first append
+    seen = []
     for i in range(1, 40):
         store.append([f"v{i}"], _rows([f"v{i}"]), META)
         if i % 10 == 0:
             store.compact()
-    out, _ = proc.communicate(timeout=60)
-    distinct, final = map(int, out.split())
-    assert proc.returncode == 0 and final == 40 and distinct >= 3
+        proc.stdin.write("size?\n")
+        proc.stdin.flush()
+        seen.append(int(proc.stdout.readline()))
+    out, _ = proc.communicate("\n", timeout=60)
+    assert proc.returncode == 0 and seen == list(range(2, 41)) and not out
 
 
 def test_written_file_layout(tmp_path):

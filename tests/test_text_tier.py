@@ -141,7 +141,7 @@ def _informative_memento(root: Path) -> None:
         (root / f"memento_{split}_data.json").write_text(json.dumps(recs))
 
 
-def test_gen_features_and_train_end_to_end(tmp_path):
+def test_gen_features_and_train_end_to_end(tmp_path, monkeypatch):
     data = tmp_path / "data"
     _informative_memento(data / "Memento10k")
     gen = GenConfig(
@@ -156,9 +156,13 @@ def test_gen_features_and_train_end_to_end(tmp_path):
     assert stored.meta["settings"]["model"] == "all-MiniLM-L6-v2" and stored.meta["code_version"]
     sim = FeatureStore.at(data / "features", "Memento10k", "similarity_text_all-MiniLM-L6-v2").read()
     assert set(sim.features) == {"cosine_mean", "dbscan"} and len(sim.ids) == 60
-    mtime = store.path.stat().st_mtime_ns
-    gen_features(GenConfig(dataset="Memento10k", data_dir=str(data), features=["text"], device="cpu"))
-    assert store.path.stat().st_mtime_ns == mtime  # everything stored: nothing embedded, nothing rewritten
+    before = (store.path.stat().st_ino, store.path.read_bytes())
+    with monkeypatch.context() as m:  # everything stored: nothing embedded, nothing written
+        m.setattr(TextEncoder, "encode", lambda *a: pytest.fail("embedded captions again"))
+        m.setattr(FeatureStore, "append", lambda *a, **kw: pytest.fail("appended to a complete store"))
+        m.setattr(FeatureStore, "write", lambda *a, **kw: pytest.fail("rewrote a complete store"))
+        gen_features(GenConfig(dataset="Memento10k", data_dir=str(data), features=["text"], device="cpu"))
+    assert (store.path.stat().st_ino, store.path.read_bytes()) == before and not store.parts_dir.exists()
 
     argv = ["--dataset", "Memento10k", "--data_dir", str(data), "--use_text", "--use_similarity"]
     argv += ["--similarity_features", "text", "--similarity_methods", "cosine_mean", "--epochs", "12", "--seed", "0"]

@@ -34,25 +34,78 @@ def _choices(cls: type, name: str) -> tuple:
     return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]
 
 
-def test_config_choices_come_from_the_registries():
-    assert set(_choices(TrainConfig, "loss")) == set(LOSSES)
-    assert set(_choices(TrainConfig, "dataset")) == set(DATASETS)
-    assert set(_choices(TrainConfig, "raw_features")) == set(RAW_FEATURES)
-    assert set(_choices(TrainConfig, "similarity_methods")) == set(METHODS)
-    assert set(_choices(TrainConfig, "similarity_features")) == {s for t in TIERS.values() for s in t.spaces()}
-    assert set(_choices(GenConfig, "features")) == set(FAMILIES) == {n for n, t in TIERS.items() if t.computed}
+BUILTIN_CHOICES = {  # written out: what the registries hold today, in their order
+    "loss": ("mse", "l1", "mse_tails", "spearman", "mse_to_spearman"),
+    "dataset": ("Memento10k", "VideoMem", "LaMem", "demo", "folder"),
+    "raw_features": ("hog", "brightness", "contrast", "blurriness", "meanOF", "size_orig"),
+    "similarity_methods": (
+        "dbscan",
+        "kde",
+        "cosine_mean",
+        "cosine_threshold0.4",
+        "cosine_threshold0.5",
+        "cosine_threshold0.7",
+        "fractional_mean",
+    ),
+    "similarity_features": ("hrnet", "ip_csn_152", "ir_csn_152", "clip", "text"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(BUILTIN_CHOICES))
+def test_config_choices_come_from_the_registries(field):
+    """The choices are the registry's entries: each parses, anything else is refused with the list."""
+    registry = {"loss": LOSSES, "dataset": DATASETS, "raw_features": RAW_FEATURES, "similarity_methods": METHODS}.get(
+        field, [s for t in TIERS.values() for s in t.spaces()]
+    )
+    assert _choices(TrainConfig, field) == tuple(registry) == BUILTIN_CHOICES[field]
+    for value in BUILTIN_CHOICES[field]:
+        assert getattr(parse(TrainConfig, ["--use_raw", f"--{field}", value]), field) in (value, [value])
+    with pytest.raises(ConfigError, match=f"{field}: 'nope' is not one of {', '.join(BUILTIN_CHOICES[field])}$"):
+        parse(TrainConfig, ["--use_raw", f"--{field}", "nope"])
+    assert _choices(GenConfig, "features") == FAMILIES == ("raw", "hrnet", "csn", "clip", "text", "similarity")
+
+
+BUILTIN_OPTIONS = {  # tier: {option: default}, written out
+    "raw": {
+        "raw_features": ["hog", "brightness", "contrast", "blurriness", "size_orig", "meanOF"],
+        "normalize_raw": True,
+        "use_temporal_std": False,
+    },
+    "hrnet": {"hrnet_frames": 1},
+    "csn": {"csn_arch": "ip_csn_152"},
+    "clip": {
+        "clip_model": "RN50",
+        "clip_pretrained": "openai",
+        "clip_frames": 8,
+        "clip_std": False,
+        "clip_download": False,
+    },
+    "text": {"text_model": "all-MiniLM-L6-v2", "normalize_text": False},
+    "similarity": {
+        "similarity_features": ["hrnet", "ip_csn_152"],
+        "similarity_methods": ["dbscan"],
+        "normalize_similarity": True,
+    },
+}
 
 
 @pytest.mark.parametrize("name", [n for n, t in TIERS.items() if t.has_switch])
 def test_every_tier_has_its_switch_and_options(name):
+    """The switch turns on this tier alone; the configs hold the option defaults written out above (a tier
+    registered outside m3s is checked against its own declaration)."""
     tier = TIERS[name]
+    assert tier.switch == f"use_{name}"
     cfg = parse(TrainConfig, [f"--{tier.switch}"])
     assert cfg.modules() == [name]
-    for option, spec in tier.options(TIERS).items():
+    options = tier.options(TIERS)
+    expected = BUILTIN_OPTIONS.get(name, {o: spec.default for o, spec in options.items()})
+    assert set(options) == set(expected)
+    for option, spec in options.items():
         if spec.train:
-            assert getattr(cfg, option) == spec.default
+            assert getattr(cfg, option) == expected[option]
         if spec.gen:
-            assert getattr(GenConfig(), option) == spec.default
+            assert getattr(GenConfig(), option) == expected[option]
+        assert spec.train or spec.gen
 
 
 @pytest.mark.parametrize("name", COMPUTED)

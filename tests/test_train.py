@@ -1,5 +1,6 @@
 """End to end over an imported feature table of an official-format dataset: import, train, resume, evaluate."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -168,14 +169,37 @@ def test_resume_with_more_epochs(memento, tmp_path):
         run_training(*parse_explicit(TrainConfig, argv, check=False))
 
 
+def _csv_columns(path) -> dict[str, list]:
+    """A predictions CSV as columns: ids as strings, every other column as floats."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [r[k] if k == "id" else float(r[k]) for r in rows] for k in rows[0]}
+
+
 def test_evaluate_scores_and_refuses_changed_features(memento, tmp_path):
     _import(memento, tmp_path)
-    result = _train(memento, tmp_path, "-n", "e", "-s")
+    result = _train(memento, tmp_path, "-n", "e", "-s", "--epochs", "8", "--lr", "0.05")  # best epoch 4, last 7
+    assert result["best"]["epoch"] == 4 and result["last"]["epoch"] == 7
     out = run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/best.pt"), "--split", "all"]))
     assert out["val"]["spearman"] == pytest.approx(result["best"]["val_spearman"], abs=1e-6)
     assert out["test"] == {"n": 10, "n_scored": 0}  # unlabelled test videos are scored, not measured
     assert (tmp_path / "runs/e/predictions_Memento10k_test_best.csv").is_file()
     assert json.loads((tmp_path / "runs/e/metrics_Memento10k_all_best.json").read_text())["val"]["n"] == 20
+    # the same predictions the run wrote for its best and its last epoch, and metrics computed here from them
+    run_csv = _csv_columns(tmp_path / "runs/e/predictions_val.csv")
+    best = _csv_columns(tmp_path / "runs/e/predictions_Memento10k_val_best.csv")
+    assert best["id"] == run_csv["id"] and len(best["id"]) == 20
+    np.testing.assert_allclose(best["pred"], run_csv["pred_best"], atol=2e-6)
+    last = run_evaluation(parse(EvalConfig, ["--checkpoint", str(tmp_path / "runs/e/last.pt"), "--split", "val"]))
+    np.testing.assert_allclose(
+        _csv_columns(tmp_path / "runs/e/predictions_Memento10k_val_last.csv")["pred"], run_csv["pred_last"], atol=2e-6
+    )
+    assert np.abs(np.array(run_csv["pred_best"]) - run_csv["pred_last"]).max() > 1e-4  # the test can tell them apart
+    pred, true = np.array(best["pred"]), np.array(best["score"])
+    rp, rt = (np.argsort(np.argsort(v)).astype(float) for v in (pred, true))
+    rp, rt = rp - rp.mean(), rt - rt.mean()
+    assert out["val"]["spearman"] == pytest.approx((rp * rt).sum() / np.sqrt((rp**2).sum() * (rt**2).sum()), abs=1e-6)
+    assert out["val"]["mse"] == pytest.approx(np.mean((pred - true) ** 2), rel=1e-4) and last["val"]["n_scored"] == 20
     ids, x = signal_features(memento)
     np.savez(tmp_path / "other.npz", ids=np.array(ids), emb=x + 0.01)  # the same kind of features, another file
     gen = ["--dataset", "Memento10k", "--data_dir", str(memento), "--name", "emb", "--overwrite", "--import"]
