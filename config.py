@@ -22,6 +22,7 @@ from typing import Any
 from core import cli
 from core.io import ROOT, ConfigError, __version__, code_version
 from dataset import DATASETS
+from model.heads import HEADS
 from model.losses import LOSSES
 from tiers import TIERS, module_tiers, owner
 from tiers.base import Option
@@ -107,6 +108,7 @@ class TrainConfig(ModuleConfig):
     data_augmentation: bool = opt(False, "end-to-end: random resized crop (scale 0.8-1, square) + flip of train clips")
     compute_raw: bool = opt(False, "end-to-end: compute the raw tier from the decoded clips (implied by augmentation)")
     hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
+    head: str = opt("mlp", "the model over the modules (model/heads.py; stack: the default recipe's)", tuple(HEADS))
     batch_size: int = opt(32, "batch size")
     loss: str = opt("mse", "training loss", tuple(LOSSES))
     mse_tails_pow: float = opt(4.0, "exponent p of the mse_tails weights 1 + c|m - mean|^p")
@@ -129,7 +131,7 @@ class TrainConfig(ModuleConfig):
     folds: int = opt(0, "K-fold cross-validation over the scored train+val videos (0: the dataset's own split)")
     fold_seed: int = opt(0, "seed of the fold partition (written once beside the dataset, then reused)")
     ablate: bool = opt(False, "train every non-empty combination of the selected modules")
-    baselines: bool = opt(False, "also fit Ridge and RBF-SVR (standardised inputs, CV on train) on the same table")
+    baselines: bool = opt(False, "also train the heads ridge and svr (standardised inputs, CV on train) beside --head")
     batched: bool = opt(True, "train a grid's runs together as one batched model (--no-batched: one by one)")
     search: int = opt(0, "run this many Optuna trials over --search_space (each scored over --seeds / --folds)")
     search_space: str = opt("configs/search/paper.yaml", "YAML search space of --search")
@@ -201,9 +203,11 @@ class TrainConfig(ModuleConfig):
                     "(pre-computed features cannot be augmented or fine-tuned)"
                 )
             return
-        if self.grid():
-            raise ConfigError("--seeds / --folds / --ablate / --baselines / --search train the MLP on pre-computed "
-                              "features; run end-to-end training (--no-fixed_features) one run at a time")  # fmt: skip
+        if self.grid() or self.head != "mlp":
+            raise ConfigError(
+                "--seeds / --folds / --ablate / --baselines / --search / --head train on pre-computed features; run "
+                "end-to-end training (--no-fixed_features) one MLP run at a time"
+            )
         bad = [
             f"--{name} {value!r} ({why})"
             for name, value, ok, why in (

@@ -23,11 +23,12 @@ import yaml
 
 from config import TrainConfig
 from core.device import resolve_device
-from core.io import ConfigError, code_version, write_json, write_text
+from core.io import ConfigError, write_json, write_text
 from dataset import load_records
 from pipeline.batched import EpochCallback, FoldData, RunResult, RunSpec, train_batched
-from pipeline.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from pipeline.checkpoint import run_state, save_checkpoint
 from pipeline.folds import fold_data, load_or_make_folds
+from pipeline.heads import BASELINES, head_results
 from pipeline.report import RunLogger, write_predictions
 from pipeline.summary import summarise, write_summary
 from pipeline.table import FeatureTable, SplitData
@@ -70,7 +71,7 @@ def sub_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig:
     """The config of one sub-run, as ``train.py`` would take it (one seed, its modules, no grid flags)."""
     sub = subset_config(cfg, spec.modules)
     sub.seed, sub.seeds, sub.ablate, sub.baselines, sub.search = spec.seed, [], False, False, 0
-    sub.runs_dir, sub.name = str(run_dir / spec.combination), f"seed{spec.seed}-fold{spec.fold}"  # spec.dir_name
+    sub.head, sub.runs_dir, sub.name = spec.head, str(run_dir / spec.combination), spec.run_name  # spec.dir_name
     return sub
 
 
@@ -138,23 +139,9 @@ def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, s
     )
     write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})
     if cfg.save:
-        modules = list(res.spec.modules)
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "code_version": code_version(),
-            "config": asdict(sub),
-            "modules": modules,
-            "tiers": {m: t.name for m, t in module_tiers(sub).items()},
-            "dims": {m: dims[m] for m in modules},
-            "stats": {m: s for m, s in fold.stats.items() if m in modules},
-            "sources": sources,
-            "train_mean": float(fold.y_train.double().mean()),
-            "epoch": res.history[-1]["epoch"],
-            "metrics": res.history[-1],
-            "history": res.history,
-            "best": res.best,
-            "model": res.weights,
-        }
+        train_mean = float(fold.y_train.double().mean())
+        state = run_state(sub, list(res.spec.modules), dims, fold.stats, sources, res.history, res.weights, train_mean)
+        state["best"] = res.best
         save_checkpoint(state, path / "last.pt")
     return path
 
@@ -195,17 +182,23 @@ def run_experiment(cfg: TrainConfig) -> dict:
     grid.run_dir.mkdir(parents=True, exist_ok=True)
     write_text(grid.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     t0 = time.perf_counter()
-    results = grid.train()
+    infos: dict = {}
+    if cfg.head == "mlp":
+        results = grid.train()
+    else:
+        results, infos = head_results(cfg, cfg.head, grid.runs, grid.folds, grid.dims, grid.device)
     seconds = time.perf_counter() - t0
-    for res in results:
-        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
-    baselines = []
-    if cfg.baselines:
-        from pipeline.baselines import run_baselines
-
+    baselines, t0 = [], time.perf_counter()
+    if cfg.baselines:  # each baseline once per (fold, combination): their fits do not depend on the seed
         combos = sorted({r.spec.modules for r in results}, key=lambda c: (len(c), c))
-        baselines = run_baselines(grid.folds, combos, seed=grid_seeds(cfg)[0])
-    summary = summarise(cfg, results, grid.folds, baselines, seconds)
+        specs = [RunSpec(grid_seeds(cfg)[0], f, c) for f in range(len(grid.folds)) for c in combos]
+        for name in (b for b in BASELINES if b != cfg.head):
+            res, fits = head_results(cfg, name, specs, grid.folds, grid.dims, grid.device)
+            baselines += res
+            infos |= fits
+    for res in results + baselines:
+        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+    summary = summarise(cfg, results + baselines, grid.folds, seconds, infos, time.perf_counter() - t0)
     summary["run_dir"] = str(grid.run_dir)
     paths = write_summary(grid.run_dir, summary, ablation=cfg.ablate)
     if cfg.log:
