@@ -1,0 +1,68 @@
+"""The grid's numbers are what they say, checked against values computed here independently: the seed ensemble
+averages the runs' LAST-epoch predictions (not their best, val-selected, epoch), and the Ridge / SVR baselines are
+fitted on the train videos only (not train + val). Each assertion fails when that defect is injected."""
+
+import csv
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from config import Paths, TrainConfig, parse
+from dataset import load_records
+from pipeline.experiments import run_experiment
+from tests.conftest import signal_features
+from tests.test_experiments import _argv, two_modules  # noqa: F401 (a fixture)
+
+
+def _columns(path):
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["id"] for r in rows]
+    return ids, np.array([float(r["score"]) for r in rows]), {c: np.array([float(r[c]) for r in rows])
+                                                            for c in ("pred_best", "pred_last")}  # fmt: skip
+
+
+def test_seed_ensemble_averages_last_epoch_predictions(two_modules, tmp_path):  # noqa: F811
+    argv = _argv(two_modules, tmp_path, "-n", "ens", "--seeds", "1", "2", "3", "--epochs", "6")
+    summary = run_experiment(parse(TrainConfig, argv))
+    row = next(r for r in summary["rows"] if r["model"] == "mlp")
+    preds = {"pred_best": [], "pred_last": []}
+    for seed in (1, 2, 3):
+        _, true, cols = _columns(tmp_path / f"runs/ens/a+b/seed{seed}-fold0/predictions_val.csv")
+        for c in preds:
+            preds[c].append(cols[c])
+    last = spearmanr(np.mean(preds["pred_last"], 0), true).statistic
+    best = spearmanr(np.mean(preds["pred_best"], 0), true).statistic
+    assert abs(best - last) > 1e-3  # the two differ here, so averaging the wrong one is caught
+    assert abs(row["ensemble"]["mean"] - last) < 1e-6
+    assert abs(row["last"]["mean"] - np.mean([spearmanr(p, true).statistic for p in preds["pred_last"]])) < 1e-6
+
+
+def test_ridge_and_svr_baselines_are_fitted_on_train_only(two_modules, tmp_path):  # noqa: F811
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    summary = run_experiment(parse(TrainConfig, _argv(two_modules, tmp_path, "-n", "bl", "--baselines")))
+    # the imported modules, recomputed as the fixture made them (tests.test_experiments._import)
+    ids_a, a = signal_features(two_modules, dim=6, noise=0.3, seed=1)
+    ids_b, b = signal_features(two_modules, dim=4, noise=0.3, seed=2)
+    assert ids_a == ids_b
+    x = dict(zip(ids_a, np.concatenate([a, b], 1), strict=True))
+    records = load_records("Memento10k", Paths(data_dir=str(two_modules)))
+    tr = [r for r in records if r.split == "train"]
+    va = [r for r in records if r.split == "val"]
+    x_tr, y_tr = np.stack([x[r.id] for r in tr]), np.array([r.score for r in tr])
+    x_va, y_va = np.stack([x[r.id] for r in va]), np.array([r.score for r in va])
+    rows = {r["model"]: r for r in summary["rows"]}
+    p = rows["svr"]["runs"][0]["fit"]["params"]
+    gamma = float(p["gamma"].split("/")[0]) / x_tr.shape[1]
+    svr = make_pipeline(StandardScaler(), SVR(C=p["C"], gamma=gamma, epsilon=p["epsilon"])).fit(x_tr, y_tr)
+    assert abs(rows["svr"]["last"]["mean"] - spearmanr(svr.predict(x_va), y_va).statistic) < 1e-6
+    alpha = rows["ridge"]["runs"][0]["fit"]["params"]["alpha"]
+    ridge = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_tr, y_tr)
+    assert abs(rows["ridge"]["last"]["mean"] - spearmanr(ridge.predict(x_va), y_va).statistic) < 1e-6
+    both = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])  # what a train+val fit would score
+    leak = spearmanr(make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(*both).predict(x_va), y_va).statistic
+    assert abs(leak - rows["ridge"]["last"]["mean"]) > 1e-3
