@@ -137,6 +137,9 @@ class TrainConfig(ModuleConfig):
     search_space: str = opt("configs/search/paper.yaml", "YAML search space of --search")
     search_storage: str = opt("", "Optuna storage URL (default: sqlite in the run directory, so a search resumes)")
     search_seed: int = opt(0, "seed of the TPE sampler")
+    search_on: str = opt("val", "what --search scores a trial on: val (its best trial's val score is then optimistic) "
+                         "or inner_cv (3 folds of the train videos; val is scored once, for the best trial)",
+                         ("val", "inner_cv"))  # fmt: skip
     # end-to-end training (--no-fixed_features): clips decoded, HRNet / CSN run inside the step (pipeline/e2e.py)
     freeze_backbones: bool = opt(False, "end-to-end: keep HRNet / CSN frozen (features recomputed per augmented view)")
     backbone_lr: float | None = opt(None, "end-to-end: learning rate of the fine-tuned backbones (default --lr / 100)")
@@ -206,7 +209,7 @@ class TrainConfig(ModuleConfig):
         if self.grid() or self.head != "mlp":
             raise ConfigError(
                 "--seeds / --folds / --ablate / --baselines / --search / --head train on pre-computed features; run "
-                "end-to-end training (--no-fixed_features) one MLP run at a time"
+                "end-to-end training (--no-fixed_features) with the MLP head, one run at a time"
             )
         bad = [
             f"--{name} {value!r} ({why})"

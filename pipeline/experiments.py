@@ -27,7 +27,7 @@ from core.io import ConfigError, write_json, write_text
 from dataset import load_records
 from pipeline.batched import EpochCallback, FoldData, RunResult, RunSpec, train_batched
 from pipeline.checkpoint import run_state, save_checkpoint
-from pipeline.folds import fold_data, load_or_make_folds
+from pipeline.folds import fold_data, load_or_make_folds, make_folds
 from pipeline.heads import BASELINES, head_results
 from pipeline.report import RunLogger, write_predictions
 from pipeline.summary import summarise, write_summary
@@ -149,11 +149,16 @@ def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, s
 class Grid:
     """What a grid trains on: the folds' tables, built once, and the runs."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, inner_cv: int = 0) -> None:
+        """``inner_cv=K``: the grid runs on K folds of the train videos only (``--search_on inner_cv``)."""
         cfg.check()
         self.cfg, self.device = cfg, resolve_device(cfg.device)
         records = load_records(cfg.dataset, cfg)
-        self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
+        if inner_cv:
+            records = [r for r in records if r.split == "train"]
+            self.fold_ids = make_folds([r.id for r in records if r.score is not None], inner_cv, cfg.fold_seed)
+        else:
+            self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
         self.folds, self.dims, self.sources = fold_data(cfg, records, self.fold_ids, self.device)
         if not cfg.name:
             cfg.name = f"{cfg.dataset}_{'+'.join(self.dims)}_grid_{time.strftime('%Y%m%d-%H%M%S')}"

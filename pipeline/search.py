@@ -24,9 +24,10 @@ import yaml
 from config import ModuleConfig, TrainConfig, from_dict
 from core.cli import load_yaml
 from core.io import ConfigError, write_json, write_text
-from pipeline.experiments import Grid
+from pipeline.experiments import Grid, run_experiment
 
 SEARCH_TYPES = ("float", "int", "categorical")
+INNER_FOLDS = 3  # --search_on inner_cv: trials are scored on this many folds of the train videos
 
 
 def load_space(path: str | Path) -> dict[str, dict]:
@@ -125,7 +126,7 @@ def run_search(cfg: TrainConfig) -> dict:
     space = load_space(cfg.search_space)
     base = copy.deepcopy(cfg)
     base.search = 0  # a trial is a plain grid
-    grid = Grid(base)
+    grid = Grid(base, inner_cv=INNER_FOLDS if cfg.search_on == "inner_cv" else 0)
     grid.run_dir.mkdir(parents=True, exist_ok=True)
     write_text(grid.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     storage = storage_url(cfg, grid.run_dir)
@@ -156,7 +157,8 @@ def _write_results(cfg: TrainConfig, study, run_dir: Path, storage: str) -> dict
     summary = {
         "study": study.study_name,
         "storage": storage,
-        "metric": "mean last-epoch val Spearman",
+        "metric": "mean last-epoch Spearman on "
+        + ("3 inner folds of the train videos (val unseen)" if cfg.search_on == "inner_cv" else "val (optimistic)"),
         "trials": trials,
     }
     if complete:
@@ -165,6 +167,11 @@ def _write_results(cfg: TrainConfig, study, run_dir: Path, storage: str) -> dict
         best_cfg = asdict(cfg) | values | {"search": 0, "name": ""}
         write_text(run_dir / "best_config.yaml", yaml.safe_dump(best_cfg, sort_keys=False))
         summary |= {"best": {"number": best.number, "value": best.value, "values": values}}
+        if cfg.search_on == "inner_cv":  # the chosen config, trained on train and scored once on val
+            final = from_dict(TrainConfig, best_cfg | {"name": f"{cfg.name}-best", "search_on": "val"})
+            final.seeds = final.seeds or [final.seed or 0]
+            row = run_experiment(final)["rows"][0]
+            summary["best"]["val_once"] = {"ensemble": row["ensemble"]["mean"], "last": row["last"]["mean"]}
     write_json(run_dir / "search.json", summary)
     summary["run_dir"] = str(run_dir)
     return summary
@@ -174,9 +181,14 @@ def search_lines(summary: dict) -> list[str]:
     lines = [f"study {summary['study']} ({summary['storage']}): {len(summary['trials'])} trials"]
     for t in summary["trials"]:
         value = "-" if t["value"] is None else f"{t['value']:.4f}"
-        lines.append(f"  trial {t['number']:3d} {t['state']:8s} last-epoch val Spearman {value}  {t['params']}")
+        lines.append(f"  trial {t['number']:3d} {t['state']:8s} {value}  {t['params']}")
     if "best" in summary:
         b = summary["best"]
-        lines.append(f"best: trial {b['number']} ({b['value']:.4f}): {b['values']}")
+        lines.append(f"best: trial {b['number']} ({b['value']:.4f}, {summary['metric']}): {b['values']}")
+        if "val_once" in b:
+            v = b["val_once"]
+            lines.append(
+                f"its val Spearman, scored once: seed ensemble {v['ensemble']:.4f}, last epoch {v['last']:.4f}"
+            )
         lines.append(f"its config: {summary['run_dir']}/best_config.yaml (train.py --config it)")
     return lines

@@ -192,7 +192,7 @@ def test_end_to_end_flags_need_end_to_end_training():
     )
     assert refusal(TrainConfig, [*E2E, "--baselines"]) == (
         "--seeds / --folds / --ablate / --baselines / --search / --head train on pre-computed features; run "
-        "end-to-end training (--no-fixed_features) one MLP run at a time"
+        "end-to-end training (--no-fixed_features) with the MLP head, one run at a time"
     )
 
 

@@ -66,3 +66,26 @@ def test_ridge_and_svr_baselines_are_fitted_on_train_only(two_modules, tmp_path)
     both = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])  # what a train+val fit would score
     leak = spearmanr(make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(*both).predict(x_va), y_va).statistic
     assert abs(leak - rows["ridge"]["last"]["mean"]) > 1e-3
+
+
+def test_search_on_inner_cv_never_sees_val_and_scores_the_best_trial_on_val_once(two_modules, tmp_path, monkeypatch):  # noqa: F811
+    from pipeline.experiments import Grid
+    from pipeline.search import run_search
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    seen, real_init = [], Grid.__init__
+
+    def spy(self, cfg, inner_cv=0):
+        real_init(self, cfg, inner_cv)
+        seen.append((inner_cv, {i for f in self.folds for i in f.train_ids + f.val_ids}))
+
+    monkeypatch.setattr(Grid, "__init__", spy)
+    argv = _argv(two_modules, tmp_path, "-n", "si", "--search", "2", "--search_space", str(space), "--seed", "1")
+    summary = run_search(parse(TrainConfig, [*argv, "--search_on", "inner_cv"]))
+    records = load_records("Memento10k", Paths(data_dir=str(two_modules)))
+    train = {r.id for r in records if r.split == "train"}
+    val = {r.id for r in records if r.split == "val"}
+    assert seen[0] == (3, train)  # the trials' grid: 3 folds of the train videos, no val video
+    assert seen[1][0] == 0 and seen[1][1] == train | val  # then the best config, trained on train, scored on val
+    assert "inner folds" in summary["metric"] and set(summary["best"]["val_once"]) == {"ensemble", "last"}
