@@ -92,7 +92,8 @@ def _demo_arrays(flags: list[str]) -> tuple[list[str], np.ndarray, list[str], di
         splits += [s] * len(d.ids)
     x = np.concatenate(xs)
     cols = np.cumsum([0, *table.dims.values()])
-    return ids, np.concatenate(ys), splits, {m: x[:, cols[i] : cols[i + 1]] for i, m in enumerate(table.dims)}
+    # imported under another name than the built-in tier's
+    return ids, np.concatenate(ys), splits, {f"demo_{m}": x[:, cols[i] : cols[i + 1]] for i, m in enumerate(table.dims)}
 
 
 def prepare(name: str, tmp: Path, inner: bool) -> list[str]:

@@ -5,9 +5,10 @@
   exported as torch modules of plain tensors (the standardisation, the coefficients or support vectors and dual
   coefficients): a checkpoint holds numbers, never a pickle, and ``evaluate.py``, ``--videos`` and ``--explain``
   (gradient x input included) run them like the MLP;
-- ``stack``: the default recipe's head (README "A default that holds across datasets"): a convex blend of the MLP
-  and the SVR, ``w * mlp + (1 - w) * svr``, the weight ``w`` chosen among ``STACK_WEIGHTS`` by the Spearman of
-  out-of-fold predictions on an inner K-fold split of the train videos (never val).
+- ``stack``: the default recipe's head (README "A default that holds across datasets"): a convex blend of the MLP,
+  the SVR and Ridge, ``w_mlp * mlp + w_svr * svr + w_ridge * ridge``, the weights chosen on the simplex grid of step
+  ``STACK_STEP`` by the Spearman of out-of-fold predictions on an inner K-fold split of the train videos (never
+  val); ties go to the more even blend. Then each member is refitted on every train video.
 
 Adding a head = a torch module with a ``dims`` attribute, a ``fit`` and one ``Head`` line; ``tests/test_heads.py`` is
 parametrised over the registry.
@@ -25,8 +26,10 @@ from torch import nn
 from model.kernels import fit_ridge, fit_svr, spearman
 from model.mlp import ModularMLP
 
-STACK_FOLDS = 3  # inner folds of the train videos on which the stack's blend weight is chosen
-STACK_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate weights of the MLP in the blend (1 - w: the SVR)
+STACK_FOLDS = 3  # inner folds of the train videos on which the stack's blend weights are chosen
+STACK_STEP = 4  # weights in quarters: the 15 blends of (mlp, svr, ridge) with weights k/4 summing to 1
+STACK_WEIGHTS = [(a / STACK_STEP, b / STACK_STEP, (STACK_STEP - a - b) / STACK_STEP)
+                 for a in range(STACK_STEP + 1) for b in range(STACK_STEP + 1 - a)]  # fmt: skip
 
 
 def _t(a: np.ndarray | float) -> torch.Tensor:
@@ -66,7 +69,7 @@ class KernelHead(nn.Module):
 
 
 class BlendHead(nn.Module):
-    """``sum_k weight_k * member_k(x)``: the ``stack`` head (its MLPs, then its SVR)."""
+    """``sum_k weight_k * member_k(x)``: the ``stack`` head (its MLP, SVR and Ridge)."""
 
     def __init__(self, dims: dict[str, int], members: list[nn.Module], weights: list[float]) -> None:
         super().__init__()
@@ -111,18 +114,24 @@ def _fit_stack(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
 
     folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x))
     runs = ctx.train_mlps(folds + [(np.arange(len(y)), np.arange(0))], [ctx.seed])
-    oof_mlp, oof_svr = np.zeros(len(y)), np.zeros(len(y))
+    oof = np.zeros((3, len(y)))  # out-of-fold predictions of (mlp, svr, ridge)
     for (tr, te), (pred, _) in zip(folds, runs, strict=False):
-        oof_mlp[te] = pred[0]
-        oof_svr[te] = KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(torch.from_numpy(x[te])).detach().numpy()
-    inner = {w: spearman(w * oof_mlp + (1 - w) * oof_svr, y) for w in STACK_WEIGHTS}
-    w = max(STACK_WEIGHTS, key=lambda k: (round(inner[k], 6), -abs(k - 0.5)))  # ties: the more even blend
-    fit = fit_svr(x, y)
+        xt = torch.from_numpy(x[te])
+        oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
+                      LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
+    inner = {w: spearman(np.dot(w, oof), y) for w in STACK_WEIGHTS}
+    w = max(STACK_WEIGHTS, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
+    svr, ridge = fit_svr(x, y), fit_ridge(x, y)
     mlp = ModularMLP(ctx.dims, ctx.hidden)
     mlp.load_state_dict(runs[-1][1][0])
-    inner_cv = {f"{k:g}": round(v, 4) for k, v in inner.items()}
-    ctx.info |= {"params": {"mlp_weight": w, "svr": fit["params"]}, "inner_cv": inner_cv, "edge": fit["edge"]}
-    return BlendHead(ctx.dims, [mlp, KernelHead(ctx.dims, fit)], [w, 1 - w])
+    ctx.info |= {
+        "params": {"weights (mlp, svr, ridge)": list(w), "svr": svr["params"], "ridge": ridge["params"]},
+        "inner_cv": {"mlp": round(inner[(1.0, 0.0, 0.0)], 4), "svr": round(inner[(0.0, 1.0, 0.0)], 4),
+                     "ridge": round(inner[(0.0, 0.0, 1.0)], 4), "chosen": round(inner[w], 4)},
+        "edge": [f"svr {e}" for e in svr["edge"]] + [f"ridge {e}" for e in ridge["edge"]],
+        "linalg_warnings": ridge["linalg_warnings"],
+    }  # fmt: skip
+    return BlendHead(ctx.dims, [mlp, KernelHead(ctx.dims, svr), LinearHead(ctx.dims, ridge)], list(w))
 
 
 @dataclass(frozen=True)
@@ -147,9 +156,10 @@ HEADS: dict[str, Head] = {
              lambda d, c, s: LinearHead(d), _fit_ridge),
         Head("svr", "RBF-SVR on standardised inputs (C, gamma, epsilon by 3-fold CV on train)",
              lambda d, c, s: KernelHead(d, n_support=_n_support(s)), _fit_svr),
-        Head("stack", "the default recipe: MLP and SVR blended, the weight chosen by inner CV on train",
+        Head("stack", "the default recipe: MLP, SVR and Ridge blended, the weights chosen by inner CV on train",
              lambda d, c, s: BlendHead(d, [ModularMLP(d, c["hidden_channels"]),
-                                           KernelHead(d, n_support=_n_support(s, "members.1."))], [0.0, 0.0]),
+                                           KernelHead(d, n_support=_n_support(s, "members.1.")), LinearHead(d)],
+                                       [0.0, 0.0, 0.0]),
              _fit_stack),
     )
 }  # fmt: skip
