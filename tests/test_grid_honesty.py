@@ -89,3 +89,44 @@ def test_search_on_inner_cv_never_sees_val_and_scores_the_best_trial_on_val_once
     assert seen[0] == (3, train)  # the trials' grid: 3 folds of the train videos, no val video
     assert seen[1][0] == 0 and seen[1][1] == train | val  # then the best config, trained on train, scored on val
     assert "inner folds" in summary["metric"] and set(summary["best"]["val_once"]) == {"ensemble", "last"}
+
+
+def _stat(mean, n, std=0.0):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_summary_table_says_single_values_have_no_spread_and_when_a_baseline_wins(tmp_path):
+    from pipeline.summary import _notes, plot_ablation, table_lines
+
+    mlp = {"combination": "a", "model": "mlp", "best": _stat(0.6, 3, 0.01), "last": _stat(0.5, 3, 0.02),
+           "ensemble": _stat(0.52, 1), "runs": []}  # fmt: skip
+    svr = {"combination": "a", "model": "svr", "best": None, "last": _stat(0.55, 1), "ensemble": _stat(0.55, 1),
+           "runs": [{"fit": {"edge": ["C"], "widened": ["C"], "linalg_warnings": 0}}]}  # fmt: skip
+    ridge = {"combination": "a", "model": "ridge", "best": None, "last": _stat(0.4, 1), "ensemble": _stat(0.4, 1),
+             "runs": [{"fit": {"edge": [], "widened": [], "linalg_warnings": 22}}]}  # fmt: skip
+    rows = [svr, mlp, ridge]
+    lines = table_lines({"rows": rows})
+    assert "± 0.0000" not in "\n".join(lines)
+    assert lines[2] == "| a | svr | 1 fit | 0.5500 ± - | 0.5500 ± - | - |"
+    assert lines[3] == "| a | mlp | 3 | 0.5200 ± - | 0.5000 ± 0.0200 | 0.6000 ± 0.0100 |"
+    notes = _notes(rows, "mlp")
+    assert notes[0] == "svr beats mlp on a: 0.5500 vs 0.5200 (seed ensemble)"
+    assert not any("ridge beats" in n for n in notes)
+    assert any("edge" in n and "svr C" in n for n in notes) and any(n.startswith("22 scikit-learn") for n in notes)
+    import matplotlib.figure
+
+    seen = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        seen["labels"] = [t.get_text() for t in self.axes[0].get_legend().get_texts()]
+        return real(self, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = spy
+    try:
+        plot_ablation(tmp_path / "a.png", {"rows": rows, "dataset": "d", "runs": 3, "head": "mlp"})
+    finally:
+        matplotlib.figure.Figure.savefig = real
+    # one swatch per model, in the table's order, then the markers
+    swatches = [f"{m}: last epoch, mean ± std" for m in ("svr", "mlp", "ridge")]
+    assert seen["labels"] == [*swatches, "best epoch (val-selected)", "seed ensemble"]
