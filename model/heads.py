@@ -63,6 +63,9 @@ class KernelHead(nn.Module):
             self.register_buffer(name, _t(fit[name]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._score(part) for part in x.split(1024)])  # (B, n_support) float64 blocks stay small
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
         z = (x.double() - self.mean) / self.scale  # (B, in_dim)
         d2 = (z * z).sum(1, keepdim=True) + (self.support**2).sum(1) - 2.0 * z @ self.support.T  # (B, n_support)
         return (torch.exp(-self.gamma * d2.clamp_min(0.0)) @ self.dual + self.intercept).float()
