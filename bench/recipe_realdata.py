@@ -48,7 +48,7 @@ CANDIDATES = {
     "recipe MLP (standardised)": ["--config", "configs/recipe.yaml", "--head", "mlp"],
     "ridge": ["--head", "ridge"],
     "svr": ["--head", "svr"],
-    "stack (MLP+SVR, w by inner CV)": ["--config", "configs/recipe.yaml", "--head", "stack"],
+    "stack (the default)": ["--config", "configs/recipe.yaml", "--head", "stack"],
 }
 
 

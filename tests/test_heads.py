@@ -108,3 +108,30 @@ def test_fast_spearman_equals_scipy_with_ties():
     a, b = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)
     assert abs(spearman(a, b) - spearmanr(a, b).statistic) < 1e-12
     assert spearman(np.ones(5), np.arange(5.0)) == 0.0
+
+
+def test_a_fitted_head_is_a_grid_row_with_checkpoints(tmp_path):
+    """--head ridge over --ablate x --folds, with --baselines: one row per (combination, head), sub-runs that
+    evaluate.py scores, and the baseline run once per fold and combination (its fits ignore the seed)."""
+    from config import TrainConfig
+    from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+    from pipeline.experiments import run_experiment
+    from tests.conftest import write_memento
+    from tests.test_experiments import _argv, _import
+
+    write_memento(tmp_path / "data" / "Memento10k")
+    data = tmp_path / "data"
+    _import(data, tmp_path, "a", 6, 1)
+    _import(data, tmp_path, "b", 4, 2)
+    argv = _argv(data, tmp_path, "-n", "g", "--head", "ridge", "--ablate", "--folds", "2", "--seeds", "1", "2",
+                 "--baselines", "-s")  # fmt: skip
+    summary = run_experiment(parse(TrainConfig, argv))
+    pairs = sorted((r["combination"], r["model"]) for r in summary["rows"])
+    assert pairs == sorted((c, m) for c in ("a", "b", "a+b") for m in ("ridge", "svr"))
+    rows = {(r["combination"], r["model"]): r for r in summary["rows"]}
+    assert rows["a+b", "ridge"]["last"]["n"] == 4 and rows["a+b", "svr"]["last"]["n"] == 2
+    assert rows["a+b", "ridge"]["best"] is None  # no epochs, no val-selected epoch
+    ckpt = load_checkpoint(tmp_path / "runs/g/a+b/svr-seed1-fold1/last.pt")
+    assert ckpt["config"]["head"] == "svr" and isinstance(model_from_checkpoint(ckpt), KernelHead)
+    ridge = load_checkpoint(tmp_path / "runs/g/a/ridge-seed2-fold0/last.pt")
+    assert isinstance(model_from_checkpoint(ridge), LinearHead)
