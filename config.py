@@ -239,6 +239,8 @@ class TrainConfig(ModuleConfig):
             raise ConfigError("--threads and --search must be >= 0")
         if self.grid() and (self.checkpoint_local or self.checkpoint_run_id):
             raise ConfigError("resuming (--checkpoint_local / --checkpoint_run_id) is for single runs, not grids")
+        if self.search and self.head != "mlp":
+            raise ConfigError(f"--search tunes the MLP's training; --head {self.head} chooses its own hyper-parameters")
         if self.search and self.ablate:
             raise ConfigError("--search tunes one combination of modules; run --ablate with the tuned values after")
 

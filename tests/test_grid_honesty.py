@@ -130,3 +130,12 @@ def test_summary_table_says_single_values_have_no_spread_and_when_a_baseline_win
     # one swatch per model, in the table's order, then the markers
     swatches = [f"{m}: last epoch, mean ± std" for m in ("svr", "mlp", "ridge")]
     assert seen["labels"] == [*swatches, "best epoch (val-selected)", "seed ensemble"]
+
+
+def test_search_refuses_a_fitted_head():
+    import pytest
+
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match="--search tunes the MLP"):
+        parse(TrainConfig, ["--extra_features", "a", "--search", "2", "--head", "svr"])
