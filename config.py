@@ -22,6 +22,7 @@ from typing import Any
 from core import cli
 from core.io import ROOT, ConfigError, __version__, code_version
 from dataset import DATASETS
+from model.heads import HEADS
 from model.losses import LOSSES
 from tiers import TIERS, module_tiers, owner
 from tiers.base import Option
@@ -109,6 +110,7 @@ class TrainConfig(ModuleConfig):
     data_augmentation: bool = opt(False, "end-to-end: random resized crop (scale 0.8-1, square) + flip of train clips")
     compute_raw: bool = opt(False, "end-to-end: compute the raw tier from the decoded clips (implied by augmentation)")
     hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
+    head: str = opt("mlp", "the model over the modules (model/heads.py; stack: the default recipe's)", tuple(HEADS))
     batch_size: int = opt(32, "batch size")
     loss: str = opt("mse", "training loss", tuple(LOSSES))
     mse_tails_pow: float = opt(4.0, "exponent p of the mse_tails weights 1 + c|m - mean|^p")
@@ -131,7 +133,7 @@ class TrainConfig(ModuleConfig):
     folds: int = opt(0, "K-fold cross-validation over the scored train+val videos (0: the dataset's own split)")
     fold_seed: int = opt(0, "seed of the fold partition (written once beside the dataset, then reused)")
     ablate: bool = opt(False, "train every non-empty combination of the selected modules")
-    baselines: bool = opt(False, "also fit Ridge and RBF-SVR (standardised inputs, CV on train) on the same table")
+    baselines: bool = opt(False, "also train the heads ridge and svr (standardised inputs, CV on train) beside --head")
     batched: bool = opt(True, "train a grid's runs together as one batched model (--no-batched: one by one)")
     search: int = opt(
         0, "run this many Optuna trials over --search_space, each scored over --seeds / --folds (0: no search)"
@@ -139,6 +141,9 @@ class TrainConfig(ModuleConfig):
     search_space: str = opt("configs/search/paper.yaml", "YAML search space of --search")
     search_storage: str = opt("", "Optuna storage URL (default: sqlite in the run directory, so a search resumes)")
     search_seed: int = opt(0, "seed of the TPE sampler")
+    search_on: str = opt("val", "what --search scores a trial on: val (its best trial's val score is then optimistic) "
+                         "or inner_cv (3 folds of the train videos; val is scored once, for the best trial)",
+                         ("val", "inner_cv"))  # fmt: skip
     # end-to-end training (--no-fixed_features): clips decoded, HRNet / CSN run inside the step (pipeline/e2e.py)
     freeze_backbones: bool = opt(False, "end-to-end: keep HRNet / CSN frozen (features recomputed per augmented view)")
     backbone_lr: float | None = opt(None, "end-to-end: learning rate of the fine-tuned backbones (default --lr / 100)")
@@ -205,9 +210,11 @@ class TrainConfig(ModuleConfig):
                     "(pre-computed features cannot be augmented or fine-tuned)"
                 )
             return
-        if self.grid():
-            raise ConfigError("--seeds / --folds / --ablate / --baselines / --search train the MLP on pre-computed "
-                              "features; run end-to-end training (--no-fixed_features) one run at a time")  # fmt: skip
+        if self.grid() or self.head != "mlp":
+            raise ConfigError(
+                "--seeds / --folds / --ablate / --baselines / --search / --head train on pre-computed features; run "
+                "end-to-end training (--no-fixed_features) with the MLP head, one run at a time"
+            )
         bad = [
             f"--{name} {value!r} ({why})"
             for name, value, ok, why in (
@@ -236,6 +243,8 @@ class TrainConfig(ModuleConfig):
             raise ConfigError("--threads and --search must be >= 0")
         if self.grid() and (self.checkpoint_local or self.checkpoint_run_id):
             raise ConfigError("resuming (--checkpoint_local / --checkpoint_run_id) is for single runs, not grids")
+        if self.search and self.head != "mlp":
+            raise ConfigError(f"--search tunes the MLP's training; --head {self.head} chooses its own hyper-parameters")
         if self.search and self.ablate:
             raise ConfigError("--search tunes one combination of modules; run --ablate with the tuned values after")
         if self.ablate and len(self.modules()) < 2:

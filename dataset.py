@@ -191,18 +191,7 @@ class VideoMem(Dataset):
             saved = json.loads(ours.read_text())
             train, val = saved["train"], saved["val"]
         else:
-            shuffled = sorted(names)
-            random.Random(self.split_seed).shuffle(shuffled)
-            n_val = round(len(shuffled) * self.val_fraction)
-            val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
-            text = json.dumps({"seed": self.split_seed, "train": train, "val": val}, indent=0)
-            try:
-                if _WRITE_SPLIT.get():
-                    write_text(ours, text)
-            except OSError as err:  # read-only storage: keep the split beside the user's cache instead
-                write_text(fallback, text)
-                print(f"{root} is not writable ({err.strerror}); the seeded VideoMem split is kept in {fallback}")
-                ours = fallback
+            train, val, ours = _draw_split(names, self.split_seed, self.val_fraction, ours, fallback)
         split = {n: "train" for n in train} | {n: "val" for n in val}
         source = official if official.is_file() else ours
         described = (
@@ -222,6 +211,24 @@ class VideoMem(Dataset):
                 f"split names videos like {next(iter(split), 'nothing')!r}): the two must name the same videos"
             )
         return split, described
+
+
+def _draw_split(names: list[str], seed: int, val_fraction: float, ours: Path, fallback: Path):
+    """A seeded train/val split of ``names``, written to ``ours`` once (``fallback`` where its folder is read-only;
+    nothing while ``reading_only``); returns ``(train, val, where it was written)``."""
+    shuffled = sorted(names)
+    random.Random(seed).shuffle(shuffled)
+    n_val = round(len(shuffled) * val_fraction)
+    val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    text = json.dumps({"seed": seed, "train": train, "val": val}, indent=0)
+    try:
+        if _WRITE_SPLIT.get():
+            write_text(ours, text)
+    except OSError as err:  # read-only storage: keep the split beside the user's cache instead
+        write_text(fallback, text)
+        print(f"{ours.parent} is not writable ({err.strerror}); the seeded split is kept in {fallback}")
+        ours = fallback
+    return train, val, ours
 
 
 def _refuse_shared_ids(records: list[VideoRecord], root: Path) -> None:
@@ -346,13 +353,61 @@ class Folder(Dataset):
         return records
 
 
-DATASETS: dict[str, Dataset] = {d.name: d for d in (Memento10k(), VideoMem(), LaMem(), Demo(), Folder())}
+class Scores(Dataset):
+    """Your own human scores: ``scores.csv`` in ``--data_dir`` (header ``video_id,score`` and optionally ``split``:
+    train / val / test; an empty score is an unscored test video), beside the videos (found recursively; a video's id
+    is its path below the folder without suffix) or without them, for imported features (``gen_features.py --dataset
+    scores --import``). Without a split column, a seeded 80/20 train/val split of the scored videos is written once
+    to ``m3s_split_scores.json`` there and reused, as for VideoMem."""
+
+    name = "scores"
+    csv_name = "scores.csv"
+    split_seed, val_fraction = 0, 0.2
+    how_to_get = "Write scores.csv there: a header video_id,score[,split] and one row per video."
+
+    def index(self, root: Path) -> list[VideoRecord]:
+        path = root / self.csv_name
+        if not path.is_file():
+            raise _missing(path, self.how_to_get)
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not {"video_id", "score"} <= set(reader.fieldnames or ()):
+                raise ConfigError(f"{path}: expected the columns video_id,score[,split]; found {reader.fieldnames}")
+            rows = [
+                (video_id(r["video_id"].strip()), r["score"].strip(), (r.get("split") or "").strip()) for r in reader
+            ]
+        splits = {vid: s for vid, _, s in rows}
+        bad = [(v, s) for v, s in splits.items() if s not in SPLITS] if any(splits.values()) else []
+        if bad or len(splits) != len(rows):
+            raise ConfigError(f"{path}: a video listed twice, or a split not in {', '.join(SPLITS)} ({bad[:1]})")
+        if not any(splits.values()):
+            ours, fallback = root / "m3s_split_scores.json", _cache_dir(root) / "m3s_split_scores.json"
+            ours = ours if ours.is_file() or not fallback.is_file() else fallback
+            scored = [vid for vid, score, _ in rows if score]
+            if ours.is_file():
+                saved = json.loads(ours.read_text())
+                train, val = saved["train"], saved["val"]
+                if sorted(train + val) != sorted(scored):
+                    raise ConfigError(f"{ours} was drawn for other scored videos than {path}'s; delete it to redraw")
+            else:
+                train, val, _ = _draw_split(scored, self.split_seed, self.val_fraction, ours, fallback)
+            splits = {vid: "test" for vid in splits} | {v: "train" for v in train} | {v: "val" for v in val}
+        files = [p for p in root.rglob("*") if p.suffix.lower() in CLIP_SUFFIXES and p.is_file()]
+        videos = {
+            video_id(p.relative_to(root).as_posix()): p for p in files if p.relative_to(root).parts[0] != "features"
+        }
+        return [
+            VideoRecord(vid, videos.get(vid), splits[vid], float(score) if score else None) for vid, score, _ in rows
+        ]
+
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (Memento10k(), VideoMem(), LaMem(), Demo(), Folder(), Scores())}
 
 
 def dataset_root(name: str, paths: Any) -> Path:
-    """``<data_dir>/<name>`` (the folder dataset is ``<data_dir>`` itself)."""
+    """``<data_dir>/<name>`` (the folder and scores datasets are ``<data_dir>`` itself)."""
     data_dir = paths.resolved_data_dir()
-    return data_dir if name == "folder" else data_dir / name
+    return data_dir if name in ("folder", "scores") else data_dir / name
 
 
 def load_records(name: str, paths: Any) -> list[VideoRecord]:

@@ -26,6 +26,11 @@ def main() -> None:
 
         print("\n".join(grid_lines(run_experiment(cfg))))
         return
+    if cfg.head != "mlp":  # a head fitted once (ridge, svr, stack): pipeline/heads.py
+        from pipeline.heads import fitted_lines, run_fitted
+
+        print("\n".join(fitted_lines(run_fitted(cfg))))
+        return
     end_to_end = not cfg.fixed_features or resumes_end_to_end(cfg)
     result = run_end_to_end(cfg, explicit) if end_to_end else run_training(cfg, explicit)
     print("\n".join(summary_lines(result)))

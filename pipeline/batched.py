@@ -43,15 +43,20 @@ class RunSpec:
     seed: int
     fold: int
     modules: tuple[str, ...]
+    head: str = "mlp"  # model.heads.HEADS
 
     @property
     def combination(self) -> str:
         return "+".join(self.modules)
 
     @property
+    def run_name(self) -> str:
+        return f"{'' if self.head == 'mlp' else self.head + '-'}seed{self.seed}-fold{self.fold}"
+
+    @property
     def dir_name(self) -> str:
         """Its sub-run directory inside the grid's run directory."""
-        return f"{self.combination}/seed{self.seed}-fold{self.fold}"
+        return f"{self.combination}/{self.run_name}"
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from core.io import ConfigError, M3SError, atomic_write, out_of_space
-from model.mlp import ModularMLP
+from core.io import ConfigError, M3SError, atomic_write, code_version, out_of_space
+from model.heads import HEADS
 
 CHECKPOINT_FORMAT = 1
 
@@ -95,10 +95,42 @@ def load_weights(module: torch.nn.Module, weights: dict, what: str = "the checkp
     module.load_state_dict(weights)
 
 
-def model_from_checkpoint(ckpt: dict) -> ModularMLP:
-    model = ModularMLP(ckpt["dims"], ckpt["config"]["hidden_channels"])
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """The checkpoint's head (``config["head"]``, the MLP for checkpoints written before heads had names)."""
+    name = ckpt["config"].get("head", "mlp")
+    if name not in HEADS:
+        raise ConfigError(f"the checkpoint's head {name!r} is not one of this m3s's heads ({', '.join(HEADS)})")
+    model = HEADS[name].build(ckpt["dims"], ckpt["config"], ckpt["model"])
     load_weights(model, ckpt["model"])
     return model
+
+
+def run_state(
+    cfg, modules: list[str], dims: dict, stats: dict, sources: dict, history: list[dict], model, train_mean: float
+) -> dict:
+    """A scoring checkpoint (no optimiser state) of a finished run: its last row is its epoch, ``model`` its weights
+    (a module or a state dict)."""
+    from dataclasses import asdict
+
+    from tiers import module_tiers
+
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "code_version": code_version(),
+        "config": asdict(cfg),
+        "modules": list(modules),
+        "tiers": {m: t.name for m, t in module_tiers(cfg).items()},
+        "dims": {m: dims[m] for m in modules},
+        "stats": {m: s for m, s in stats.items() if m in modules},
+        "sources": sources,
+        "train_mean": train_mean,
+        "epoch": history[-1]["epoch"],
+        "metrics": history[-1],
+        "history": history,
+        "best": max(history, key=lambda r: r["val_spearman"]),
+        "model": {k: v.detach().cpu() for k, v in weights.items()},
+    }
 
 
 def stats_from_checkpoint(ckpt: dict) -> dict[str, dict[str, torch.Tensor]]:

@@ -26,12 +26,13 @@ import yaml
 
 from config import TrainConfig
 from core.device import resolve_device
-from core.io import ConfigError, Interrupted, code_version, escape_bytes, read_csv, write_json, write_text
+from core.io import ConfigError, Interrupted, escape_bytes, read_csv, write_json, write_text
 from core.rundir import free_run_name, owned
 from dataset import load_records
 from pipeline.batched import DoneCallback, EpochCallback, FoldData, RunResult, RunSpec, train_batched
-from pipeline.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from pipeline.folds import fold_data, load_or_make_folds
+from pipeline.checkpoint import run_state, save_checkpoint
+from pipeline.folds import fold_data, load_or_make_folds, make_folds
+from pipeline.heads import BASELINES, head_results
 from pipeline.report import RunLogger, write_predictions
 from pipeline.summary import summarise, write_summary
 from pipeline.table import FeatureTable, SplitData
@@ -67,14 +68,14 @@ def grid_seeds(cfg: TrainConfig) -> list[int]:
 def plan_runs(cfg: TrainConfig, n_folds: int) -> list[RunSpec]:
     """The grid, ordered by fold then seed (runs sharing a batch order are neighbours), then combination."""
     combos = combinations(cfg.modules()) if cfg.ablate else [tuple(cfg.modules())]
-    return [RunSpec(s, f, c) for f in range(n_folds) for s in grid_seeds(cfg) for c in combos]
+    return [RunSpec(s, f, c, cfg.head) for f in range(n_folds) for s in grid_seeds(cfg) for c in combos]
 
 
 def sub_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig:
     """The config of one sub-run, as ``train.py`` would take it (one seed, its modules, no grid flags)."""
     sub = subset_config(cfg, spec.modules)
     sub.seed, sub.seeds, sub.ablate, sub.baselines, sub.search = spec.seed, [], False, False, 0
-    sub.runs_dir, sub.name = str(run_dir / spec.combination), f"seed{spec.seed}-fold{spec.fold}"  # spec.dir_name
+    sub.head, sub.runs_dir, sub.name = spec.head, str(run_dir / spec.combination), spec.run_name  # spec.dir_name
     return sub
 
 
@@ -151,23 +152,9 @@ def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, s
         path / "predictions_val.csv", fold.val_ids, true, {"pred_best": res.best_pred, "pred_last": res.last_pred}
     )
     if cfg.save:
-        modules = list(res.spec.modules)
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "code_version": code_version(),
-            "config": asdict(sub),
-            "modules": modules,
-            "tiers": {m: t.name for m, t in module_tiers(sub).items()},
-            "dims": {m: dims[m] for m in modules},
-            "stats": {m: s for m, s in fold.stats.items() if m in modules},
-            "sources": sources,
-            "train_mean": float(fold.y_train.double().mean()),
-            "epoch": res.history[-1]["epoch"],
-            "metrics": res.history[-1],
-            "history": res.history,
-            "best": res.best,
-            "model": res.weights,
-        }
+        train_mean = float(fold.y_train.double().mean())
+        state = run_state(sub, list(res.spec.modules), dims, fold.stats, sources, res.history, res.weights, train_mean)
+        state["best"] = res.best
         save_checkpoint(state, path / "last.pt")
     write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
     return path
@@ -185,7 +172,8 @@ def read_subrun(cfg: TrainConfig, spec: RunSpec, fold: FoldData, run_dir: Path) 
         best = json.loads((path / "summary.json").read_text())["best"]
     except (OSError, ValueError, KeyError):
         return None
-    if [r["id"] for r in rows] != [escape_bytes(i) for i in fold.val_ids] or len(history) != cfg.epochs:
+    epochs = cfg.epochs if spec.head == "mlp" else 1  # a head fitted in one go has one row
+    if [r["id"] for r in rows] != [escape_bytes(i) for i in fold.val_ids] or len(history) != epochs:
         return None
     columns = {k: np.array([float(r[k]) for r in rows]) for k in ("pred_best", "pred_last")}
     return RunResult(spec, history, best, columns["pred_best"], columns["pred_last"])
@@ -240,7 +228,8 @@ def experiment_dir(cfg: TrainConfig, kind: str) -> Iterator[Path]:
 class Grid:
     """What a grid trains on: the folds' tables, built once, and the runs."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, inner_cv: int = 0) -> None:
+        """``inner_cv=K``: the grid runs on K folds of the train videos only (``--search_on inner_cv``)."""
         cfg.check()
         self.cfg, self.device = cfg, resolve_device(cfg.device)
         self.runs = plan_runs(cfg, max(cfg.folds, 1))
@@ -248,7 +237,11 @@ class Grid:
             cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_grid_{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = Path(cfg.runs_dir) / cfg.name
         records = load_records(cfg.dataset, cfg)
-        self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
+        if inner_cv:
+            records = [r for r in records if r.split == "train"]
+            self.fold_ids = make_folds([r.id for r in records if r.score is not None], inner_cv, cfg.fold_seed)
+        else:
+            self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
         self.folds, self.dims, self.sources = fold_data(cfg, records, self.fold_ids, self.device)
         self.threads = set_threads(cfg, runs=len(self.runs) if cfg.batched else 1)
 
@@ -301,6 +294,7 @@ def _run_grid(cfg: TrainConfig) -> dict:
             f"{len(done)} of {len(grid.runs)} runs finished earlier in {grid.run_dir}; training the other {len(todo)}"
         )
     t0 = time.perf_counter()
+    infos: dict = {}
 
     def finished(results: list[RunResult]) -> None:
         for res in results:
@@ -310,8 +304,13 @@ def _run_grid(cfg: TrainConfig) -> dict:
 
     try:
         with _sigterm_as_interrupt():
-            if todo:
+            if todo and cfg.head == "mlp":
                 grid.train(runs=todo, on_done=finished)
+            elif todo:  # a head fitted in one go, run by run
+                for spec in todo:
+                    res, fits = head_results(cfg, cfg.head, [spec], grid.folds, grid.dims, grid.device)
+                    infos |= fits
+                    finished(res)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted: {len(done)} of {len(grid.runs)} runs are finished in {grid.run_dir} and kept; run the same "
@@ -319,13 +318,17 @@ def _run_grid(cfg: TrainConfig) -> dict:
         ) from None
     seconds = time.perf_counter() - t0
     results = [done[spec] for spec in grid.runs]
-    baselines = []
-    if cfg.baselines:
-        from pipeline.baselines import run_baselines
-
+    baselines, t0 = [], time.perf_counter()
+    if cfg.baselines:  # each baseline once per (fold, combination): their fits do not depend on the seed
         combos = sorted({r.spec.modules for r in results}, key=lambda c: (len(c), c))
-        baselines = run_baselines(grid.folds, combos, seed=grid_seeds(cfg)[0])
-    summary = summarise(cfg, results, grid.folds, baselines, seconds)
+        specs = [RunSpec(grid_seeds(cfg)[0], f, c) for f in range(len(grid.folds)) for c in combos]
+        for name in (b for b in BASELINES if b != cfg.head):
+            res, fits = head_results(cfg, name, specs, grid.folds, grid.dims, grid.device)
+            baselines += res
+            infos |= fits
+    for res in baselines:
+        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+    summary = summarise(cfg, results + baselines, grid.folds, seconds, infos, time.perf_counter() - t0)
     summary["run_dir"] = str(grid.run_dir)
     paths = write_summary(grid.run_dir, summary, ablation=cfg.ablate)
     if cfg.log:

@@ -1,9 +1,11 @@
 """The summary of a grid: mean +- std over runs per combination and model, every run, the seed ensemble; the printed
 table, ``summary.json``, and with ``--ablate`` ``ablation.csv``, ``ablation.md`` and ``ablation.png``.
 
-Three numbers per MLP row, all val Spearman: the **best** epoch (chosen on val, so optimistic), the **last** epoch,
-and the **seed ensemble** (per fold, the mean of the seeds' last-epoch predictions). Baselines have no epochs: their
-one val score per fold fills the last-epoch and ensemble columns. Rows are sorted by the last epoch, the honest one.
+Three numbers per row, all val Spearman: the **seed ensemble** (per fold, the mean of the seeds' last-epoch
+predictions: the headline), the **last** epoch (mean over runs), and the **best** epoch (chosen on val, so optimistic;
+only heads trained over epochs have one). A fitted head (ridge, svr, stack) has one 'epoch': its val score fills the
+last-epoch and ensemble columns. Rows are sorted by the seed ensemble. A mean over a single value has no spread:
+it is printed ``± -``, not ``± 0.0000``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from config import TrainConfig
 from core.io import atomic_write, write_json, write_text
+from model.heads import HEADS
 from model.metrics import compute_metrics
 from pipeline.batched import FoldData, RunResult
 
-COLUMNS = ("best", "last", "ensemble")
+COLUMNS = ("ensemble", "last", "best")
 
 
 def ensemble_spearman(results: list[RunResult], folds: list[FoldData]) -> list[float]:
@@ -40,13 +44,15 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
 
 
-def _mlp_row(combo: tuple[str, ...], runs: list[RunResult], folds: list[FoldData]) -> dict:
+def _row(combo: tuple[str, ...], head: str, runs: list[RunResult], folds: list[FoldData], infos: dict) -> dict:
+    """One (combination, head) row: best epoch (epoch-trained heads only), last epoch, seed ensemble, every run."""
+    epochs = HEADS[head].epochs
     return {
         "combination": "+".join(combo),
         "modules": list(combo),
-        "model": "mlp",
-        "best": mean_std([r.best["val_spearman"] for r in runs]),
-        "best_epoch": mean_std([r.best["epoch"] for r in runs]),
+        "model": head,
+        "best": mean_std([r.best["val_spearman"] for r in runs]) if epochs else None,
+        "best_epoch": mean_std([r.best["epoch"] for r in runs]) if epochs else None,
         "last": mean_std([r.history[-1]["val_spearman"] for r in runs]),
         "ensemble": mean_std(ensemble_spearman(runs, folds)),
         "runs": [
@@ -60,57 +66,84 @@ def _mlp_row(combo: tuple[str, ...], runs: list[RunResult], folds: list[FoldData
                 "last_spearman": r.history[-1]["val_spearman"],
                 "last_mse": r.history[-1]["val_mse"],
             }
+            | ({"fit": infos[r.spec]} if r.spec in infos else {})
             for r in runs
         ],
     }
 
 
-def _baseline_row(b: dict) -> dict:
-    score = mean_std(b["per_fold"])
-    row = {"combination": "+".join(b["modules"]), "modules": list(b["modules"]), "model": b["model"]}
-    return row | {"best": None, "best_epoch": None, "last": score, "ensemble": score, "runs": b["runs"]}
+def _notes(rows: list[dict], head: str) -> list[str]:
+    """What a reader must not miss: a baseline that beats the grid's head, grids whose choice sat on an edge,
+    scikit-learn's ill-conditioning warnings (counted, not printed one by one)."""
+    notes = []
+    main = {r["combination"]: r for r in rows if r["model"] == head}
+    for r in rows:
+        m = main.get(r["combination"])
+        if r["model"] != head and m and r["ensemble"]["mean"] > m["ensemble"]["mean"]:
+            notes.append(f"{r['model']} beats {head} on {r['combination']}: {r['ensemble']['mean']:.4f} vs "
+                         f"{m['ensemble']['mean']:.4f} (seed ensemble)")  # fmt: skip
+    fits = [(r, run["fit"]) for r in rows for run in r["runs"] if "fit" in run]
+    edges = sorted({f"{r['model']} {p}" for r, f in fits for p in f.get("edge", [])})
+    if edges:
+        notes.append(f"chosen on the edge of its (widened) grid: {', '.join(edges)}; see summary.json")
+    widened = sorted({f"{r['model']} {p}" for r, f in fits for p in f.get("widened", [])})
+    if widened:
+        notes.append(f"grid widened past an edge choice: {', '.join(widened)}")
+    warned = sum(f.get("linalg_warnings", 0) for _, f in fits)
+    if warned:
+        notes.append(f"{warned} scikit-learn LinAlgWarnings (ill-conditioned Ridge solves) caught and counted here")
+    return notes
 
 
 def summarise(
-    cfg: TrainConfig, results: list[RunResult], folds: list[FoldData], baselines: list[dict], seconds: float
+    cfg: TrainConfig,
+    results: list[RunResult],
+    folds: list[FoldData],
+    seconds: float,
+    infos: dict | None = None,
+    baseline_seconds: float = 0.0,
 ) -> dict:
-    combos = sorted({r.spec.modules for r in results}, key=lambda c: (len(c), c))
-    rows = [_mlp_row(c, [r for r in results if r.spec.modules == c], folds) for c in combos]
-    rows += [_baseline_row(b) for b in baselines]
-    rows.sort(key=lambda row: -row["last"]["mean"] if not math.isnan(row["last"]["mean"]) else math.inf)
+    """The grid's summary: ``results`` holds every head's runs (``spec.head``); ``infos``, what each fit chose."""
+    groups = sorted({(r.spec.modules, r.spec.head) for r in results}, key=lambda g: (len(g[0]), g[0], g[1]))
+    rows = [_row(c, h, [r for r in results if (r.spec.modules, r.spec.head) == (c, h)], folds, infos or {})
+            for c, h in groups]  # fmt: skip
+    rows.sort(key=lambda row: -row["ensemble"]["mean"] if not math.isnan(row["ensemble"]["mean"]) else math.inf)
     return {
         "dataset": cfg.dataset,
-        "seeds": sorted({r.spec.seed for r in results}),
+        "head": cfg.head,
+        "seeds": sorted({r.spec.seed for r in results if r.spec.head == cfg.head}),
         "folds": cfg.folds,
         "fold_seed": cfg.fold_seed if cfg.folds else None,
         "n_train": [len(f.y_train) for f in folds],
         "n_val": [len(f.y_val) for f in folds],
         "epochs": cfg.epochs,
-        "runs": len(results),
+        "runs": sum(r.spec.head == cfg.head for r in results),
         "batched": cfg.batched,
         "train_seconds": seconds,
-        "metric": "val Spearman; best epoch chosen on val (optimistic); last epoch and seed ensemble are honest",
+        "baseline_seconds": baseline_seconds,
+        "metric": "val Spearman; the seed ensemble (mean of the runs' last-epoch predictions) is the headline; the "
+        "last epoch is honest too; the best epoch is chosen on val (optimistic)",
+        "notes": _notes(rows, cfg.head),
         "rows": rows,
     }
 
 
 def _cell(stat: dict | None) -> str:
-    return "-" if stat is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}" if stat["n"] > 1 else f"{stat['mean']:.4f} ± -"
 
 
 def table_lines(summary: dict) -> list[str]:
-    """The summary as a Markdown table, best row first."""
+    """The summary as a Markdown table, best seed ensemble first."""
     lines = [
-        "| combination | model | runs | best epoch (val-selected) | last epoch | seed ensemble |",
+        "| combination | model | runs | seed ensemble (headline) | last epoch | best epoch (val-selected) |",
         "|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
-        n = (
-            row["last"]["n"]
-            if row["model"] == "mlp"
-            else f"{row['last']['n']} fit{'s' if row['last']['n'] > 1 else ''}"
-        )
-        cells = [row["combination"], row["model"], str(n), *(_cell(row[c]) for c in COLUMNS)]
+        n = row["last"]["n"]
+        n = str(n) if HEADS[row["model"]].epochs else f"{n} fit{'s' if n > 1 else ''}"
+        cells = [row["combination"], row["model"], n, *(_cell(row[c]) for c in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -121,29 +154,34 @@ def plot_ablation(path: Path, summary: dict) -> None:
     fig = Figure(figsize=(10, 1.5 + 0.32 * len(rows)))
     ax = fig.subplots()
     y = np.arange(len(rows))
-    colors = {"mlp": "tab:blue", "ridge": "tab:gray", "svr": "tab:orange"}
+    colors = {"mlp": "tab:blue", "ridge": "tab:gray", "svr": "tab:orange", "stack": "tab:green"}
     ax.barh(
         y,
         [r["last"]["mean"] for r in rows],
         xerr=[r["last"]["std"] for r in rows],
-        color=[colors.get(r["model"], "tab:green") for r in rows],
+        color=[colors.get(r["model"], "tab:purple") for r in rows],
         alpha=0.7,
         capsize=3,
-        label="last epoch (mean ± std)",
     )
     best = [(i, r["best"]["mean"]) for i, r in enumerate(rows) if r["best"]]
     if best:
         ax.plot([b for _, b in best], [i for i, _ in best], "k|", ms=10, label="best epoch (val-selected)")
-    ens = [(i, r["ensemble"]["mean"]) for i, r in enumerate(rows) if r["model"] == "mlp"]
+    ens = [(i, r["ensemble"]["mean"]) for i, r in enumerate(rows) if r["ensemble"]["n"] and r["last"]["n"] > 1]
     ax.plot([e for _, e in ens], [i for i, _ in ens], "r.", ms=8, label="seed ensemble")
+    # one swatch per model shown (the bars' colour says the model), then the markers
+    models = list(dict.fromkeys(r["model"] for r in rows[::-1]))
+    swatches = [
+        Patch(color=colors.get(m, "tab:purple"), alpha=0.7, label=f"{m}: last epoch, mean ± std") for m in models
+    ]
+    handles = swatches + ax.get_legend_handles_labels()[0]
     ax.set_yticks(y, [f"{r['combination']} ({r['model']})" for r in rows], fontsize=8)
-    ax.set(xlabel="val Spearman", title=f"{summary['dataset']}: ablation over {summary['runs']} MLP runs")
+    ax.set(xlabel="val Spearman", title=f"{summary['dataset']}: ablation over {summary['runs']} {summary['head']} runs")
     marks = [r["last"]["mean"] - r["last"]["std"] for r in rows] + [b for _, b in best] + [e for _, e in ens]
     high = [r["last"]["mean"] + r["last"]["std"] for r in rows] + [b for _, b in best] + [e for _, e in ens]
     finite = [v for v in marks + high if math.isfinite(v)]
     if finite:  # zoom on the differences: the bars start left of the lowest score
         ax.set_xlim(max(-1.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
@@ -173,13 +211,15 @@ def write_summary(run_dir: Path, summary: dict, ablation: bool) -> list[Path]:
 def summary_lines(summary: dict) -> list[str]:
     """What train.py prints for a grid."""
     where = f"{summary['folds']} folds" if summary["folds"] else "the dataset's val split"
-    lines = [
-        f"{summary['runs']} runs, seeds {summary['seeds']}, {where}: val Spearman "
-        "(best epoch chosen on val, so optimistic; the last epoch and the seed ensemble are honest)",
+    files = ", ablation.csv, ablation.md, ablation.png" if (Path(summary["run_dir"]) / "ablation.md").exists() else ""
+    timing = f"trained in {summary['train_seconds']:.1f} s"
+    if summary.get("baseline_seconds"):
+        timing += f" (+ baselines {summary['baseline_seconds']:.1f} s)"
+    return [
+        f"{summary['runs']} {summary['head']} runs, seeds {summary['seeds']}, {where}: val Spearman (headline: the "
+        "seed ensemble of last-epoch predictions; the last epoch is honest too; the best epoch is chosen on val, so "
+        "optimistic)",
         *table_lines(summary),
-        f"trained in {summary['train_seconds']:.1f} s; run directory: {summary['run_dir']} (summary.json"
-        + (
-            ", ablation.csv, ablation.md, ablation.png)" if (Path(summary["run_dir"]) / "ablation.md").exists() else ")"
-        ),
+        *(f"note: {n}" for n in summary.get("notes", [])),
+        f"{timing}; run directory: {summary['run_dir']} (summary.json{files})",
     ]
-    return lines

@@ -208,8 +208,8 @@ def test_end_to_end_flags_need_end_to_end_training():
         "(pre-computed features cannot be augmented or fine-tuned)"
     )
     assert refusal(TrainConfig, [*E2E, "--baselines"]) == (
-        "--seeds / --folds / --ablate / --baselines / --search train the MLP on pre-computed features; run "
-        "end-to-end training (--no-fixed_features) one run at a time"
+        "--seeds / --folds / --ablate / --baselines / --search / --head train on pre-computed features; run "
+        "end-to-end training (--no-fixed_features) with the MLP head, one run at a time"
     )
 
 

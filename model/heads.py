@@ -1,0 +1,175 @@
+"""Heads: what maps a video's concatenated module features (B, in_dim) to its score (B,). One registry, ``HEADS``.
+
+- ``mlp``: the M3-S ``ModularMLP`` (trained epoch by epoch by ``pipeline.training`` / ``pipeline.batched``);
+- ``ridge``, ``svr``: Ridge and RBF-SVR on standardised inputs, fitted by scikit-learn (``model.kernels``) and
+  exported as torch modules of plain tensors (the standardisation, the coefficients or support vectors and dual
+  coefficients): a checkpoint holds numbers, never a pickle, and ``evaluate.py``, ``--videos`` and ``--explain``
+  (gradient x input included) run them like the MLP;
+- ``stack``: the default recipe's head (README "A default that holds across datasets"): a convex blend of the MLP,
+  the SVR and Ridge, ``w_mlp * mlp + w_svr * svr + w_ridge * ridge``, the weights chosen on the simplex grid of step
+  ``STACK_STEP`` by the Spearman of out-of-fold predictions on an inner K-fold split of the train videos (never
+  val); ties go to the more even blend. Then each member is refitted on every train video.
+
+Adding a head = a torch module with a ``dims`` attribute, a ``fit`` and one ``Head`` line; ``tests/test_heads.py`` is
+parametrised over the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.kernels import fit_ridge, fit_svr, spearman
+from model.mlp import ModularMLP
+
+STACK_FOLDS = 3  # inner folds of the train videos on which the stack's blend weights are chosen
+STACK_STEP = 4  # weights in quarters: the 15 blends of (mlp, svr, ridge) with weights k/4 summing to 1
+STACK_WEIGHTS = [(a / STACK_STEP, b / STACK_STEP, (STACK_STEP - a - b) / STACK_STEP)
+                 for a in range(STACK_STEP + 1) for b in range(STACK_STEP + 1 - a)]  # fmt: skip
+
+
+def _t(a: np.ndarray | float) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+class LinearHead(nn.Module):
+    """``((x - mean) / scale) @ coef + intercept`` in float64 (a Ridge fitted on standardised inputs)."""
+
+    def __init__(self, dims: dict[str, int], fit: dict | None = None) -> None:
+        super().__init__()
+        self.dims, d = dict(dims), sum(dims.values())
+        fit = fit or {"mean": np.zeros(d), "scale": np.ones(d), "coef": np.zeros(d), "intercept": 0.0}
+        for name in ("mean", "scale", "coef", "intercept"):
+            self.register_buffer(name, _t(fit[name]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.double() - self.mean) / self.scale  # (B, in_dim)
+        return (z @ self.coef + self.intercept).float()
+
+
+class KernelHead(nn.Module):
+    """``sum_i dual_i exp(-gamma ||z - sv_i||^2) + intercept``, ``z`` the standardised input (an RBF-SVR)."""
+
+    def __init__(self, dims: dict[str, int], fit: dict | None = None, n_support: int = 1) -> None:
+        super().__init__()
+        self.dims, d = dict(dims), sum(dims.values())
+        fit = fit or {"mean": np.zeros(d), "scale": np.ones(d), "support": np.zeros((n_support, d)),
+                      "dual": np.zeros(n_support), "intercept": 0.0, "gamma": 1.0 / d}  # fmt: skip
+        for name in ("mean", "scale", "support", "dual", "intercept", "gamma"):
+            self.register_buffer(name, _t(fit[name]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._score(part) for part in x.split(1024)])  # (B, n_support) float64 blocks stay small
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.double() - self.mean) / self.scale  # (B, in_dim)
+        d2 = (z * z).sum(1, keepdim=True) + (self.support**2).sum(1) - 2.0 * z @ self.support.T  # (B, n_support)
+        return (torch.exp(-self.gamma * d2.clamp_min(0.0)) @ self.dual + self.intercept).float()
+
+
+class BlendHead(nn.Module):
+    """``sum_k weight_k * member_k(x)``: the ``stack`` head (its MLP, SVR and Ridge)."""
+
+    def __init__(self, dims: dict[str, int], members: list[nn.Module], weights: list[float]) -> None:
+        super().__init__()
+        self.dims = dict(dims)
+        self.members = nn.ModuleList(members)
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(w * m(x) for w, m in zip(self.weights, self.members, strict=True))
+
+
+#: ``train_mlps(parts, seeds)`` trains the MLP of the run's config on the rows ``train`` of each part, one run per
+#: seed, and returns per part ``(predictions on its rows eval (seeds, n_eval), last-epoch state dicts per seed)``.
+MLPTrainer = Callable[[list[tuple[np.ndarray, np.ndarray]], list[int]], list[tuple[np.ndarray, list[dict]]]]
+
+
+@dataclass
+class FitContext:
+    """What a head's ``fit`` may use beside the train videos' inputs and scores."""
+
+    dims: dict[str, int]
+    hidden: list[int]
+    seed: int
+    train_mlps: MLPTrainer | None = None
+    info: dict = field(default_factory=dict)  # filled by fit: chosen hyper-parameters, grid edges, warnings
+
+
+def _fit_ridge(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
+    fit = fit_ridge(x, y)
+    ctx.info |= {k: fit[k] for k in ("params", "edge", "widened", "linalg_warnings")}
+    return LinearHead(ctx.dims, fit)
+
+
+def _fit_svr(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
+    fit = fit_svr(x, y)  # the CV split is fixed (seed 0): one fit per table, shared by --baselines and the stack
+    ctx.info |= {k: fit[k] for k in ("params", "edge", "widened")}
+    return KernelHead(ctx.dims, fit)
+
+
+def _fit_stack(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
+    from sklearn.model_selection import KFold
+
+    folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x))
+    runs = ctx.train_mlps(folds + [(np.arange(len(y)), np.arange(0))], [ctx.seed])
+    oof = np.zeros((3, len(y)))  # out-of-fold predictions of (mlp, svr, ridge)
+    for (tr, te), (pred, _) in zip(folds, runs, strict=False):
+        xt = torch.from_numpy(x[te])
+        oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
+                      LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
+    inner = {w: spearman(np.dot(w, oof), y) for w in STACK_WEIGHTS}
+    w = max(STACK_WEIGHTS, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
+    svr, ridge = fit_svr(x, y), fit_ridge(x, y)
+    mlp = ModularMLP(ctx.dims, ctx.hidden)
+    mlp.load_state_dict(runs[-1][1][0])
+    ctx.info |= {
+        "params": {"weights (mlp, svr, ridge)": list(w), "svr": svr["params"], "ridge": ridge["params"]},
+        "inner_cv": {"mlp": round(inner[(1.0, 0.0, 0.0)], 4), "svr": round(inner[(0.0, 1.0, 0.0)], 4),
+                     "ridge": round(inner[(0.0, 0.0, 1.0)], 4), "chosen": round(inner[w], 4)},
+        "edge": [f"svr {e}" for e in svr["edge"]] + [f"ridge {e}" for e in ridge["edge"]],
+        "linalg_warnings": ridge["linalg_warnings"],
+    }  # fmt: skip
+    return BlendHead(ctx.dims, [mlp, KernelHead(ctx.dims, svr), LinearHead(ctx.dims, ridge)], list(w))
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str
+    help: str
+    build: Callable[[dict[str, int], dict, dict], nn.Module]  # (dims, config, state dict) -> an empty module
+    fit: Callable[[np.ndarray, np.ndarray, FitContext], nn.Module] | None  # None: trained epoch by epoch (mlp)
+    epochs: bool = False  # trained over epochs (best / last epoch exist), or fitted once
+
+
+def _n_support(state: dict, prefix: str = "") -> int:
+    return state[f"{prefix}support"].shape[0]
+
+
+HEADS: dict[str, Head] = {
+    h.name: h
+    for h in (
+        Head("mlp", "the M3-S MLP (epochs, best / last epoch)", lambda d, c, s: ModularMLP(d, c["hidden_channels"]),
+             None, epochs=True),
+        Head("ridge", "Ridge on standardised inputs (alpha by leave-one-out on train)",
+             lambda d, c, s: LinearHead(d), _fit_ridge),
+        Head("svr", "RBF-SVR on standardised inputs (C, gamma, epsilon by 3-fold CV on train)",
+             lambda d, c, s: KernelHead(d, n_support=_n_support(s)), _fit_svr),
+        Head("stack", "the default recipe: MLP, SVR and Ridge blended, the weights chosen by inner CV on train",
+             lambda d, c, s: BlendHead(d, [ModularMLP(d, c["hidden_channels"]),
+                                           KernelHead(d, n_support=_n_support(s, "members.1.")), LinearHead(d)],
+                                       [0.0, 0.0, 0.0]),
+             _fit_stack),
+    )
+}  # fmt: skip
+
+
+def build_head(name: str, dims: dict[str, int], config: dict, state: dict) -> nn.Module:
+    """The head ``name`` holding the weights ``state`` (a checkpoint's ``model``)."""
+    model = HEADS[name].build(dims, config, state)
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,137 @@
+"""Every head of ``model.heads.HEADS`` is a model like the MLP: trained by ``train.py --head NAME``, its checkpoint
+loads with ``weights_only=True`` and is used by ``evaluate.py`` (a split), ``--videos`` (new files) and ``--explain``,
+which all give the predictions the training run wrote. And the exported scikit-learn heads compute what
+scikit-learn computes."""
+
+import csv
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from config import EvalConfig, GenConfig, parse
+from model.heads import HEADS, KernelHead, LinearHead
+from model.kernels import fit_ridge, fit_svr, spearman
+from pipeline.apply import read_scores, score_videos
+from pipeline.evaluation import run_evaluation
+from pipeline.explain import run_explain
+from pipeline.extraction import run
+from tests.fixtures_video import memento_layout
+
+
+@pytest.fixture(scope="module")
+def raw_store(tmp_path_factory):
+    """A tiny Memento10k with videos (30 clips: 18 train, 6 val, 6 test) and its raw-tier store."""
+    tmp = tmp_path_factory.mktemp("heads")
+    data = tmp / "data"
+    memento_layout(data / "Memento10k", 30, n_frames=8)
+    run(GenConfig(data_dir=str(data), dataset="Memento10k", workers=1))
+    return tmp
+
+
+def _train(tmp, head, monkeypatch):
+    import train
+
+    argv = ["train.py", "--data_dir", str(tmp / "data"), "--runs_dir", str(tmp / "runs"), "-n", head, "--use_raw",
+            "--epochs", "3", "--hidden_channels", "16", "--batch_size", "4", "--seed", "1", "--head", head, "-s",
+            "--device", "cpu"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    train.main()
+    return tmp / "runs" / head
+
+
+def _column(path, col):
+    with open(path, newline="") as f:
+        return {r["id"]: float(r[col]) for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_every_head_round_trips_through_evaluate_videos_and_explain(raw_store, head, monkeypatch, capsys):
+    run_dir = _train(raw_store, head, monkeypatch)
+    trained = _column(run_dir / "predictions_val.csv", "pred_best")
+    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)  # plain tensors, no pickle
+    assert state["config"]["head"] == head and len(trained) == 6
+    # evaluate.py on the dataset's val split
+    run_evaluation(parse(EvalConfig, ["--checkpoint", str(run_dir / "best.pt"), "--split", "val"]))
+    scored = _column(run_dir / "predictions_Memento10k_val_best.csv", "pred")
+    assert scored.keys() == trained.keys()
+    assert max(abs(scored[k] - trained[k]) for k in trained) < 1e-5
+    # --videos: the val videos as new files, from the checkpoint alone (the dataset's stores moved away)
+    videos = raw_store / f"videos_{head}"
+    videos.mkdir()
+    for vid in trained:
+        shutil.copy(raw_store / "data/Memento10k/videos" / f"{vid}.mp4", videos)
+    shutil.move(raw_store / "data/features", raw_store / "features_away")
+    try:
+        out = raw_store / f"scores_{head}.csv"
+        score_videos(parse(EvalConfig, ["--checkpoint", str(run_dir / "best.pt"), "--videos", str(videos),
+                                        "--out", str(out), "--workers", "1", "--device", "cpu"]))  # fmt: skip
+    finally:
+        shutil.move(raw_store / "features_away", raw_store / "data/features")
+    new = read_scores(out)
+    assert max(abs(new[k] - trained[k]) for k in trained) < 1e-5
+    # --explain: the head's predictions, and its gradient x input, per module
+    result = run_explain(parse(EvalConfig, ["--checkpoint", str(run_dir / "best.pt"), "--explain"]))
+    e = result["explanation"]
+    assert np.allclose(e.pred, [trained[i] for i in e.ids], atol=1e-5)
+    assert e.modules == ["raw"] and abs(sum(e.grad_share.values()) - 1) < 1e-6
+
+
+def test_exported_svr_and_ridge_compute_what_scikit_learn_computes():
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 7)).astype(np.float32) * [1, 2, 3, 4, 5, 6, 0.1]
+    y = np.tanh(x[:, 0] + 0.3 * x[:, 1] ** 2 + rng.normal(scale=0.3, size=120)).astype(np.float32)
+    x_new = rng.normal(size=(40, 7)).astype(np.float32)
+    dims = {"a": 4, "b": 3}
+    fit = fit_svr(x, y)
+    c, e = fit["params"]["C"], fit["params"]["epsilon"]
+    want = make_pipeline(StandardScaler(), SVR(C=c, epsilon=e, gamma=fit["gamma"])).fit(x, y).predict(x_new)
+    got = KernelHead(dims, fit)(torch.from_numpy(x_new)).numpy()
+    assert np.abs(got - want).max() < 1e-5
+    fit = fit_ridge(x, y)
+    want = make_pipeline(StandardScaler(), Ridge(alpha=fit["params"]["alpha"])).fit(x, y).predict(x_new)
+    got = LinearHead(dims, fit)(torch.from_numpy(x_new)).numpy()
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_fast_spearman_equals_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)
+    assert abs(spearman(a, b) - spearmanr(a, b).statistic) < 1e-12
+    assert spearman(np.ones(5), np.arange(5.0)) == 0.0
+
+
+def test_a_fitted_head_is_a_grid_row_with_checkpoints(tmp_path):
+    """--head ridge over --ablate x --folds, with --baselines: one row per (combination, head), sub-runs that
+    evaluate.py scores, and the baseline run once per fold and combination (its fits ignore the seed)."""
+    from config import TrainConfig
+    from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+    from pipeline.experiments import run_experiment
+    from tests.conftest import write_memento
+    from tests.test_experiments import _argv, _import
+
+    write_memento(tmp_path / "data" / "Memento10k")
+    data = tmp_path / "data"
+    _import(data, tmp_path, "a", 6, 1)
+    _import(data, tmp_path, "b", 4, 2)
+    argv = _argv(data, tmp_path, "-n", "g", "--head", "ridge", "--ablate", "--folds", "2", "--seeds", "1", "2",
+                 "--baselines", "-s")  # fmt: skip
+    summary = run_experiment(parse(TrainConfig, argv))
+    pairs = sorted((r["combination"], r["model"]) for r in summary["rows"])
+    assert pairs == sorted((c, m) for c in ("a", "b", "a+b") for m in ("ridge", "svr"))
+    rows = {(r["combination"], r["model"]): r for r in summary["rows"]}
+    assert rows["a+b", "ridge"]["last"]["n"] == 4 and rows["a+b", "svr"]["last"]["n"] == 2
+    assert rows["a+b", "ridge"]["best"] is None  # no epochs, no val-selected epoch
+    ckpt = load_checkpoint(tmp_path / "runs/g/a+b/svr-seed1-fold1/last.pt")
+    assert ckpt["config"]["head"] == "svr" and isinstance(model_from_checkpoint(ckpt), KernelHead)
+    ridge = load_checkpoint(tmp_path / "runs/g/a/ridge-seed2-fold0/last.pt")
+    assert isinstance(model_from_checkpoint(ridge), LinearHead)
