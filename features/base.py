@@ -59,6 +59,8 @@ class Extractor(ABC):
     dataset_crop: ClassVar[bool] = True
     #: a pre-pass over the training videos fits a transform before extraction (``prepare_item`` / ``prepare_fit``)
     has_prepass: ClassVar[bool] = False
+    #: an image file (LaMem's .jpg) is read as a one-frame clip instead of being refused as "not a video"
+    accepts_images: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, device: torch.device) -> None:
         self.cfg = cfg

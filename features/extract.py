@@ -128,7 +128,7 @@ class _Videos(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[str, object, str | None]:
         rec = self.records[i]
         try:
-            frames = read_clip(rec.path, self.spec, first_only=self.mode == "prepare")
+            frames = read_clip(rec.path, self.spec, first_only=self.mode == "prepare", images=self.ext.accepts_images)
             clip = Clip(rec.id, rec.path, frames, dict(rec.extras))
             if self.mode == "prepare":
                 return rec.id, self.ext.prepare_item(clip), None

@@ -33,6 +33,7 @@ import av
 import cv2
 import numpy as np
 
+from core.media import IMAGE_SUFFIXES
 from features.base import FrameSpec
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
@@ -180,14 +181,21 @@ def _sample_stream(path: Path, spec: FrameSpec, backend: str, length: int | None
 
 
 def read_clip(
-    path: Path | str, spec: FrameSpec | None = None, backend: str = "cv2", first_only: bool = False
+    path: Path | str,
+    spec: FrameSpec | None = None,
+    backend: str = "cv2",
+    first_only: bool = False,
+    images: bool = False,
 ) -> np.ndarray:
-    """RGB uint8 ``(spec.n_frames, H, W, 3)`` (or ``(1, H, W, 3)``: the first sampled frame, with ``first_only``)."""
+    """RGB uint8 ``(spec.n_frames, H, W, 3)`` (or ``(1, H, W, 3)``: the first sampled frame, with ``first_only``; or
+    an image file as one frame, with ``images``)."""
     path, spec = Path(path), spec or FrameSpec()
     if not path.is_file():
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "zero-length file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_image(path, spec, images)
     if path.suffix == ".npy":
         return _read_npy(path, spec, first_only)
     if first_only:
@@ -209,6 +217,19 @@ def read_clip(
         if frames is None or count2 != count:
             raise VideoError(path, f"decoding is not repeatable ({count} then {count2} frames)")
     return frames
+
+
+def _read_image(path: Path, spec: FrameSpec, images: bool) -> np.ndarray:
+    """An image file as a one-frame clip ``(1, H, W, 3)`` (read from bytes: any file name works), where the family
+    takes images (``images``)."""
+    if not images:
+        raise VideoError(path, "an image, not a video (of the video tiers, only resmem scores images)")
+    bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise VideoError(path, "not a readable image")
+    if min(bgr.shape[:2]) < MIN_SIDE:
+        raise VideoError(path, f"an image of {bgr.shape[1]}x{bgr.shape[0]} pixels is too small")
+    return resize_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), spec.size, spec.crop)[None]
 
 
 def _read_npy(path: Path, spec: FrameSpec, first_only: bool) -> np.ndarray:
