@@ -248,13 +248,25 @@ class EvalConfig(Paths):
     out: str = opt("", "CSV of --videos scores; default: scores_<videos>_<checkpoint>.csv beside the checkpoint")
     weights_dir: str = opt("weights", "backbone checkpoints for --videos with deep tiers (weights/README.md)")
     workers: int = opt(0, "decoding worker processes for --videos (0: one per available core)")
+    # zero-shot scores without a checkpoint (pipeline/zeroshot.py)
+    pretrained: str = opt(
+        "",
+        "score --videos (and images) without a checkpoint: resmem = the mean ResMem image memorability of sampled "
+        "frames, an image model, not one trained on video scores (pip package resmem==1.1.6, bash envs/setup.sh "
+        "--with resmem; ResMem Non-commercial License, University of Chicago)",
+        ("", "resmem"),
+    )
+    resmem_frames: int = opt(8, "frames per video scored by --pretrained resmem (evenly spaced)")
     # interpretability (pipeline/explain.py)
     explain: bool = opt(False, "per-module contributions on --split, and its best and worst predicted videos")
     explain_repeats: int = opt(5, "seeded shuffles per module for the permutation importance of --explain")
     explain_seed: int = opt(0, "seed of the --explain shuffles")
 
     def check(self) -> None:
-        if not self.checkpoint:
+        if self.pretrained and (self.checkpoint or not self.videos):
+            raise ConfigError(f"--pretrained {self.pretrained} scores --videos without a checkpoint: pass --videos "
+                              "DIR_OR_LIST, and --checkpoint or --pretrained, not both")  # fmt: skip
+        if not self.checkpoint and not self.pretrained:
             raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
         if self.videos and self.dataset:
             raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")
