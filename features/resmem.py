@@ -124,7 +124,7 @@ class ResMemExtractor(Extractor):
         self.n_frames = int(cfg.resmem_frames)
         if self.n_frames < 1:
             raise ConfigError(f"--resmem_frames must be >= 1, got {self.n_frames}")
-        self.frame_spec = FrameSpec(self.n_frames, (RESIZE, RESIZE), "squash")
+        self.frame_spec = FrameSpec(self.n_frames, (RESIZE, RESIZE), "squash", "pil-bilinear")  # the package's Resize
         self.smoke = bool(getattr(cfg, "smoke_random_weights", False))
         self.dtype = compute_dtype(self.device, getattr(cfg, "deep_dtype", "auto"))
         model, self.weights = load_resmem(self.smoke)
@@ -145,7 +145,7 @@ class ResMemExtractor(Extractor):
             "smoke": self.smoke,
             "frames": self.n_frames,
             "frame_rule": "n evenly spaced frames, i*(L-1)//n + (L-1)//(2n); an image is one frame",
-            "resize": [RESIZE, RESIZE],
+            "resize": [RESIZE, RESIZE, "pil-bilinear"],
             "crop": f"center {INPUT_SIZE}",
             "normalisation": "none ([0, 1], as the resmem package)",
             "profile_len": PROFILE_LEN,
