@@ -252,3 +252,9 @@ def test_zero_shot_scores_videos_and_images_and_reports_failures(tmp_path):
     for vid in ("bigbuckbunny", "bikes", "carphone_pristine"):
         r = rows[vid]
         assert 0 < float(r["prediction"]) < 1 and r["prediction"] == r["resmem_max"] and r["frames"] == "1"
+
+
+def test_the_opt_in_pins_are_the_ones_the_code_names():
+    pins = (ROOT / "envs" / "requirements-resmem.txt").read_text().split()
+    assert f"resmem=={fr.VERSION}" in pins and "scikit-video==1.1.11" in pins
+    assert "--with resmem" in (ROOT / ".ci" / "run").read_text()  # CI runs the tests that need them
