@@ -243,7 +243,9 @@ def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: Any, dist:
     if not train:
         raise ConfigError(
             f"{cfg.dataset} has no train split to fit the {ext.family} transforms on; to extract features of new "
-            "videos with what a training dataset fitted, pass --fit_on DATASET"
+            "videos with what a training dataset fitted, pass --fit_on DATASET, whose store must be under "
+            "--features_dir (e.g. after `python gen_features.py --dataset demo --features raw`: --fit_on demo "
+            "--features_dir data/features)"
         )
     if dist.rank == 0 and not ext.load_prepared(store, train_ids):
         items: dict[str, np.ndarray] = {}
