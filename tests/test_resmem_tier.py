@@ -258,3 +258,18 @@ def test_the_opt_in_pins_are_the_ones_the_code_names():
     pins = (ROOT / "envs" / "requirements-resmem.txt").read_text().split()
     assert f"resmem=={fr.VERSION}" in pins and "scikit-video==1.1.11" in pins
     assert "--with resmem" in (ROOT / ".ci" / "run").read_text()  # CI runs the tests that need them
+
+
+@pytest.mark.gpu
+@needs_resmem
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_channels_last_matches_fp32_on_gpu():
+    """The issue's bar: on a GPU, bf16 autocast + channels-last features match fp32's (cosine > 0.999)."""
+    ext = fr.ResMemExtractor(GenConfig(resmem_frames=2, deep_dtype="bf16"), "cuda")
+    assert ext.dtype == torch.bfloat16 and ext.channels_last
+    frames = np.concatenate(list(real_frames(2).values()))  # (6, 256, 256, 3)
+    s_low, p_low = ext.score_frames(frames)
+    ext.dtype = torch.float32
+    s_full, p_full = ext.score_frames(frames)
+    cosine = (p_low * p_full).sum(1) / np.linalg.norm(p_low, axis=1) / np.linalg.norm(p_full, axis=1)
+    assert (cosine > 0.999).all(), (cosine, np.abs(s_low - s_full).max())
