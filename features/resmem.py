@@ -40,7 +40,7 @@ WEIGHTS_REL = "resmem/model.pt"  # its path inside the wheel, and its key in wei
 LICENCE = "ResMem Non-commercial License (University of Chicago): research and other non-commercial use only"
 INSTALL = f"bash envs/setup.sh --with resmem (or: pip install --no-deps {PACKAGE}=={VERSION}, a 489 MB wheel)"
 PROFILE_LEN = 8  # the temporal profile's fixed length
-FRAMES_PER_FORWARD = 16  # frames per forward pass on the CPU (bench/resmem_speed.py)
+FRAMES_PER_FORWARD = 8  # frames per forward pass on the CPU (bench/resmem_speed.py: 8-16 best, 32 slower)
 FRAMES_PER_FORWARD_CUDA = 64
 CROP_TOP = int(round((RESIZE - INPUT_SIZE) / 2.0))  # torchvision's CenterCrop: round(14.5) = 14 (half to even)
 _VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime) of files already hashed in this process
