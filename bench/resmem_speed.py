@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import GenConfig
+from core.cli import main_guard
 from dataset import VideoRecord
 from features.base import Clip
 from features.extract import Dist, extract_family
@@ -182,4 +183,4 @@ def _args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     ARGS = _args()
-    main()
+    main_guard(main)  # without the opt-in resmem package: one line naming the install command and the licence

@@ -2,8 +2,8 @@
 weights' pin and load, the per-video summary, images, and zero-shot scoring (``evaluate.py --pretrained resmem``).
 
 The tests that need the real weights skip without the opt-in ``resmem`` package (``bash envs/setup.sh --with
-resmem``; CI installs it). Real ResNet-152 costs about 0.3-1 s a frame on our 2-core CPU: one extractor is built
-for the module, and every test scores a handful of frames.
+resmem``; CI installs it). Real ResNet-152 costs about 0.1 s a frame on our quiet 2-core CPU (up to 2 s under
+load): one extractor is built for the module, and every test scores a handful of frames.
 """
 
 from __future__ import annotations
