@@ -267,7 +267,8 @@ class EvalConfig(Paths):
             raise ConfigError(f"--pretrained {self.pretrained} scores --videos without a checkpoint: pass --videos "
                               "DIR_OR_LIST, and --checkpoint or --pretrained, not both")  # fmt: skip
         if not self.checkpoint and not self.pretrained:
-            raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
+            hint = "; without a trained model, --pretrained resmem gives zero-shot scores" if self.videos else ""
+            raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)" + hint)
         if self.videos and self.dataset:
             raise ConfigError("--videos scores a folder or list of videos; --dataset scores a dataset: pass one")
         if self.explain and self.videos:

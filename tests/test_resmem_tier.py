@@ -128,6 +128,8 @@ def test_config_refusals_of_pretrained():
     with pytest.raises(ConfigError, match="--videos DIR_OR_LIST"):
         parse(EvalConfig, ["--pretrained", "resmem"])
     assert parse(EvalConfig, ["--pretrained", "resmem", "--videos", "d"]).resmem_frames == 8
+    with pytest.raises(ConfigError, match="without a trained model, --pretrained resmem gives zero-shot scores"):
+        parse(EvalConfig, ["--videos", "d"])  # a researcher with videos and no checkpoint is pointed to it
 
 
 # --------------------------------------------------------------------------- with the package's weights
