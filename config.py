@@ -266,14 +266,27 @@ class EvalConfig(Paths):
     out: str = opt("", "CSV of --videos scores; default: scores_<videos>_<checkpoint>.csv beside the checkpoint")
     weights_dir: str = opt("weights", "backbone checkpoints for --videos with deep tiers (weights/README.md)")
     workers: int = opt(-1, "--videos: " + WORKERS_HELP)
+    # zero-shot scores without a checkpoint (pipeline/zeroshot.py)
+    pretrained: str = opt(
+        "",
+        "score --videos (and images) without a checkpoint: resmem = the mean ResMem image memorability of sampled "
+        "frames, an image model, not one trained on video scores (pip package resmem==1.1.6, bash envs/setup.sh "
+        "--with resmem; ResMem Non-commercial License, University of Chicago)",
+        ("", "resmem"),
+    )
+    resmem_frames: int = opt(8, "frames per video scored by --pretrained resmem (evenly spaced)")
     # interpretability (pipeline/explain.py)
     explain: bool = opt(False, "per-module contributions on --split, and its best and worst predicted videos")
     explain_repeats: int = opt(5, "seeded shuffles per module for the permutation importance of --explain")
     explain_seed: int = opt(0, "seed of the --explain shuffles")
 
     def check(self) -> None:
-        if not self.checkpoint:
-            raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)")
+        if self.pretrained and (self.checkpoint or not self.videos):
+            raise ConfigError(f"--pretrained {self.pretrained} scores --videos without a checkpoint: pass --videos "
+                              "DIR_OR_LIST, and --checkpoint or --pretrained, not both")  # fmt: skip
+        if not self.checkpoint and not self.pretrained:
+            hint = "; without a trained model, --pretrained resmem gives zero-shot scores" if self.videos else ""
+            raise ConfigError("--checkpoint PATH is required (a best.pt or last.pt written by train.py --save)" + hint)
         if self.workers < -1:
             raise ConfigError(f"--workers {self.workers}: {WORKERS_HELP}")
         if self.videos and self.dataset:

@@ -4,7 +4,9 @@ Writes ``metrics_<dataset>_<split>_<checkpoint>.json`` and ``predictions_<datase
 to the checkpoint (or in ``--out_dir``). To score your own videos in one command, from the checkpoint alone (its
 fitted transforms travel in it; the training dataset is not needed): ``evaluate.py --checkpoint best.pt --videos
 DIR_OR_LIST --out scores.csv`` (a failed video is listed with its reason). ``--explain`` says what each module
-contributes on ``--split`` (see ``pipeline/explain.py``).
+contributes on ``--split`` (see ``pipeline/explain.py``). Without a trained model, ``--videos DIR --pretrained resmem
+--out scores.csv`` gives zero-shot scores: the mean ResMem image memorability of sampled frames (an image model;
+ResMem Non-commercial License, University of Chicago; see ``pipeline/zeroshot.py``).
 """
 
 from config import EvalConfig, parse
@@ -13,6 +15,7 @@ from core.io import M3SError
 from pipeline.apply import score_videos
 from pipeline.evaluation import run_evaluation
 from pipeline.explain import explain_lines, run_explain
+from pipeline.zeroshot import score_pretrained, zero_shot_lines
 
 
 def print_scores(cfg: EvalConfig) -> None:
@@ -21,12 +24,22 @@ def print_scores(cfg: EvalConfig) -> None:
     for vid, reason in sorted(result["failed"].items())[:20]:
         print(f"  failed {vid}: {reason}")
     print(f"scores: {result['out']}")
+    nothing_scored(result)
+
+
+def nothing_scored(result: dict) -> None:
+    """A folder where no file could be scored is a failure (exit 2), whatever scored it."""
     if not result["n_scored"]:
-        raise M3SError(f"none of the {result['n']} videos could be scored (reasons above and in {result['out']})")
+        raise M3SError(f"none of the {result['n']} files could be scored (reasons above and in {result['out']})")
 
 
 def main() -> None:
     cfg = parse(EvalConfig, description=__doc__)
+    if cfg.pretrained:
+        result = score_pretrained(cfg)
+        print("\n".join(zero_shot_lines(result)))
+        nothing_scored(result)
+        return
     if cfg.videos:
         print_scores(cfg)
         return

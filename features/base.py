@@ -25,12 +25,15 @@ class FrameSpec:
     """How a family wants its clips decoded: ``n_frames`` evenly spaced frames resized to ``size`` (H, W).
 
     ``crop`` is ``"squash"`` (resize the full frame, the Memento10k authors' way) or ``"center"`` (resize the short
-    side then centre-crop, the M3-S VideoMem loader's way).
+    side then centre-crop, the M3-S VideoMem loader's way). ``resample`` is ``"opencv"`` (``INTER_AREA`` down,
+    ``INTER_LINEAR`` up) or ``"pil-bilinear"`` (Pillow's anti-aliased bilinear: what torchvision's ``Resize`` does to a
+    PIL image, for a family that must frame images exactly as its original preprocessing did, e.g. resmem).
     """
 
     n_frames: int = 45
     size: tuple[int, int] = (256, 256)
     crop: str = "squash"
+    resample: str = "opencv"
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Extractor(ABC):
     dataset_crop: ClassVar[bool] = True
     #: a pre-pass over the training videos fits a transform before extraction (``prepare_item`` / ``prepare_fit``)
     has_prepass: ClassVar[bool] = False
+    #: an image file (LaMem's .jpg) is read as a one-frame clip instead of being refused as "not a video"
+    accepts_images: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, device: torch.device) -> None:
         self.cfg = cfg

@@ -128,7 +128,7 @@ class _Videos(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[str, object, str | None]:
         rec = self.records[i]
         try:
-            frames = read_clip(rec.path, self.spec, first_only=self.mode == "prepare")
+            frames = read_clip(rec.path, self.spec, first_only=self.mode == "prepare", images=self.ext.accepts_images)
             clip = Clip(rec.id, rec.path, frames, dict(rec.extras))
             if self.mode == "prepare":
                 return rec.id, self.ext.prepare_item(clip), None
@@ -243,7 +243,9 @@ def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: Any, dist:
     if not train:
         raise ConfigError(
             f"{cfg.dataset} has no train split to fit the {ext.family} transforms on; to extract features of new "
-            "videos with what a training dataset fitted, pass --fit_on DATASET"
+            "videos with what a training dataset fitted, pass --fit_on DATASET, whose store must be under "
+            "--features_dir (e.g. after `python gen_features.py --dataset demo --features raw`: --fit_on demo "
+            "--features_dir data/features)"
         )
     if dist.rank == 0 and not ext.load_prepared(store, train_ids):
         items: dict[str, np.ndarray] = {}

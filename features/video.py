@@ -33,6 +33,7 @@ import av
 import cv2
 import numpy as np
 
+from core.media import IMAGE_SUFFIXES
 from features.base import FrameSpec
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
@@ -57,8 +58,11 @@ def sample_indices(length: int, n: int) -> np.ndarray:
     return i * (length - 1) // n + (length - 1) // (2 * n)
 
 
-def resize_frame(frame: np.ndarray, size: tuple[int, int], crop: str = "squash") -> np.ndarray:
-    """Resize one ``(h, w, C)`` frame to ``size`` = (H, W): squash, or fit the short side and centre-crop."""
+def resize_frame(
+    frame: np.ndarray, size: tuple[int, int], crop: str = "squash", resample: str = "opencv"
+) -> np.ndarray:
+    """Resize one ``(h, w, C)`` frame to ``size`` = (H, W): squash, or fit the short side and centre-crop; with
+    OpenCV, or with Pillow's bilinear filter (``resample="pil-bilinear"``, ``FrameSpec``)."""
     h, w = frame.shape[:2]
     H, W = size
     if crop == "center":
@@ -68,7 +72,13 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int], crop: str = "squash")
         rh, rw = H, W
     else:
         raise ValueError(f"crop must be 'squash' or 'center', not {crop!r}")
-    if (rh, rw) != (h, w):
+    if resample not in ("opencv", "pil-bilinear"):
+        raise ValueError(f"resample must be 'opencv' or 'pil-bilinear', not {resample!r}")
+    if (rh, rw) != (h, w) and resample == "pil-bilinear":
+        from PIL import Image  # Pillow (a matplotlib dependency): only the families that ask for it
+
+        frame = np.array(Image.fromarray(frame).resize((rw, rh), Image.Resampling.BILINEAR))  # writable
+    elif (rh, rw) != (h, w):
         interp = cv2.INTER_AREA if rh * rw < h * w else cv2.INTER_LINEAR
         frame = cv2.resize(frame, (rw, rh), interpolation=interp)
     if (rh, rw) != (H, W):
@@ -169,7 +179,7 @@ def _sample_stream(path: Path, spec: FrameSpec, backend: str, length: int | None
             if min(rgb.shape[:2]) < MIN_SIDE:
                 stream.close()
                 raise VideoError(path, f"frames of {rgb.shape[1]}x{rgb.shape[0]} pixels are too small")
-            rgb = resize_frame(rgb, spec.size, spec.crop)
+            rgb = resize_frame(rgb, spec.size, spec.crop, spec.resample)
             for slot in slots[count]:
                 out[slot] = rgb
             if first_only:
@@ -180,14 +190,21 @@ def _sample_stream(path: Path, spec: FrameSpec, backend: str, length: int | None
 
 
 def read_clip(
-    path: Path | str, spec: FrameSpec | None = None, backend: str = "cv2", first_only: bool = False
+    path: Path | str,
+    spec: FrameSpec | None = None,
+    backend: str = "cv2",
+    first_only: bool = False,
+    images: bool = False,
 ) -> np.ndarray:
-    """RGB uint8 ``(spec.n_frames, H, W, 3)`` (or ``(1, H, W, 3)``: the first sampled frame, with ``first_only``)."""
+    """RGB uint8 ``(spec.n_frames, H, W, 3)`` (or ``(1, H, W, 3)``: the first sampled frame, with ``first_only``; or
+    an image file as one frame, with ``images``)."""
     path, spec = Path(path), spec or FrameSpec()
     if not path.is_file():
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "zero-length file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_image(path, spec, images)
     if path.suffix == ".npy":
         return _read_npy(path, spec, first_only)
     if first_only:
@@ -211,6 +228,19 @@ def read_clip(
     return frames
 
 
+def _read_image(path: Path, spec: FrameSpec, images: bool) -> np.ndarray:
+    """An image file as a one-frame clip ``(1, H, W, 3)`` (read from bytes: any file name works), where the family
+    takes images (``images``)."""
+    if not images:
+        raise VideoError(path, "an image, not a video (of the video tiers, only resmem scores images)")
+    bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise VideoError(path, "not a readable image")
+    if min(bgr.shape[:2]) < MIN_SIDE:
+        raise VideoError(path, f"an image of {bgr.shape[1]}x{bgr.shape[0]} pixels is too small")
+    return resize_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), spec.size, spec.crop, spec.resample)[None]
+
+
 def _read_npy(path: Path, spec: FrameSpec, first_only: bool) -> np.ndarray:
     """An M3-S ``videos_npy`` array: uint8 ``(T, H, W, 3)`` RGB, already sampled (45 frames, 256x256)."""
     try:
@@ -228,7 +258,7 @@ def _read_npy(path: Path, spec: FrameSpec, first_only: bool) -> np.ndarray:
         idx = idx[:1]
     frames = np.asarray(arr[idx])
     if frames.shape[1:3] != tuple(spec.size):
-        frames = np.stack([resize_frame(f, spec.size, spec.crop) for f in frames])
+        frames = np.stack([resize_frame(f, spec.size, spec.crop, spec.resample) for f in frames])
     return np.ascontiguousarray(frames)
 
 

@@ -143,7 +143,7 @@ def test_a_folder_where_nothing_could_be_scored_is_a_failure(trained, tmp_path, 
     assert err.value.code == 2
     captured = capsys.readouterr()
     assert "scored 0 of 1 videos" in captured.out and "failed broken" in captured.out
-    assert f"error: none of the 1 videos could be scored (reasons above and in {out})" in captured.err
+    assert f"error: none of the 1 files could be scored (reasons above and in {out})" in captured.err
     (row,) = read_csv(out)
     assert row["id"] == "broken" and row["prediction"] == "" and row["error"].startswith("raw:")  # the reason is kept
 

@@ -20,12 +20,13 @@ from tiers.csn import CSNTier
 from tiers.hrnet import HRNetTier
 from tiers.imported import ImportedTier
 from tiers.raw import RawTier
+from tiers.resmem import ResMemTier
 from tiers.similarity import SimilarityTier
 from tiers.text import TextTier
 
 __all__ = ["TIERS", "Option", "Source", "Tier", "module_tiers", "owner", "sources"]
 
-BUILTIN: tuple[Tier, ...] = (RawTier(), HRNetTier(), CSNTier(), CLIPTier(), TextTier())
+BUILTIN: tuple[Tier, ...] = (RawTier(), HRNetTier(), CSNTier(), CLIPTier(), TextTier(), ResMemTier())
 # after every tier whose features it may use as a space (plugins included), so gen_features computes it last
 SPACE_USERS: tuple[Tier, ...] = (SimilarityTier(),)
 LAST: tuple[Tier, ...] = (ImportedTier(),)  # imported features come after every named tier
