@@ -31,6 +31,7 @@ from core.rundir import free_run_name, owned
 from dataset import load_records
 from pipeline.batched import DoneCallback, EpochCallback, FoldData, RunResult, RunSpec, train_batched
 from pipeline.checkpoint import run_state, save_checkpoint
+from pipeline.fitted import pack as pack_fitted
 from pipeline.folds import fold_data, load_or_make_folds, make_folds
 from pipeline.heads import BASELINES, head_results
 from pipeline.report import RunLogger, write_predictions
@@ -140,7 +141,15 @@ def train_grid(
     return train_sequential(cfg, runs, folds, dims, sources, run_dir, device, on_done)
 
 
-def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, sources: dict, run_dir: Path) -> Path:
+def write_subrun(
+    cfg: TrainConfig,
+    res: RunResult,
+    fold: FoldData,
+    dims: dict,
+    sources: dict,
+    run_dir: Path,
+    fitted: dict | None = None,
+) -> Path:
     """The files of an ordinary run for one run of the grid (the sequential path's RunLogger has written most)."""
     sub = sub_config(cfg, res.spec, run_dir)
     path = Path(sub.runs_dir) / sub.name
@@ -155,6 +164,7 @@ def write_subrun(cfg: TrainConfig, res: RunResult, fold: FoldData, dims: dict, s
         train_mean = float(fold.y_train.double().mean())
         state = run_state(sub, list(res.spec.modules), dims, fold.stats, sources, res.history, res.weights, train_mean)
         state["best"] = res.best
+        state["fitted"] = pack_fitted(fitted or {})  # what evaluate.py --videos applies to new videos
         save_checkpoint(state, path / "last.pt")
     write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
     return path
@@ -242,7 +252,7 @@ class Grid:
             self.fold_ids = make_folds([r.id for r in records if r.score is not None], inner_cv, cfg.fold_seed)
         else:
             self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
-        self.folds, self.dims, self.sources = fold_data(cfg, records, self.fold_ids, self.device)
+        self.folds, self.dims, self.sources, self.fitted = fold_data(cfg, records, self.fold_ids, self.device)
         self.threads = set_threads(cfg, runs=len(self.runs) if cfg.batched else 1)
 
     def describe(self) -> str:
@@ -298,7 +308,7 @@ def _run_grid(cfg: TrainConfig) -> dict:
 
     def finished(results: list[RunResult]) -> None:
         for res in results:
-            write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+            write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir, grid.fitted)
             done[res.spec] = res
             print(run_line(res, len(done), len(grid.runs), time.perf_counter() - t0), flush=True)
 
@@ -327,7 +337,7 @@ def _run_grid(cfg: TrainConfig) -> dict:
             baselines += res
             infos |= fits
     for res in baselines:
-        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir)
+        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir, grid.fitted)
     summary = summarise(cfg, results + baselines, grid.folds, seconds, infos, time.perf_counter() - t0)
     summary["run_dir"] = str(grid.run_dir)
     paths = write_summary(grid.run_dir, summary, ablation=cfg.ablate)

@@ -87,8 +87,9 @@ def refuse_fits_that_saw_the_folds(cfg: TrainConfig, fitted: dict) -> None:
 
 def fold_data(
     cfg: TrainConfig, records: list[VideoRecord], folds: list[list[str]] | None, device: torch.device
-) -> tuple[list[FoldData], dict[str, int], dict]:
-    """``(one FoldData per fold, module dims, feature provenance)`` for the modules ``cfg`` selects."""
+) -> tuple[list[FoldData], dict[str, int], dict, dict]:
+    """``(one FoldData per fold, module dims, feature provenance, the stores' fitted transforms)`` for the modules
+    ``cfg`` selects (the transforms travel in the sub-runs' checkpoints, for ``evaluate.py --videos``)."""
     pool = scored_pool(records)
     # one read of the stores, every pooled video as one block, nothing normalised yet
     table = FeatureTable.build(cfg, [replace(r, split="train") for r in pool], "cpu", stats={}, splits=("train",))
@@ -131,4 +132,4 @@ def fold_data(
                 stats,
             )
         )
-    return out, dict(table.dims), table.sources
+    return out, dict(table.dims), table.sources, table.fitted

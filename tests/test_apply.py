@@ -166,3 +166,32 @@ def test_folds_refuse_transforms_fitted_on_the_train_split(trained, tmp_path):
     no_hog = ["--raw_features", "brightness", "contrast", "blurriness", "size_orig", "meanOF"]
     summary = run_experiment(parse(TrainConfig, [*argv, *no_hog]))
     assert summary["runs"] == 2 and summary["run_dir"] == str(tmp_path / "r" / "cv")
+
+
+def test_a_grid_sub_runs_checkpoint_scores_new_videos_and_is_explained(trained, tmp_path):
+    """A grid's checkpoints carried no fitted transforms: evaluate.py --videos refused a fresh one ("written before
+    checkpoints carried their fitted transforms"). Now a sub-run scores new videos as its in-dataset predictions."""
+    from pipeline.experiments import run_experiment
+    from pipeline.explain import run_explain
+
+    tmp, _, _, videos = trained
+    data, features = tmp_path / "data", tmp_path / "features"
+    shutil.copytree(tmp / "data", data)
+    run(GenConfig(data_dir=str(data), features_dir=str(features), dataset="Memento10k", workers=1))
+    argv = ["--data_dir", str(data), "--features_dir", str(features), "--runs_dir", str(tmp_path / "r"), "-n", "g",
+            "--use_raw", "--epochs", "2", "--hidden_channels", "16", "--seeds", "0", "1", "-s"]  # fmt: skip
+    run_experiment(parse(TrainConfig, argv))
+    sub = tmp_path / "r/g/raw/seed1-fold0"
+    in_grid = {r["id"]: float(r["pred_last"]) for r in read_csv(sub / "predictions_val.csv")}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for v in videos:
+        shutil.copy(v, mine / v.name)
+    args = ["--checkpoint", str(sub / "last.pt"), "--videos", str(mine), "--workers", "0"]
+    result = score_videos(parse(EvalConfig, args))
+    scores = read_scores(result["out"])
+    assert result["n_scored"] == len(videos) == 4
+    for vid, pred in scores.items():
+        assert pred == pytest.approx(in_grid[vid], abs=1e-6)
+    explained = run_explain(parse(EvalConfig, ["--checkpoint", str(sub / "last.pt"), "--explain", "--split", "val"]))
+    assert explained["explanation"].modules == ["raw"]

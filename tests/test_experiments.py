@@ -148,7 +148,7 @@ def test_each_fold_is_normalised_with_its_own_train_videos(two_modules, tmp_path
     cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
     records = load_records("Memento10k", cfg)
     folds = load_or_make_folds(cfg, records)
-    data, dims, _ = fold_data(cfg, records, folds, torch.device("cpu"))
+    data, dims, _, _ = fold_data(cfg, records, folds, torch.device("cpu"))
     assert dims == {"a": 6, "b": 4} and len(data) == 3
     stored = {m: FeatureStore.at(two_modules / "features", "Memento10k", m).read() for m in ("a", "b")}
     pool = sorted(r.id for r in records if r.split in ("train", "val"))
