@@ -9,31 +9,14 @@ summary (mean +- std, every run, the seed ensemble); see README "Experiments".
 
 from config import TrainConfig, parse_explicit
 from core.cli import main_guard
-from pipeline.e2e import resumes_end_to_end, run_end_to_end
-from pipeline.training import run_training, summary_lines
+from pipeline.launch import plan
 
 
 def main() -> None:
     cfg, explicit = parse_explicit(TrainConfig, description=__doc__, check=False)
-    if cfg.search:
-        from pipeline.search import run_search, search_lines
-
-        print("\n".join(search_lines(run_search(cfg))))
-        return
-    if cfg.grid():
-        from pipeline.experiments import run_experiment
-        from pipeline.summary import summary_lines as grid_lines
-
-        print("\n".join(grid_lines(run_experiment(cfg))))
-        return
-    if cfg.head != "mlp":  # a head fitted once (ridge, svr, stack): pipeline/heads.py
-        from pipeline.heads import fitted_lines, run_fitted
-
-        print("\n".join(fitted_lines(run_fitted(cfg))))
-        return
-    end_to_end = not cfg.fixed_features or resumes_end_to_end(cfg)
-    result = run_end_to_end(cfg, explicit) if end_to_end else run_training(cfg, explicit)
-    print("\n".join(summary_lines(result)))
+    work = plan(cfg, explicit)
+    print(work.text, flush=True)
+    print("\n".join(work.run()))
 
 
 if __name__ == "__main__":

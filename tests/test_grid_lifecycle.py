@@ -172,3 +172,23 @@ def test_a_grid_stacks_the_models_own_layers_and_refuses_one_it_cannot_stack(mon
     monkeypatch.setattr(ModularMLP, "__init__", with_dropout)
     with pytest.raises(NotImplementedError, match="ModularMLP is now Linear, Mish, Dropout, Linear"):
         Bundle(runs, dims, [8, 4], torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind", "runs", "said"),
+    [
+        (["--seed", "1"], "single", 1, "plan: one MLP run over a+b, 3 epochs; in "),
+        (["--seeds", "1", "2", "--folds", "3"], "grid", 6, "plan: a grid of 6 mlp run(s) over a+b on 3 folds"),
+        (["--ablate", "--seeds", "1", "2", "--baselines"], "grid", 6, "6 mlp run(s) + ridge and svr baselines"),
+        (["--head", "ridge"], "fitted head", 1, "plan: one ridge head fitted on a+b"),
+        (["--search", "4", "--seeds", "1", "2"], "search", 2, "plan: a search of 4 trials over configs/search"),
+        (["--no-fixed_features", "--standin_backbones"], "end-to-end", 1, "plan: one end-to-end run over a+b"),
+    ],
+)
+def test_train_py_says_what_it_will_run_before_it_starts(tmp_path, argv, kind, runs, said):
+    from pipeline.launch import plan
+
+    base = ["--extra_features", "a", "b", "--epochs", "3", "--runs_dir", str(tmp_path), "-n", "x"]
+    cfg, explicit = parse_explicit(TrainConfig, [*base, *argv], check=False)
+    work = plan(cfg, explicit)
+    assert (work.kind, work.runs) == (kind, runs) and said in work.text and str(tmp_path / "x") in work.text
