@@ -110,7 +110,9 @@ class TrainConfig(ModuleConfig):
     data_augmentation: bool = opt(False, "end-to-end: random resized crop (scale 0.8-1, square) + flip of train clips")
     compute_raw: bool = opt(False, "end-to-end: compute the raw tier from the decoded clips (implied by augmentation)")
     hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
-    head: str = opt("mlp", "the model over the modules (model/heads.py; stack: the default recipe's)", tuple(HEADS))
+    head: str = opt(
+        "mlp", "the model over the modules (model/heads.py; stack: the blend of configs/recipe.yaml)", tuple(HEADS)
+    )
     batch_size: int = opt(32, "batch size")
     loss: str = opt("mse", "training loss", tuple(LOSSES))
     mse_tails_pow: float = opt(4.0, "exponent p of the mse_tails weights 1 + c|m - mean|^p")
@@ -373,7 +375,7 @@ def help_groups(cls: type) -> dict[str, list[str]]:
         return {
             "data": ["data_dir", "features_dir", "dataset"],
             "tiers (the modules the model reads, and how their features are made)": [*tiers, "fixed_features"],
-            "model": ["hidden_channels", "loss", "mse_tails_pow", "mse_tails_mult_fact"],
+            "model": ["head", "hidden_channels", "loss", "mse_tails_pow", "mse_tails_mult_fact"],
             "optimisation": [
                 "batch_size",
                 "lr",
@@ -396,6 +398,7 @@ def help_groups(cls: type) -> dict[str, list[str]]:
                 "baselines",
                 "batched",
                 "search",
+                "search_on",
                 "search_space",
                 "search_storage",
                 "search_seed",

@@ -332,17 +332,22 @@ SWITCH_HELP = {  # written out
     "use_csn": "use the csn (actions) tier",
     "use_clip": "use the clip tier (CLIP image embeddings of the frames)",
     "use_text": "use the text tier (sentence embeddings of the captions)",
+    "use_resmem": "use the resmem tier (ResMem image memorability of the frames; weights: pip package resmem==1.1.6, "
+    "bash envs/setup.sh --with resmem; ResMem Non-commercial License (University of Chicago): research and other "
+    "non-commercial use only)",
     "use_similarity": "use the similarity (distinctiveness) tier",
 }
 TIER_FIELDS = {  # the fields the tiers add to each config, in order, with their types (written out)
     False: {"use_raw": bool, "raw_features": list[str], "normalize_raw": bool, "use_temporal_std": bool,
             "use_hrnet": bool, "hrnet_frames": int, "use_csn": bool, "csn_arch": str, "use_clip": bool,
             "clip_model": str, "clip_pretrained": str, "clip_frames": int, "clip_std": bool, "use_text": bool,
-            "text_model": str, "normalize_text": bool, "use_similarity": bool, "similarity_features": list[str],
+            "text_model": str, "normalize_text": bool, "use_resmem": bool, "resmem_frames": int,
+            "resmem_resnet": bool, "normalize_resmem": bool, "use_similarity": bool, "similarity_features": list[str],
             "similarity_methods": list[str], "normalize_similarity": bool, "extra_features": list[str],
             "normalize_extra": bool},
     True: {"hrnet_frames": int, "csn_arch": str, "clip_model": str, "clip_pretrained": str, "clip_frames": int,
-           "clip_download": bool, "text_model": str, "similarity_features": list[str], "similarity_methods": list[str]},
+           "clip_download": bool, "text_model": str, "resmem_frames": int, "similarity_features": list[str],
+           "similarity_methods": list[str]},
 }  # fmt: skip
 
 

@@ -36,7 +36,7 @@ def _choices(cls: type, name: str) -> tuple:
 
 BUILTIN_CHOICES = {  # written out: what the registries hold today, in their order
     "loss": ("mse", "l1", "mse_tails", "spearman", "mse_to_spearman"),
-    "dataset": ("Memento10k", "VideoMem", "LaMem", "demo", "folder"),
+    "dataset": ("Memento10k", "VideoMem", "LaMem", "demo", "folder", "scores"),
     "raw_features": ("hog", "brightness", "contrast", "blurriness", "meanOF", "size_orig"),
     "similarity_methods": (
         "dbscan",
@@ -47,7 +47,7 @@ BUILTIN_CHOICES = {  # written out: what the registries hold today, in their ord
         "cosine_threshold0.7",
         "fractional_mean",
     ),
-    "similarity_features": ("hrnet", "ip_csn_152", "ir_csn_152", "clip", "text"),
+    "similarity_features": ("hrnet", "ip_csn_152", "ir_csn_152", "clip", "text", "resmem"),
 }
 
 
@@ -62,7 +62,9 @@ def test_config_choices_come_from_the_registries(field):
         assert getattr(parse(TrainConfig, ["--use_raw", f"--{field}", value]), field) in (value, [value])
     with pytest.raises(ConfigError, match=f"{field}: 'nope' is not one of {', '.join(BUILTIN_CHOICES[field])}$"):
         parse(TrainConfig, ["--use_raw", f"--{field}", "nope"])
-    assert _choices(GenConfig, "features") == FAMILIES == ("raw", "hrnet", "csn", "clip", "text", "similarity")
+    assert (
+        _choices(GenConfig, "features") == FAMILIES == ("raw", "hrnet", "csn", "clip", "text", "resmem", "similarity")
+    )
 
 
 BUILTIN_OPTIONS = {  # tier: {option: default}, written out
@@ -81,6 +83,7 @@ BUILTIN_OPTIONS = {  # tier: {option: default}, written out
         "clip_download": False,
     },
     "text": {"text_model": "all-MiniLM-L6-v2", "normalize_text": False},
+    "resmem": {"resmem_frames": 8, "resmem_resnet": False, "normalize_resmem": True},
     "similarity": {
         "similarity_features": ["hrnet", "ip_csn_152"],
         "similarity_methods": ["dbscan"],
