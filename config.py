@@ -130,7 +130,7 @@ class TrainConfig(ModuleConfig):
     checkpoint_epoch: int | None = opt(None, "epoch of the wandb checkpoint artifact to fetch (default: latest)")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (a GPU when present)")
     threads: int = opt(0, "CPU threads torch may use (0: chosen from the work of one step; a batch-32 MLP gets 1)")
-    # experiments: any of these makes train.py train a grid of runs and write a summary (pipeline/experiments.py)
+    # experiments: any of these makes train.py train a grid of runs and write a summary (pipeline/grid/runner.py)
     seeds: list[int] = opt([], "train one run per seed; the summary gives mean +- std and the seed ensemble")
     folds: int = opt(0, "K-fold cross-validation over the scored train+val videos (0: the dataset's own split)")
     fold_seed: int = opt(0, "seed of the fold partition (written once beside the dataset, then reused)")
@@ -146,7 +146,7 @@ class TrainConfig(ModuleConfig):
     search_on: str = opt("val", "what --search scores a trial on: val (its best trial's val score is then optimistic) "
                          "or inner_cv (3 folds of the train videos; val is scored once, for the best trial)",
                          ("val", "inner_cv"))  # fmt: skip
-    # end-to-end training (--no-fixed_features): clips decoded, HRNet / CSN run inside the step (pipeline/e2e.py)
+    # end-to-end training (--no-fixed_features): clips decoded, HRNet / CSN run inside the step (pipeline/e2e/)
     freeze_backbones: bool = opt(False, "end-to-end: keep HRNet / CSN frozen (features recomputed per augmented view)")
     backbone_lr: float | None = opt(None, "end-to-end: learning rate of the fine-tuned backbones (default --lr / 100)")
     grad_checkpointing: bool = opt(False, "end-to-end: recompute backbone activations in the backward (less memory)")
@@ -263,12 +263,12 @@ class EvalConfig(Paths):
     split: str = opt("val", "split to score", ("train", "val", "test", "all"))
     out_dir: str = opt("", "where metrics and predictions go; default: the checkpoint's directory")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    # scoring new videos from the checkpoint alone (pipeline/apply.py)
+    # scoring new videos from the checkpoint alone (pipeline/scoring/videos.py)
     videos: str = opt("", "score these videos: a folder (recursive) or a text file of video paths, one a line")
     out: str = opt("", "CSV of --videos scores; default: scores_<videos>_<checkpoint>.csv beside the checkpoint")
     weights_dir: str = opt("weights", "backbone checkpoints for --videos with deep tiers (weights/README.md)")
     workers: int = opt(-1, "--videos: " + WORKERS_HELP)
-    # zero-shot scores without a checkpoint (pipeline/zeroshot.py)
+    # zero-shot scores without a checkpoint (pipeline/scoring/zeroshot.py)
     pretrained: str = opt(
         "",
         "score --videos (and images) without a checkpoint: resmem = the mean ResMem image memorability of sampled "
@@ -277,7 +277,7 @@ class EvalConfig(Paths):
         ("", "resmem"),
     )
     resmem_frames: int = opt(8, "frames per video scored by --pretrained resmem (evenly spaced)")
-    # interpretability (pipeline/explain.py)
+    # interpretability (pipeline/scoring/explain.py)
     explain: bool = opt(False, "per-module contributions on --split, and its best and worst predicted videos")
     explain_repeats: int = opt(5, "seeded shuffles per module for the permutation importance of --explain")
     explain_seed: int = opt(0, "seed of the --explain shuffles")
@@ -376,47 +376,15 @@ def help_groups(cls: type) -> dict[str, list[str]]:
             "data": ["data_dir", "features_dir", "dataset"],
             "tiers (the modules the model reads, and how their features are made)": [*tiers, "fixed_features"],
             "model": ["head", "hidden_channels", "loss", "mse_tails_pow", "mse_tails_mult_fact"],
-            "optimisation": [
-                "batch_size",
-                "lr",
-                "epochs",
-                "optimizer",
-                "momentum",
-                "weight_decay",
-                "scheduler",
-                "scheduler_gamma",
-                "scheduler_step_size",
-                "seed",
-                "device",
-                "threads",
-            ],  # fmt: skip
-            "experiments (several runs and their summary)": [
-                "seeds",
-                "folds",
-                "fold_seed",
-                "ablate",
-                "baselines",
-                "batched",
-                "search",
-                "search_on",
-                "search_space",
-                "search_storage",
-                "search_seed",
-            ],  # fmt: skip
+            "optimisation": ["batch_size", "lr", "epochs", "optimizer", "momentum", "weight_decay", "scheduler",
+                             "scheduler_gamma", "scheduler_step_size", "seed", "device", "threads"],
+            "experiments (several runs and their summary)": ["seeds", "folds", "fold_seed", "ablate", "baselines",
+                                                              "batched", "search", "search_on", "search_space",
+                                                              "search_storage", "search_seed"],
             "end-to-end training (--no-fixed_features)": list(_END_TO_END_ONLY),
-            "run directory, resuming and logging": [
-                "name",
-                "save",
-                "runs_dir",
-                "checkpoint_local",
-                "checkpoint_run_id",
-                "checkpoint_epoch",
-                "log",
-                "project",
-                "group",
-                "tags",
-            ],  # fmt: skip
-        }
+            "run directory, resuming and logging": ["name", "save", "runs_dir", "checkpoint_local", "checkpoint_run_id",
+                                                    "checkpoint_epoch", "log", "project", "group", "tags"],
+        }  # fmt: skip
     if cls is GenConfig:
         return {
             "data": ["data_dir", "features_dir", "dataset", "fit_on", "limit", "retry_failed"],

@@ -4,18 +4,18 @@ Writes ``metrics_<dataset>_<split>_<checkpoint>.json`` and ``predictions_<datase
 to the checkpoint (or in ``--out_dir``). To score your own videos in one command, from the checkpoint alone (its
 fitted transforms travel in it; the training dataset is not needed): ``evaluate.py --checkpoint best.pt --videos
 DIR_OR_LIST --out scores.csv`` (a failed video is listed with its reason). ``--explain`` says what each module
-contributes on ``--split`` (see ``pipeline/explain.py``). Without a trained model, ``--videos DIR --pretrained resmem
---out scores.csv`` gives zero-shot scores: the mean ResMem image memorability of sampled frames (an image model;
-ResMem Non-commercial License, University of Chicago; see ``pipeline/zeroshot.py``).
+contributes on ``--split`` (see ``pipeline/scoring/explain.py``). Without a trained model, ``--videos DIR
+--pretrained resmem --out scores.csv`` gives zero-shot scores: the mean ResMem image memorability of sampled
+frames (an image model; ResMem Non-commercial License, University of Chicago; see ``pipeline/scoring/zeroshot.py``).
 """
 
 from config import EvalConfig, parse
 from core.cli import main_guard
 from core.io import M3SError
-from pipeline.apply import score_videos
-from pipeline.evaluation import run_evaluation
-from pipeline.explain import explain_lines, run_explain
-from pipeline.zeroshot import score_pretrained, zero_shot_lines
+from pipeline.scoring.evaluate import run_evaluation
+from pipeline.scoring.explain import explain_lines, run_explain
+from pipeline.scoring.videos import score_videos
+from pipeline.scoring.zeroshot import score_pretrained, zero_shot_lines
 
 
 def print_scores(cfg: EvalConfig) -> None:

@@ -6,11 +6,10 @@ for decoded clips (target < 10 % on a GPU).
     python bench/e2e_speed.py --standin --e2e_frames 16 --e2e_size 128 --batch_size 4 --clips 16   # quick CPU run
 
 Writes a synthetic corpus (the demo generator, Memento10k layout) to a temporary folder and runs
-``pipeline.e2e.EndToEndTrainer.train_epoch`` over its training clips twice: the first epoch warms up (worker start,
-cuDNN autotuning), the second is timed. Weights are random (``--smoke_random_weights``, or the tiny ``--standin``
-networks): speed only. ``--raw`` adds the raw tier computed on the fly from the augmented frames (its HOG PCA is
-fitted first by ``gen_features.py``'s code on the synthetic corpus).
-"""
+``pipeline.e2e.training.EndToEndTrainer.train_epoch`` over its training clips twice: the first epoch warms up (worker
+start, cuDNN autotuning), the second is timed. Weights are random (``--smoke_random_weights``, or the tiny
+``--standin`` networks): speed only. ``--raw`` adds the raw tier computed on the fly from the augmented frames (its
+HOG PCA is fitted first by ``gen_features.py``'s code on the synthetic corpus)."""
 
 from __future__ import annotations
 
@@ -29,9 +28,9 @@ from config import GenConfig, TrainConfig, parse
 from core.demo import ensure_demo_corpus
 from dataset import load_records
 from features.extract import Dist
-from pipeline.e2e import EndToEndTrainer
-from pipeline.e2e_data import build_data
-from pipeline.extraction import run as run_extraction
+from pipeline.e2e.data import build_data
+from pipeline.e2e.training import EndToEndTrainer
+from pipeline.generate import run as run_extraction
 
 
 def measure(argv: list[str], device: torch.device) -> dict:

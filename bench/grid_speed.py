@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import ROOT, TrainConfig
 from features.store import FeatureStore, StoredFeatures
 from model.mlp import ModularMLP
-from pipeline.batched import FoldData, RunSpec, train_batched
-from pipeline.experiments import combinations, run_experiment, subset_config
-from pipeline.training import make_optimizer, run_training
+from pipeline.grid.batched import train_batched
+from pipeline.grid.runner import combinations, run_experiment, with_modules
+from pipeline.grid.specs import FoldData, RunSpec
+from pipeline.run.training import make_optimizer, run_training
 
 N_TRAIN, N_VAL = 7000, 1500
 BLOCKS = {"raw": 15, "hrnet": 720, "csn": 2048, "sim": 40}
@@ -73,7 +74,7 @@ def base_config(root: Path, epochs: int, **kw) -> TrainConfig:
 
 def import_seconds() -> float:
     """What each of 45 separate ``python train.py`` commands would add: the interpreter and m3s's imports."""
-    code = "import time; t = time.perf_counter(); import pipeline.training; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import pipeline.run.training; print(time.perf_counter() - t)"
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
     return time.perf_counter() - t
@@ -134,7 +135,7 @@ def main() -> None:
         timed = combos[:: max(1, len(combos) // args.sequential_runs)][: args.sequential_runs]
         t = time.perf_counter()
         for i, (combo, seed) in enumerate(timed):
-            cfg = subset_config(base_config(root, args.epochs, seed=seed, name=f"seq{i}"), combo)
+            cfg = with_modules(base_config(root, args.epochs, seed=seed, name=f"seq{i}"), combo)
             run_training(cfg)
         seq = (time.perf_counter() - t) * len(combos) / len(timed)
         threads_used = torch.get_num_threads()

@@ -22,12 +22,12 @@ py="$repo/.venv/bin/python"
 # module(s) | the test files that judge them (those that exercise them; their slow-marked tests run too)
 CORE=(
   "model/losses.py model/metrics.py | tests/test_model.py tests/test_mutants.py"
-  "pipeline/training.py | tests/test_training_loop.py tests/test_train.py tests/test_run_records.py tests/test_faults.py tests/test_newcomer_errors.py"
-  "pipeline/checkpoint.py | tests/test_checkpoint.py tests/test_faults.py tests/test_train.py"
+  "pipeline/run/training.py | tests/test_training_loop.py tests/test_train.py tests/test_run_records.py tests/test_faults.py tests/test_newcomer_errors.py"
+  "pipeline/run/checkpoint.py | tests/test_checkpoint.py tests/test_faults.py tests/test_train.py"
   "features/store.py | tests/test_store.py tests/test_mutants.py tests/test_faults.py"
   "features/raw.py | tests/test_raw.py tests/test_extract.py tests/test_mutants.py tests/test_e2e.py"
   "features/similarity.py | tests/test_similarity_methods.py tests/test_similarity.py tests/test_dbscan_method.py tests/test_mutants.py tests/test_faults.py"
-  "pipeline/table.py | tests/test_table.py tests/test_train.py tests/test_mutants.py tests/test_newcomer_errors.py"
+  "pipeline/run/table.py | tests/test_table.py tests/test_train.py tests/test_mutants.py tests/test_newcomer_errors.py"
   "config.py | tests/test_config_checks.py tests/test_config.py tests/test_newcomer_errors.py tests/test_mutants.py tests/test_tiers.py tests/test_faults.py"
   "features/importer.py | tests/test_importer.py tests/test_faults.py tests/test_mutants.py tests/test_train.py"
 )

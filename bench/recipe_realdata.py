@@ -78,7 +78,7 @@ def _demo_arrays(flags: list[str]) -> tuple[list[str], np.ndarray, list[str], di
     sys.path.insert(0, str(ROOT))
     from config import TrainConfig, parse
     from dataset import load_records
-    from pipeline.table import FeatureTable
+    from pipeline.run.table import FeatureTable
 
     cfg = parse(TrainConfig, ["--dataset", "demo", *flags])
     records = [r for r in load_records("demo", cfg) if r.score is not None]

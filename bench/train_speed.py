@@ -28,7 +28,7 @@ from config import TrainConfig
 from features.store import FeatureStore, StoredFeatures
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
-from pipeline.training import run_training
+from pipeline.run.training import run_training
 
 N_TRAIN, N_VAL = 7000, 1500
 RAW = {"hog": 10, "brightness": 1, "contrast": 1, "blurriness": 1, "size_orig": 1, "meanOF": 1}

@@ -1,6 +1,6 @@
 """The extraction loop behind ``gen_features.py``: videos in, one feature store per family out.
 
-For each tier in ``--features`` (``pipeline/extraction.py`` asks the tier registry for its extractor and its store
+For each tier in ``--features`` (``pipeline/generate.py`` asks the tier registry for its extractor and its store
 name): open its store (``<features_dir>/<dataset>/<store>.h5``), skip ids already stored or already failed
 (``--retry_failed`` tries failures again), decode the rest in a ``torch.utils.data.DataLoader`` (``--workers``
 processes; 0 = one per available core) so decoding overlaps compute, append every batch as a part file, compact at

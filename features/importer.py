@@ -140,7 +140,7 @@ def _checked(path: Path, fname: str, values: np.ndarray, ids: list[str]) -> np.n
 def import_features(cfg: Any, records: list) -> StoredFeatures:
     """Validate a user's table against the dataset's ``records`` and write it as the store
     ``<features_dir>/<dataset>/<name>.h5``. ``cfg`` is the ``gen_features.py`` config (``config.GenConfig``); the
-    name was checked by the caller (``pipeline.extraction.run_import``: no tier owns it)."""
+    name was checked by the caller (``pipeline.generate.run_import``: no tier owns it)."""
     path = Path(cfg.import_path)
     ids, feats = read_table(path, cfg.name, cfg.ids, cfg.id_column)
     if len(set(ids)) != len(ids):

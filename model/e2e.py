@@ -2,7 +2,7 @@
 features join the pre-computed modules (raw, similarity, imported...) and the ``ModularMLP`` head scores the clip.
 
 No I/O here: the backbones are built and loaded by the caller (``model.backbones``), the clips decoded by
-``pipeline.clipdata``. Frames arrive as uint8 and are normalised on the device (moving uint8 is 4x less traffic).
+``pipeline.e2e.clips``. Frames arrive as uint8 and are normalised on the device (moving uint8 is 4x less traffic).
 
 - ``frozen``: the backbones take no gradient and run under ``no_grad`` (features recomputed per augmented view);
 - fine-tuned: their parameters train, but every BatchNorm stays in eval mode (running statistics frozen: batches of

@@ -1,6 +1,6 @@
 """Heads: what maps a video's concatenated module features (B, in_dim) to its score (B,). One registry, ``HEADS``.
 
-- ``mlp``: the M3-S ``ModularMLP`` (trained epoch by epoch by ``pipeline.training`` / ``pipeline.batched``);
+- ``mlp``: the M3-S ``ModularMLP`` (trained epoch by epoch by ``pipeline.run.training`` / ``pipeline.grid.batched``);
 - ``ridge``, ``svr``: Ridge and RBF-SVR on standardised inputs, fitted by scikit-learn (``model.kernels``) and
   exported as torch modules of plain tensors (the standardisation, the coefficients or support vectors and dual
   coefficients): a checkpoint holds numbers, never a pickle, and ``evaluate.py``, ``--videos`` and ``--explain``

@@ -42,7 +42,7 @@ def plan(cfg: TrainConfig, explicit: dict) -> Plan:
     resuming = cfg.checkpoint_local or cfg.checkpoint_run_id
     modules = "+".join(cfg.modules()) or ("the checkpoint's modules" if resuming else "no module")
     if cfg.search:
-        from pipeline.search import run_search, search_lines
+        from pipeline.grid.search import run_search, search_lines
 
         scored = "3 inner folds of train" if cfg.search_on == "inner_cv" else "val"
         text = (
@@ -51,24 +51,24 @@ def plan(cfg: TrainConfig, explicit: dict) -> Plan:
         )
         return Plan("search", grid_size(cfg), text, lambda: search_lines(run_search(cfg)))
     if cfg.grid():
-        from pipeline.experiments import run_experiment
-        from pipeline.summary import summary_lines
+        from pipeline.grid.runner import run_experiment
+        from pipeline.grid.summary import grid_lines
 
         extra = " + ridge and svr baselines" if cfg.baselines else ""
         how = f"{cfg.folds} folds" if cfg.folds else "the dataset's split"
         text = f"plan: a grid of {grid_size(cfg)} {cfg.head} run(s){extra} over {modules} on {how}; in {_where(cfg)}"
-        return Plan("grid", grid_size(cfg), text, lambda: summary_lines(run_experiment(cfg)))
+        return Plan("grid", grid_size(cfg), text, lambda: grid_lines(run_experiment(cfg)))
     if cfg.head != "mlp":
-        from pipeline.heads import fitted_lines, run_fitted
+        from pipeline.run.heads import fitted_lines, run_fitted
 
         text = f"plan: one {cfg.head} head fitted on {modules}; in {_where(cfg)}"
         return Plan("fitted head", 1, text, lambda: fitted_lines(run_fitted(cfg)))
-    from pipeline.e2e import resumes_end_to_end, run_end_to_end
-    from pipeline.training import run_training, summary_lines
+    from pipeline.e2e.training import resumes_end_to_end, run_end_to_end
+    from pipeline.run.training import run_lines, run_training
 
     resume = f", resumed from {resuming}" if resuming else ""
     if not cfg.fixed_features or resumes_end_to_end(cfg):
         text = f"plan: one end-to-end run over {modules} (backbones in the step){resume}; in {_where(cfg)}"
-        return Plan("end-to-end", 1, text, lambda: summary_lines(run_end_to_end(cfg, explicit)))
+        return Plan("end-to-end", 1, text, lambda: run_lines(run_end_to_end(cfg, explicit)))
     text = f"plan: one MLP run over {modules}, {cfg.epochs} epochs{resume}; in {_where(cfg)}"
-    return Plan("single", 1, text, lambda: summary_lines(run_training(cfg, explicit)))
+    return Plan("single", 1, text, lambda: run_lines(run_training(cfg, explicit)))

@@ -12,10 +12,10 @@ import torch
 
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from core.io import read_csv
-from pipeline.apply import read_scores, score_videos, video_records
-from pipeline.evaluation import run_evaluation
-from pipeline.extraction import run
-from pipeline.training import run_training
+from pipeline.generate import run
+from pipeline.run.training import run_training
+from pipeline.scoring.evaluate import run_evaluation
+from pipeline.scoring.videos import read_scores, score_videos, video_records
 from tests.fixtures_video import memento_layout
 
 
@@ -151,7 +151,7 @@ def test_a_folder_where_nothing_could_be_scored_is_a_failure(trained, tmp_path, 
 def test_folds_refuse_transforms_fitted_on_the_train_split(trained, tmp_path):
     """--folds draws validation folds from the train split, on which the raw store's HOG PCA was fitted: refused
     (cross-validated scores would be optimistic), and raw without hog cross-validates."""
-    from pipeline.experiments import run_experiment
+    from pipeline.grid.runner import run_experiment
 
     tmp, _, _, _ = trained
     features = tmp_path / "features"
@@ -171,8 +171,8 @@ def test_folds_refuse_transforms_fitted_on_the_train_split(trained, tmp_path):
 def test_a_grid_sub_runs_checkpoint_scores_new_videos_and_is_explained(trained, tmp_path):
     """A grid's checkpoints carried no fitted transforms: evaluate.py --videos refused a fresh one ("written before
     checkpoints carried their fitted transforms"). Now a sub-run scores new videos as its in-dataset predictions."""
-    from pipeline.experiments import run_experiment
-    from pipeline.explain import run_explain
+    from pipeline.grid.runner import run_experiment
+    from pipeline.scoring.explain import run_explain
 
     tmp, _, _, videos = trained
     data, features = tmp_path / "data", tmp_path / "features"

@@ -6,10 +6,10 @@ import errno
 import pytest
 import torch
 
-import pipeline.checkpoint as checkpoint
+import pipeline.run.checkpoint as checkpoint
 from core.io import ConfigError, M3SError
 from model.mlp import ModularMLP
-from pipeline.checkpoint import (
+from pipeline.run.checkpoint import (
     CHECKPOINT_FORMAT,
     check_sources,
     load_checkpoint,

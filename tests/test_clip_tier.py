@@ -19,7 +19,7 @@ from config import ROOT, ConfigError, GenConfig, TrainConfig, parse, parse_expli
 from features.base import Clip
 from features.clip import CLIP_WEIGHTS, CLIPExtractor, _open_clip, build_image_tower, weights_stem
 from features.store import FeatureStore
-from pipeline.training import run_training
+from pipeline.run.training import run_training
 from tiers import TIERS
 
 _CACHE: dict[str, CLIPExtractor] = {}
@@ -178,7 +178,7 @@ def test_download_script_and_readme_list_the_clip_weights():
 E2E_DRIVER = """
 import json, sys
 from config import GenConfig
-from pipeline.extraction import run
+from pipeline.generate import run
 print(json.dumps([s.extracted for s in run(GenConfig(**json.loads(sys.argv[1])))]))
 """
 

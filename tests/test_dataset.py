@@ -11,7 +11,7 @@ import torch
 from config import ConfigError, Paths, TrainConfig
 from dataset import DATASETS, load_records
 from features.store import FeatureStore
-from pipeline.table import FeatureTable
+from pipeline.run.table import FeatureTable
 from tests.conftest import REALDATA, write_memento, write_videomem
 
 META = {"family": "import", "dataset": "Memento10k", "settings": {}, "smoke": False}

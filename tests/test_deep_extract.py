@@ -232,7 +232,7 @@ import json, sys
 from config import GenConfig
 from features.base import FrameSpec
 from features.deep import CSNExtractor, HRNetExtractor
-from pipeline.extraction import run
+from pipeline.generate import run
 for cls in (HRNetExtractor, CSNExtractor):  # tiny decode: 6 frames of 64x64 instead of 45 x 256x256
     cls.frame_spec = FrameSpec(6, (64, 64), "squash")
 print(json.dumps([s.extracted for s in run(GenConfig(**json.loads(sys.argv[1])))]))

@@ -23,11 +23,12 @@ from features.store import FeatureStore
 from features.video import read_clip
 from model.backbones import build_standin
 from model.e2e import EndToEndModel
-from pipeline import clipdata
-from pipeline.checkpoint import load_checkpoint
-from pipeline.e2e import EndToEndTrainer, precision_agrees, run_end_to_end
-from pipeline.e2e_data import build_data
-from pipeline.evaluation import run_evaluation
+from pipeline.e2e import clips as clipdata
+from pipeline.e2e.backbones import precision_agrees
+from pipeline.e2e.data import build_data
+from pipeline.e2e.training import EndToEndTrainer, run_end_to_end
+from pipeline.run.checkpoint import load_checkpoint
+from pipeline.scoring.evaluate import run_evaluation
 from tests.fixtures_video import memento_layout
 
 N_VIDEOS = 20  # 12 train (the HOG PCA needs more than 10), 4 val, 4 test
@@ -200,7 +201,7 @@ def test_evaluate_runs_the_fine_tuned_backbones(data_dir, tmp_path):
         EvalConfig(checkpoint=str(tmp_path / "no_backbones.pt"), device="cpu", out_dir=str(tmp_path))
     )
     assert other["val"]["mse"] != out["val"]["mse"]
-    from pipeline.explain import run_explain  # --explain would shuffle stored features this head never read
+    from pipeline.scoring.explain import run_explain  # --explain would shuffle stored features this head never read
 
     with pytest.raises(ConfigError, match=r"last.pt was trained end to end \(fine-tuned backbones\): --explain"):
         run_explain(EvalConfig(checkpoint=str(Path(result["run_dir"]) / "last.pt"), device="cpu", explain=True))
@@ -236,7 +237,7 @@ def test_two_torchrun_processes_give_the_weights_of_one(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_scoring_new_videos_runs_the_fine_tuned_backbones(data_dir, tmp_path):
-    from pipeline.apply import read_scores, score_videos
+    from pipeline.scoring.videos import read_scores, score_videos
 
     argv = ("-n", "apply", "--epochs", "1", "-s", "--use_raw", "--backbone_lr", "0.05", "--no-use_csn")
     result = run_end_to_end(_cfg(data_dir, tmp_path, *argv))
@@ -270,7 +271,7 @@ def test_cuda_step_mixed_precision_channels_last(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_imported_features_join_the_step_and_decoding_workers_change_nothing(data_dir, tmp_path):
-    from pipeline.extraction import run_import
+    from pipeline.generate import run_import
 
     records = load_records("Memento10k", parse(GenConfig, ["--data_dir", str(data_dir)]))
     emb = np.random.default_rng(0).normal(size=(len(records), 5)).astype(np.float32)

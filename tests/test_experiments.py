@@ -11,10 +11,10 @@ import torch
 from config import ConfigError, TrainConfig, parse, parse_explicit
 from core.io import Interrupted
 from model.losses import LOSSES, LossContext
-from pipeline.experiments import combinations, run_experiment
-from pipeline.extraction import run_import
-from pipeline.folds import fold_path, scored_pool
-from pipeline.training import run_training
+from pipeline.generate import run_import
+from pipeline.grid.folds import fold_path, scored_pool
+from pipeline.grid.runner import combinations, run_experiment
+from pipeline.run.training import run_training
 from tests.conftest import signal_features
 
 
@@ -88,13 +88,13 @@ def test_batched_grid_equals_sequential_train_py_runs(two_modules, tmp_path, opt
 
 
 def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, tmp_path, monkeypatch):
-    import pipeline.batched
+    import pipeline.grid.batched
 
-    spec = pipeline.batched.RunSpec(seed=1, fold=0, modules=("a", "b"))
-    assert pipeline.batched.run_params(spec, {"a": 6, "b": 4}, [16, 8]) == 11 * 16 + 17 * 8 + 9 * 1 == 321
-    monkeypatch.setattr(pipeline.batched, "CPU_CHUNK_PARAMS", 700)  # two runs of 321 parameters a chunk, not three
-    packed, chunks = [], pipeline.batched.chunks
-    monkeypatch.setattr(pipeline.batched, "chunks", lambda *a: packed.append(chunks(*a)) or packed[-1])
+    spec = pipeline.grid.batched.RunSpec(seed=1, fold=0, modules=("a", "b"))
+    assert pipeline.grid.batched.run_params(spec, {"a": 6, "b": 4}, [16, 8]) == 11 * 16 + 17 * 8 + 9 * 1 == 321
+    monkeypatch.setattr(pipeline.grid.batched, "CPU_CHUNK_PARAMS", 700)  # two runs of 321 parameters a chunk, not three
+    packed, chunks = [], pipeline.grid.batched.chunks
+    monkeypatch.setattr(pipeline.grid.batched, "chunks", lambda *a: packed.append(chunks(*a)) or packed[-1])
     a = _grid(two_modules, tmp_path, "-n", "k3", "--folds", "3", "--seeds", "1", "2")
     assert [len(c) for call in packed for c in call] == [2, 2, 2]  # each chunk one fold's two seeds
     cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
@@ -125,7 +125,7 @@ def test_folds_partition_are_reused_and_batched_equals_one_by_one(two_modules, t
 
 
 def test_folds_are_a_seeded_shuffled_partition_of_the_sorted_ids():
-    from pipeline.folds import make_folds
+    from pipeline.grid.folds import make_folds
 
     ids = [f"v{i:03d}" for i in range(23)]
     folds = make_folds(ids[::-1], 4, seed=5)
@@ -143,7 +143,7 @@ def test_each_fold_is_normalised_with_its_own_train_videos(two_modules, tmp_path
     other pooled video (train and val splits, never test), and both halves are scaled with them."""
     from dataset import load_records
     from features.store import FeatureStore
-    from pipeline.folds import fold_data, load_or_make_folds
+    from pipeline.grid.folds import fold_data, load_or_make_folds
 
     cfg = parse(TrainConfig, _argv(two_modules, tmp_path, "--folds", "3"))
     records = load_records("Memento10k", cfg)
@@ -197,7 +197,7 @@ def test_ablation_and_baselines_write_their_files(two_modules, tmp_path, capsys)
     ckpt = torch.load(run / "a+b/seed1-fold0/last.pt", weights_only=True)
     assert ckpt["dims"] == {"a": 6, "b": 4} and ckpt["config"]["seed"] == 1 and not ckpt["config"]["ablate"]
     from config import EvalConfig
-    from pipeline.evaluation import run_evaluation
+    from pipeline.scoring.evaluate import run_evaluation
 
     scored = run_evaluation(parse(EvalConfig, ["--checkpoint", str(run / "a+b/seed1-fold0/last.pt")]))
     assert scored["val"]["spearman"] == pytest.approx(mlp["runs"][0]["last_spearman"], abs=1e-5)
@@ -252,8 +252,8 @@ def test_killed_search_resumes(two_modules, tmp_path, monkeypatch):
     missing ones; the study is in SQLite in the run directory; the best values become a config."""
     import optuna
 
-    from pipeline.experiments import Grid
-    from pipeline.search import run_search
+    from pipeline.grid.runner import Grid
+    from pipeline.grid.search import run_search
 
     space = tmp_path / "space.yaml"
     space.write_text(

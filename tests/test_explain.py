@@ -13,9 +13,9 @@ import torch
 from config import ROOT, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from features.store import FeatureStore
 from model.mlp import ModularMLP
-from pipeline.explain import gradient_x_input, module_slices, run_explain
-from pipeline.extraction import run, run_import
-from pipeline.training import run_training
+from pipeline.generate import run, run_import
+from pipeline.run.training import run_training
+from pipeline.scoring.explain import gradient_x_input, module_slices, run_explain
 from tests.fixtures_video import memento_layout
 
 
@@ -98,8 +98,8 @@ def test_explain_numbers_on_a_model_that_ignores_one_module():
     """Fast, on a crafted model whose first layer gives module b no weight: b's drops and share are exactly 0; a set
     to its train mean leaves every prediction equal (no ranking: the drop is the whole rho); a's contributions are
     its finite-difference gradient times its distance to the train mean."""
-    from pipeline.explain import explain
-    from pipeline.table import SplitData
+    from pipeline.run.table import SplitData
+    from pipeline.scoring.explain import explain
 
     torch.manual_seed(0)
     model = ModularMLP({"a": 2, "b": 3}, [8]).double()

@@ -18,7 +18,7 @@ from config import ROOT, GenConfig
 from features.base import Clip, Extractor, FrameSpec
 from features.extract import extract_family
 from features.store import FeatureStore
-from pipeline.extraction import run
+from pipeline.generate import run
 from tests.fixtures_video import memento_layout
 
 BAD = {"broken_x.mp4": b"\x00not a video" * 100, "empty_y.mp4": b""}

@@ -18,8 +18,8 @@ import torch
 
 from config import ConfigError, GenConfig, TrainConfig, parse, parse_explicit
 from features.store import FeatureStore
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training import run_training
+from pipeline.run.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.run.training import run_training
 from tests.test_train import _import, _train
 
 
@@ -173,7 +173,7 @@ def test_files_differing_only_in_suffix_are_refused(tmp_path):
 
 @pytest.mark.parametrize("row", ["v1,1.0", "v1,1.0,2.0,3.0"])
 def test_csv_import_with_a_short_or_long_row(memento, tmp_path, row):
-    from pipeline.extraction import run_import
+    from pipeline.generate import run_import
 
     (tmp_path / "f.csv").write_text(f"id,a,b\n{row}\nv2,1.0,2.0\n")
     argv = ["--dataset", "Memento10k", "--data_dir", str(memento), "--import", str(tmp_path / "f.csv"), "--name", "f"]
@@ -185,7 +185,7 @@ def test_csv_import_with_a_short_or_long_row(memento, tmp_path, row):
 def test_empty_or_odd_imports_are_clear_errors(memento, tmp_path, kind):
     import h5py
 
-    from pipeline.extraction import run_import
+    from pipeline.generate import run_import
     from tests.conftest import signal_features
 
     ids, x = signal_features(memento)
@@ -215,7 +215,7 @@ def test_hdf5_external_storage_is_refused(memento, tmp_path):
     """An .h5 whose dataset points at another local file (/etc/passwd was imported) is refused."""
     import h5py
 
-    from pipeline.extraction import run_import
+    from pipeline.generate import run_import
     from tests.conftest import signal_features
 
     ids, _ = signal_features(memento)
@@ -408,7 +408,7 @@ def test_killing_the_extraction_takes_its_workers_with_it(tmp_path):
 
 def test_an_unwritable_features_dir_fails_before_any_work(memento, tmp_path, monkeypatch):
     from core.io import M3SError
-    from pipeline import extraction
+    from pipeline import generate as extraction
 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the features folder should be")

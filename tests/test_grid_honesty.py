@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from config import Paths, TrainConfig, parse
 from dataset import load_records
-from pipeline.experiments import run_experiment
+from pipeline.grid.runner import run_experiment
 from tests.conftest import signal_features
 from tests.test_experiments import _argv, two_modules  # noqa: F401 (a fixture)
 
@@ -69,8 +69,8 @@ def test_ridge_and_svr_baselines_are_fitted_on_train_only(two_modules, tmp_path)
 
 
 def test_search_on_inner_cv_never_sees_val_and_scores_the_best_trial_on_val_once(two_modules, tmp_path, monkeypatch):  # noqa: F811
-    from pipeline.experiments import Grid
-    from pipeline.search import run_search
+    from pipeline.grid.runner import Grid
+    from pipeline.grid.search import run_search
 
     space = tmp_path / "space.yaml"
     space.write_text("lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
@@ -96,7 +96,7 @@ def _stat(mean, n, std=0.0):
 
 
 def test_summary_table_says_single_values_have_no_spread_and_when_a_baseline_wins(tmp_path):
-    from pipeline.summary import _notes, plot_ablation, table_lines
+    from pipeline.grid.summary import _notes, plot_ablation, table_lines
 
     mlp = {"combination": "a", "model": "mlp", "best": _stat(0.6, 3, 0.01), "last": _stat(0.5, 3, 0.02),
            "ensemble": _stat(0.52, 1), "runs": []}  # fmt: skip

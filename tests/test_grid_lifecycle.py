@@ -11,10 +11,10 @@ import pytest
 
 from config import TrainConfig, parse, parse_explicit
 from core.io import ConfigError, Interrupted
-from pipeline import batched
-from pipeline.experiments import run_experiment
-from pipeline.search import run_search, trial_line, trial_row
-from pipeline.training import run_training
+from pipeline.grid import batched
+from pipeline.grid.runner import run_experiment
+from pipeline.grid.search import run_search, trial_line, trial_row
+from pipeline.run.training import run_training
 from tests.test_experiments import _argv, _import
 
 
@@ -152,7 +152,8 @@ def test_a_grid_stacks_the_models_own_layers_and_refuses_one_it_cannot_stack(mon
     import torch
 
     from model.mlp import ModularMLP
-    from pipeline.batched import Bundle, RunSpec
+    from pipeline.grid.batched import Bundle
+    from pipeline.grid.specs import RunSpec
 
     dims = {"a": 3, "b": 2}
     runs = [RunSpec(1, 0, ("a",)), RunSpec(1, 0, ("a", "b"))]

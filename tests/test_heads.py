@@ -14,10 +14,10 @@ import torch
 from config import EvalConfig, GenConfig, parse
 from model.heads import HEADS, KernelHead, LinearHead
 from model.kernels import fit_ridge, fit_svr, spearman
-from pipeline.apply import read_scores, score_videos
-from pipeline.evaluation import run_evaluation
-from pipeline.explain import run_explain
-from pipeline.extraction import run
+from pipeline.generate import run
+from pipeline.scoring.evaluate import run_evaluation
+from pipeline.scoring.explain import run_explain
+from pipeline.scoring.videos import read_scores, score_videos
 from tests.fixtures_video import memento_layout
 
 
@@ -114,8 +114,8 @@ def test_a_fitted_head_is_a_grid_row_with_checkpoints(tmp_path):
     """--head ridge over --ablate x --folds, with --baselines: one row per (combination, head), sub-runs that
     evaluate.py scores, and the baseline run once per fold and combination (its fits ignore the seed)."""
     from config import TrainConfig
-    from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-    from pipeline.experiments import run_experiment
+    from pipeline.grid.runner import run_experiment
+    from pipeline.run.checkpoint import load_checkpoint, model_from_checkpoint
     from tests.conftest import write_memento
     from tests.test_experiments import _argv, _import
 

@@ -18,14 +18,14 @@ from core.io import atomic_write
 from dataset import VideoRecord
 from features.similarity import DBSCANClusters
 from model.losses import LOSSES, LossContext
-from pipeline.table import fit_stats
+from pipeline.run.table import fit_stats
 from tiers import TIERS
 
 
 def test_mse_tails_weights_use_the_train_mean_not_the_val_mean(memento, tmp_path):
     """Trainer's loss context holds the mean score of the *train* split (the injected defect used val)."""
-    from pipeline.table import FeatureTable
-    from pipeline.training import Trainer
+    from pipeline.run.table import FeatureTable
+    from pipeline.run.training import Trainer
     from tests.test_train import _import
 
     _import(memento, tmp_path, name="emb")
@@ -166,7 +166,7 @@ def test_epochs_and_batch_size_must_be_positive(flag, value):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_imports_with_nan_or_inf_are_refused(memento, tmp_path, bad):
-    from pipeline.extraction import run_import
+    from pipeline.generate import run_import
     from tests.conftest import signal_features
 
     ids, x = signal_features(memento)

@@ -11,9 +11,9 @@ import pytest
 
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from dataset import VideoRecord, load_records
-from pipeline.extraction import run_import
-from pipeline.table import FeatureTable
-from pipeline.training import Interrupted, Trainer, _sigterm_as_interrupt, run_training
+from pipeline.generate import run_import
+from pipeline.run.table import FeatureTable
+from pipeline.run.training import Interrupted, Trainer, _sigterm_as_interrupt, run_training
 from tests.conftest import signal_features, write_videomem
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline import plots
+from pipeline.run import plots
 
 
 def _history(n=12, first=50.0):

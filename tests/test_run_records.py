@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
-from pipeline.evaluation import run_evaluation
-from pipeline.extraction import run_import
-from pipeline.table import FeatureTable
-from pipeline.training import run_training
+from pipeline.generate import run_import
+from pipeline.run.table import FeatureTable
+from pipeline.run.training import run_training
+from pipeline.scoring.evaluate import run_evaluation
 from tests.conftest import signal_features
 
 

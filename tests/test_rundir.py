@@ -53,7 +53,7 @@ def test_the_lock_of_a_killed_owner_is_stale(tmp_path):
 
 
 def test_a_second_train_py_into_an_owned_directory_stops_before_loading_data(tmp_path, monkeypatch):
-    from pipeline import training
+    from pipeline.run import training
 
     runs = tmp_path / "runs"
     proc = _holder(runs / "same")  # the first run has not written its config.yaml yet: the name still looks free

@@ -8,9 +8,9 @@ import pytest
 
 from config import ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from features.store import FeatureStore, Transform
-from pipeline.evaluation import run_evaluation
-from pipeline.extraction import run
-from pipeline.training import run_training
+from pipeline.generate import run
+from pipeline.run.training import run_training
+from pipeline.scoring.evaluate import run_evaluation
 from tests.fixtures_video import memento_layout
 
 

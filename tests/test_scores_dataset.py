@@ -8,9 +8,9 @@ import pytest
 
 from config import ConfigError, GenConfig, Paths, TrainConfig, parse, parse_explicit
 from dataset import load_records
-from pipeline.extraction import run_import
-from pipeline.heads import run_fitted
-from pipeline.training import run_training
+from pipeline.generate import run_import
+from pipeline.run.heads import run_fitted
+from pipeline.run.training import run_training
 
 
 def _write(root, n=40, split=True, seed=0):

@@ -8,7 +8,7 @@ from config import ConfigError, GenConfig, TrainConfig, parse_explicit
 from dataset import load_records
 from features.similarity import METHODS, apply_pca, fit_pca
 from features.store import FeatureStore, StoredFeatures
-from pipeline.training import run_training
+from pipeline.run.training import run_training
 from tests.conftest import write_memento
 from tests.test_similarity_methods import epanechnikov_logp
 from tiers import TIERS

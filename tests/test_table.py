@@ -10,7 +10,7 @@ import torch
 from config import ConfigError, TrainConfig
 from dataset import VideoRecord, load_records
 from features.store import FeatureStore, StoredFeatures, Transform
-from pipeline.table import FeatureTable, no_videos
+from pipeline.run.table import FeatureTable, no_videos
 
 HRNET_META = {"family": "hrnet", "dataset": "Memento10k", "settings": {"frames": 1}, "smoke": False}
 EMB_META = {"family": "import", "dataset": "Memento10k", "settings": {}, "smoke": False}

@@ -15,8 +15,8 @@ from core.demo import MOTION_TEXT, SCENE_TEXT, demo_records
 from dataset import load_records
 from features.store import FeatureStore
 from features.text import TextEncoder, captions_of, model_location, store_slug
-from pipeline.extraction import run as gen_features
-from pipeline.training import run_training
+from pipeline.generate import run as gen_features
+from pipeline.run.training import run_training
 from tests.conftest import write_memento
 from tiers import TIERS
 

@@ -22,7 +22,7 @@ from features.raw import RAW_FEATURES
 from features.similarity import METHODS
 from features.store import FeatureStore, StoredFeatures
 from model.losses import LOSSES
-from pipeline.table import FeatureTable
+from pipeline.run.table import FeatureTable
 from tests.conftest import signal_features
 from tiers import TIERS, owner
 from tiers.base import Tier
@@ -274,7 +274,7 @@ def test_new_files_follow_the_umask(tmp_path):
 
 
 def test_gen_features_computes_similarity_after_the_tiers_it_reads(monkeypatch, tmp_path):
-    from pipeline import extraction
+    from pipeline import generate as extraction
 
     order = []
     for name in ("similarity", "text"):
@@ -287,7 +287,7 @@ def test_gen_features_computes_similarity_after_the_tiers_it_reads(monkeypatch, 
 
 def test_deep_tiers_name_the_backbone_that_computes_them_end_to_end():
     from model.backbones import BACKBONES
-    from pipeline.e2e import deep_backbones
+    from pipeline.e2e.backbones import deep_backbones
 
     cfg = TrainConfig(use_raw=True, use_hrnet=True, use_csn=True, csn_arch="ir_csn_152", extra_features=["emb"])
     assert deep_backbones(cfg) == {"hrnet": "hrnetv2_w48", "csn": "ir_csn_152"}

@@ -12,9 +12,9 @@ import torch
 
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from features.store import FeatureStore
-from pipeline.evaluation import run_evaluation
-from pipeline.extraction import run_import as import_features
-from pipeline.training import Interrupted, run_training
+from pipeline.generate import run_import as import_features
+from pipeline.run.training import Interrupted, run_training
+from pipeline.scoring.evaluate import run_evaluation
 from tests.conftest import signal_features
 
 
@@ -127,7 +127,7 @@ def test_train_learns_writes_run_dir_and_is_reproducible(memento, tmp_path):
 @pytest.mark.parametrize("scheduler", ["step", "cosine"])
 def test_interrupted_run_resumes_exactly(memento, tmp_path, monkeypatch, scheduler):
     """A run killed during epoch 2 of 4, resumed from its last.pt, ends exactly like an uninterrupted one."""
-    from pipeline.training import Trainer
+    from pipeline.run.training import Trainer
 
     _import(memento, tmp_path)
     sched = ["--scheduler", scheduler, "--scheduler_step_size", "1", "--epochs", "4"]
@@ -352,7 +352,7 @@ def test_code_version_runs_git_once(monkeypatch):
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
 
-    from pipeline.plots import plot_run
+    from pipeline.run.plots import plot_run
 
     before = matplotlib.get_backend()
     matplotlib.use("pdf")

@@ -18,21 +18,21 @@ from core.rundir import free_run_name
 from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.mlp import ModularMLP
-from pipeline import training
-from pipeline.checkpoint import save_checkpoint
-from pipeline.extraction import run_import as import_features
-from pipeline.table import FeatureTable, SplitData
-from pipeline.training import (
+from pipeline.generate import run_import as import_features
+from pipeline.run import training
+from pipeline.run.checkpoint import save_checkpoint
+from pipeline.run.table import FeatureTable, SplitData
+from pipeline.run.training import (
     Trainer,
     interrupted_message,
     make_optimizer,
     make_scheduler,
     predict,
     resolve_resume,
+    run_lines,
     run_training,
     seed_everything,
     set_threads,
-    summary_lines,
 )
 from tests.test_train import _import, _train
 
@@ -422,13 +422,13 @@ def test_the_summary_gives_the_best_and_the_last_epoch():
     def row(epoch, s):
         return {"epoch": epoch, "val_spearman": s, "val_kendall": s / 2, "val_mse": 0.01, "val_mae": 0.08}
 
-    lines = summary_lines({"best": row(4, 0.61234), "last": row(9, 0.5), "run_dir": "runs/x"})
+    lines = run_lines({"best": row(4, 0.61234), "last": row(9, 0.5), "run_dir": "runs/x"})
     assert lines == [
         "best epoch 5 (selected on val, so optimistic): spearman 0.6123, kendall 0.3062, mse 0.0100, mae 0.0800",
         "last epoch 10: spearman 0.5000, kendall 0.2500, mse 0.0100, mae 0.0800",
         "run directory: runs/x (plots: scatter_val.png, histograms_val.png, learning_curves.png)",
     ]
-    nan = summary_lines({"best": row(0, float("nan")), "last": row(0, float("nan")), "run_dir": "r"})
+    nan = run_lines({"best": row(0, float("nan")), "last": row(0, float("nan")), "run_dir": "r"})
     assert nan[0] == "warning: val Spearman is NaN" and len(nan) == 4
 
 

@@ -22,7 +22,7 @@ from config import TrainConfig
 from core.io import atomic_write, write_json, write_text
 from model.heads import HEADS
 from model.metrics import compute_metrics
-from pipeline.batched import FoldData, RunResult
+from pipeline.grid.specs import FoldData, RunResult
 
 COLUMNS = ("ensemble", "last", "best")
 
@@ -208,7 +208,7 @@ def write_summary(run_dir: Path, summary: dict, ablation: bool) -> list[Path]:
     return paths
 
 
-def summary_lines(summary: dict) -> list[str]:
+def grid_lines(summary: dict) -> list[str]:
     """What train.py prints for a grid."""
     where = f"{summary['folds']} folds" if summary["folds"] else "the dataset's val split"
     files = ", ablation.csv, ablation.md, ablation.png" if (Path(summary["run_dir"]) / "ablation.md").exists() else ""

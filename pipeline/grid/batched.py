@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,54 +32,8 @@ from config import TrainConfig
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
-from pipeline.training import make_optimizer, make_scheduler, seed_everything
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training of a grid."""
-
-    seed: int
-    fold: int
-    modules: tuple[str, ...]
-    head: str = "mlp"  # model.heads.HEADS
-
-    @property
-    def combination(self) -> str:
-        return "+".join(self.modules)
-
-    @property
-    def run_name(self) -> str:
-        return f"{'' if self.head == 'mlp' else self.head + '-'}seed{self.seed}-fold{self.fold}"
-
-    @property
-    def dir_name(self) -> str:
-        """Its sub-run directory inside the grid's run directory."""
-        return f"{self.combination}/{self.run_name}"
-
-
-@dataclass
-class FoldData:
-    """One train/val partition, every module normalised with the statistics of this fold's train videos."""
-
-    train_ids: list[str]
-    val_ids: list[str]
-    x_train: dict[str, torch.Tensor]  # module -> (N_train, D_m), on the training device
-    y_train: torch.Tensor  # (N_train,)
-    x_val: dict[str, torch.Tensor]  # module -> (N_val, D_m)
-    y_val: torch.Tensor  # (N_val,)
-    stats: dict[str, dict[str, torch.Tensor]]
-
-
-@dataclass
-class RunResult:
-    spec: RunSpec
-    history: list[dict]
-    best: dict
-    best_pred: np.ndarray
-    last_pred: np.ndarray
-    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # last epoch, as a ModularMLP state dict
-
+from pipeline.grid.specs import FoldData, RunResult, RunSpec
+from pipeline.run.training import make_optimizer, make_scheduler, seed_everything
 
 # --------------------------------------------------------------------------- the stacked model
 
@@ -99,7 +52,7 @@ def _stackable(net: ModularMLP) -> tuple[list[torch.nn.Linear], list[torch.nn.Mo
         kinds = ", ".join(type(layer).__name__ for layer in layers)
         raise NotImplementedError(
             f"the batched grid stacks Linear layers with element-wise activations between them; ModularMLP is now "
-            f"{kinds}: teach pipeline/batched.py that layer, or train the grid with --no-batched"
+            f"{kinds}: teach pipeline/grid/batched.py that layer, or train the grid with --no-batched"
         )
     return linears, acts
 

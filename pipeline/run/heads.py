@@ -20,12 +20,13 @@ from core.rundir import free_run_name
 from dataset import load_records
 from model.heads import HEADS, FitContext
 from model.metrics import compute_metrics
-from pipeline.batched import FoldData, RunResult, RunSpec, train_batched
-from pipeline.checkpoint import run_state
-from pipeline.fitted import pack
-from pipeline.report import RunLogger
-from pipeline.table import FeatureTable
-from pipeline.training import predict, set_threads
+from pipeline.grid.batched import train_batched
+from pipeline.grid.specs import FoldData, RunResult, RunSpec
+from pipeline.run.checkpoint import run_state
+from pipeline.run.logger import RunLogger
+from pipeline.run.table import FeatureTable
+from pipeline.run.training import predict, set_threads
+from pipeline.scoring.fitted import pack
 
 BASELINES = ("ridge", "svr")  # what --baselines adds beside the grid's head
 

@@ -31,7 +31,7 @@ from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
-from pipeline.checkpoint import (
+from pipeline.run.checkpoint import (
     CHECKPOINT_FORMAT,
     check_sources,
     load_checkpoint,
@@ -39,9 +39,9 @@ from pipeline.checkpoint import (
     repair_best,
     stats_from_checkpoint,
 )
-from pipeline.fitted import pack as pack_fitted
-from pipeline.report import RunLogger, fetch_wandb_checkpoint
-from pipeline.table import FeatureTable, SplitData
+from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
+from pipeline.run.table import FeatureTable, SplitData
+from pipeline.scoring.fitted import pack as pack_fitted
 from tiers import module_tiers
 
 
@@ -331,7 +331,7 @@ def interrupted_message(run_dir: Path) -> str:
     )
 
 
-def summary_lines(result: dict) -> list[str]:
+def run_lines(result: dict) -> list[str]:
     best, last = result["best"], result["last"]
 
     def fmt(row: dict) -> str:

@@ -32,9 +32,9 @@ from dataset import VideoRecord, load_records
 from features.base import FrameSpec
 from features.video import VideoError, read_clip
 from model.mlp import ModularMLP
-from pipeline.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
-from pipeline.table import FeatureTable, SplitData
-from pipeline.training import predict
+from pipeline.run.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
+from pipeline.run.table import FeatureTable, SplitData
+from pipeline.run.training import predict
 
 N_EXAMPLES = 5  # best and worst predicted videos shown
 THUMB = FrameSpec(n_frames=8, size=(96, 128), crop="squash")

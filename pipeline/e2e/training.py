@@ -35,15 +35,15 @@ from core.io import ConfigError
 from core.rundir import free_run_name
 from dataset import load_records
 from features.extract import Dist, device_for
-from model.backbones import build_standin, load_backbone
 from model.e2e import EndToEndModel
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
-from pipeline.checkpoint import check_sources, load_weights, stats_from_checkpoint
-from pipeline.clipdata import EpochBatches, make_loader, micro_batches
-from pipeline.e2e_data import E2EData, build_data
-from pipeline.report import RunLogger, fetch_wandb_checkpoint
-from pipeline.training import (
+from pipeline.e2e.backbones import MIN_COSINE, autocast_dtype, build_backbones, deep_backbones, precision_agrees
+from pipeline.e2e.clips import EpochBatches, make_loader, micro_batches
+from pipeline.e2e.data import E2EData, build_data
+from pipeline.run.checkpoint import check_sources, load_weights, stats_from_checkpoint
+from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
+from pipeline.run.training import (
     Interrupted,
     _sigterm_as_interrupt,
     interrupted_message,
@@ -55,44 +55,6 @@ from pipeline.training import (
 from tiers import module_tiers
 
 BACKBONE_LR_FRACTION = 0.01  # default --backbone_lr = --lr / 100: pretrained weights move slowly, the new head fast
-MIN_COSINE = 0.99  # reduced-precision backbone features must agree this well with fp32 (some cuDNN get bf16 3-D wrong)
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def autocast_dtype(device: torch.device, requested: str) -> torch.dtype:
-    """``auto``: bf16 on a GPU that has it, else fp16 (CUDA); fp32 on the CPU. An explicit value is taken as is."""
-    if requested != "auto":
-        return _DTYPES[requested]
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def deep_backbones(cfg: TrainConfig) -> dict[str, str]:
-    """``{module: backbone name}`` of the selected modules whose tier runs a network inside the step."""
-    return {m: name for m, tier in module_tiers(cfg).items() if (name := tier.backbone(cfg)) is not None}
-
-
-def build_backbones(cfg: TrainConfig) -> dict[str, nn.Module]:
-    """``{module: backbone}`` of the deep modules ``cfg`` selects: official weights, random (smoke) or stand-ins."""
-    out = {}
-    for module, name in deep_backbones(cfg).items():
-        out[module] = (
-            build_standin(name)
-            if cfg.standin_backbones
-            else load_backbone(name, cfg.weights_dir, cfg.smoke_random_weights)
-        )
-    return out
-
-
-@torch.no_grad()
-def precision_agrees(model: EndToEndModel, clips: torch.Tensor, dtype: torch.dtype) -> float:
-    """The smallest cosine similarity between the backbone features in ``dtype`` (autocast) and in fp32."""
-    exact = model.deep_features(clips)
-    with torch.autocast(clips.device.type, dtype=dtype):
-        reduced = model.deep_features(clips)
-    cos = [nn.functional.cosine_similarity(exact[m], reduced[m].float(), dim=1).min() for m in exact]
-    return float(torch.stack(cos).min()) if cos else 1.0
 
 
 class _Quiet:

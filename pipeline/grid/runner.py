@@ -2,10 +2,10 @@
 
 ``train.py --seeds 1 2 3 --folds 5 --ablate --baselines`` comes here (``TrainConfig.grid()``). The stores are read
 once, each fold's table is built once, and every run of the grid trains in one batched model
-(``pipeline.batched``; ``--no-batched`` trains them one by one through the ordinary ``Trainer`` instead). The run
+(``pipeline.grid.batched``; ``--no-batched`` trains them one by one through the ordinary ``Trainer`` instead). The run
 directory gets one sub-run per (combination, seed, fold), ``<combination>/seed<S>-fold<F>/``, with the files of an
 ordinary run (config.yaml, metrics.jsonl, predictions_val.csv, summary.json; last.pt with ``-s``), and the summary
-of the whole grid (``pipeline.summary``).
+of the whole grid (``pipeline.grid.summary``).
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from core.device import resolve_device
 from core.io import ConfigError, Interrupted, escape_bytes, read_csv, write_json, write_text
 from core.rundir import free_run_name, owned
 from dataset import load_records
-from pipeline.batched import DoneCallback, EpochCallback, FoldData, RunResult, RunSpec, train_batched
-from pipeline.checkpoint import run_state, save_checkpoint
-from pipeline.fitted import pack as pack_fitted
-from pipeline.folds import fold_data, load_or_make_folds, make_folds
-from pipeline.heads import BASELINES, head_results
-from pipeline.report import RunLogger, write_predictions
-from pipeline.summary import summarise, write_summary
-from pipeline.table import FeatureTable, SplitData
-from pipeline.training import Trainer, _sigterm_as_interrupt, predict, set_threads
+from pipeline.grid.batched import DoneCallback, EpochCallback, train_batched
+from pipeline.grid.folds import fold_data, load_or_make_folds, make_folds
+from pipeline.grid.specs import FoldData, RunResult, RunSpec
+from pipeline.grid.summary import summarise, write_summary
+from pipeline.run.checkpoint import run_state, save_checkpoint
+from pipeline.run.heads import BASELINES, head_results
+from pipeline.run.logger import RunLogger, write_predictions
+from pipeline.run.table import FeatureTable, SplitData
+from pipeline.run.training import Trainer, _sigterm_as_interrupt, predict, set_threads
+from pipeline.scoring.fitted import pack as pack_fitted
 from tiers import TIERS, module_tiers
 
 
@@ -46,7 +47,7 @@ def combinations(modules: list[str]) -> list[tuple[str, ...]]:
     return [c for k in range(1, len(modules) + 1) for c in itertools.combinations(modules, k)]
 
 
-def subset_config(cfg: TrainConfig, modules: tuple[str, ...]) -> TrainConfig:
+def with_modules(cfg: TrainConfig, modules: tuple[str, ...]) -> TrainConfig:
     """``cfg`` with only ``modules`` switched on (tier switches, and the subset of ``--extra_features``)."""
     sub = copy.deepcopy(cfg)
     for tier in TIERS.values():
@@ -72,9 +73,9 @@ def plan_runs(cfg: TrainConfig, n_folds: int) -> list[RunSpec]:
     return [RunSpec(s, f, c, cfg.head) for f in range(n_folds) for s in grid_seeds(cfg) for c in combos]
 
 
-def sub_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig:
+def subrun_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig:
     """The config of one sub-run, as ``train.py`` would take it (one seed, its modules, no grid flags)."""
-    sub = subset_config(cfg, spec.modules)
+    sub = with_modules(cfg, spec.modules)
     sub.seed, sub.seeds, sub.ablate, sub.baselines, sub.search = spec.seed, [], False, False, 0
     sub.head, sub.runs_dir, sub.name = spec.head, str(run_dir / spec.combination), spec.run_name  # spec.dir_name
     return sub
@@ -107,7 +108,7 @@ def train_sequential(
     """Each run through the ordinary ``Trainer`` (and its run directory, plots included), one after another."""
     out = []
     for spec in runs:
-        sub = sub_config(cfg, spec, run_dir)
+        sub = subrun_config(cfg, spec, run_dir)
         sub.save = False  # checkpoints are written as for batched runs, from the weights (write_subrun)
         table = fold_table(folds[spec.fold], spec.modules, dims, sources)
         trainer = Trainer(sub, table, device)
@@ -151,7 +152,7 @@ def write_subrun(
     fitted: dict | None = None,
 ) -> Path:
     """The files of an ordinary run for one run of the grid (the sequential path's RunLogger has written most)."""
-    sub = sub_config(cfg, res.spec, run_dir)
+    sub = subrun_config(cfg, res.spec, run_dir)
     path = Path(sub.runs_dir) / sub.name
     path.mkdir(parents=True, exist_ok=True)
     write_text(path / "config.yaml", yaml.safe_dump(asdict(sub), sort_keys=False))

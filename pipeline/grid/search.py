@@ -29,8 +29,8 @@ import yaml
 from config import ModuleConfig, TrainConfig, from_dict
 from core.cli import load_yaml
 from core.io import ConfigError, Interrupted, write_json, write_text
-from pipeline.experiments import Grid, experiment_dir, run_experiment
-from pipeline.training import _sigterm_as_interrupt
+from pipeline.grid.runner import Grid, experiment_dir, run_experiment
+from pipeline.run.training import _sigterm_as_interrupt
 
 SEARCH_TYPES = ("float", "int", "categorical")
 INNER_FOLDS = 3  # --search_on inner_cv: trials are scored on this many folds of the train videos

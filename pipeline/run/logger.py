@@ -14,8 +14,8 @@ import yaml
 from config import TrainConfig
 from core.io import ConfigError, remove_stale_temps, write_csv, write_json, write_text
 from core.rundir import owned
-from pipeline.checkpoint import save_checkpoint
-from pipeline.plots import plot_run
+from pipeline.run.checkpoint import save_checkpoint
+from pipeline.run.plots import plot_run
 
 
 def write_predictions(path: Path, ids: list[str], true: np.ndarray | None, columns: dict[str, np.ndarray]) -> None:

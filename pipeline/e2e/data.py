@@ -21,14 +21,14 @@ from dataset import DATASETS, VideoRecord
 from features.hog import HogPCA
 from features.raw import RawExtractor
 from features.store import FeatureStore
-from pipeline.checkpoint import CHECKPOINT_FORMAT
-from pipeline.clipdata import ClipDataset, clip_spec
-from pipeline.fitted import Fitted
-from pipeline.fitted import pack as pack_fitted
-from pipeline.table import FeatureTable, SplitData, Stats
+from pipeline.e2e.clips import ClipDataset, clip_spec
+from pipeline.run.checkpoint import CHECKPOINT_FORMAT
+from pipeline.run.table import FeatureTable, SplitData, Stats
+from pipeline.scoring.fitted import Fitted
+from pipeline.scoring.fitted import pack as pack_fitted
 from tiers import TIERS, module_tiers
 
-DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e.py)
+DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e/training.py)
 
 
 @dataclass

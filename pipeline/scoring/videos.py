@@ -1,11 +1,12 @@
 """Score new videos from a checkpoint alone: ``evaluate.py --checkpoint best.pt --videos DIR_OR_LIST --out scores.csv``.
 
-The checkpoint carries everything fitted on its training dataset (``pipeline/fitted.py``: the HOG PCA, the similarity
-methods' state; and the normalisation statistics), so the training dataset's stores are not needed. In a temporary
-features folder, the fitted transforms are written as the stores of a pseudo-dataset ``checkpoint``, and every store
-the checkpoint's modules read is computed for the new videos the way ``gen_features.py --fit_on`` does (video tiers
-first, derived tiers such as similarity after them). The feature table is then built with the checkpoint's
-statistics, checked against the checkpoint's provenance (same settings, same fitted transforms), and scored.
+The checkpoint carries everything fitted on its training dataset (``pipeline/scoring/fitted.py``: the HOG PCA, the
+similarity methods' state; and the normalisation statistics), so the training dataset's stores are not needed. In a
+temporary features folder, the fitted transforms are written as the stores of a pseudo-dataset ``checkpoint``, and
+every store the checkpoint's modules read is computed for the new videos the way ``gen_features.py --fit_on`` does
+(video tiers first, derived tiers such as similarity after them). The feature table is then built with the
+checkpoint's statistics, checked against the checkpoint's provenance (same settings, same fitted transforms), and
+scored.
 
 A video that cannot be decoded or extracted is written to the output with its reason, and the run goes on.
 """
@@ -23,11 +24,11 @@ from core.media import CLIP_SUFFIXES, video_id
 from dataset import DATASETS, VideoRecord
 from features.extract import Dist, device_for, extract_family, with_crop
 from features.store import FeatureStore, StoredFeatures
-from pipeline.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
-from pipeline.e2e import evaluate_end_to_end
-from pipeline.fitted import Fitted, unpack
-from pipeline.table import FeatureTable
-from pipeline.training import predict
+from pipeline.e2e.training import evaluate_end_to_end
+from pipeline.run.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
+from pipeline.run.table import FeatureTable
+from pipeline.run.training import predict
+from pipeline.scoring.fitted import Fitted, unpack
 from tiers import TIERS, Tier, owner
 
 FITTED_DATASET = "checkpoint"  # pseudo-dataset holding the checkpoint's fitted transforms as stores

@@ -22,7 +22,7 @@ from dataset import VideoRecord
 from features.extract import Dist, device_for, extract_family
 from features.resmem import LICENCE, ResMemExtractor
 from features.store import FeatureStore
-from pipeline.apply import video_records
+from pipeline.scoring.videos import video_records
 from tiers import TIERS
 
 MEDIA_SUFFIXES = CLIP_SUFFIXES + IMAGE_SUFFIXES

@@ -11,11 +11,11 @@ from core.device import resolve_device
 from core.io import ConfigError, write_json
 from dataset import SPLITS, load_records
 from model.metrics import compute_metrics
-from pipeline.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
-from pipeline.e2e import evaluate_end_to_end
-from pipeline.report import write_predictions
-from pipeline.table import FeatureTable
-from pipeline.training import predict
+from pipeline.e2e.training import evaluate_end_to_end
+from pipeline.run.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
+from pipeline.run.logger import write_predictions
+from pipeline.run.table import FeatureTable
+from pipeline.run.training import predict
 
 
 def _score_table(cfg: EvalConfig, ckpt: dict, train_cfg: TrainConfig, splits: tuple[str, ...]) -> dict:

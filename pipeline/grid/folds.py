@@ -21,8 +21,8 @@ import torch
 from config import TrainConfig
 from core.io import ConfigError, write_text
 from dataset import VideoRecord, dataset_root
-from pipeline.batched import FoldData
-from pipeline.table import FeatureTable, fit_stats
+from pipeline.grid.specs import FoldData
+from pipeline.run.table import FeatureTable, fit_stats
 from tiers import module_tiers, owner
 
 

@@ -1,0 +1,1 @@
+"""End-to-end training: clips decoded and HRNet / CSN run inside the step (its data, clip loading and loop)."""
