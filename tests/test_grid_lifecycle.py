@@ -72,6 +72,8 @@ def test_an_interrupted_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the
     assert "1 of 3 runs finished earlier" in capsys.readouterr().out
     for got, want in zip(_summary_rows(resumed), _summary_rows(reference), strict=True):
         assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], abs=1e-6)
+    again = run_experiment(parse(TrainConfig, [*argv, "-n", "cut"]))  # finished: a second run is a new directory
+    assert again["run_dir"] == str(tmp_path / "runs/cut-2") and (tmp_path / "runs/cut/summary.json").is_file()
 
 
 def test_config_refusals_of_grids_and_searches(two_modules, tmp_path):

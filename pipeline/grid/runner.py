@@ -215,13 +215,16 @@ def same_experiment(run_dir: Path, cfg: TrainConfig, free: tuple[str, ...] = RER
 @contextmanager
 def experiment_dir(cfg: TrainConfig, kind: str) -> Iterator[Path]:
     """Name, claim and hold the run directory of a grid or a search before any data loads: this same experiment
-    interrupted earlier is continued (with the seed it drew), another experiment gets ``name-2``..., and a live owner
-    of the directory stops this process."""
+    interrupted earlier is continued (with the seed it drew; a search also when finished, to add trials), a finished
+    grid or another experiment gets ``name-2``..., and a live owner of the directory stops this process."""
     cfg.check()
     free = RERUN_FREE + (("seed",) if cfg.seed is None and not cfg.seeds else ())  # a seed to draw: take the run's
     if not cfg.name:
         cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name, resumable=lambda d: same_experiment(d, cfg, free))
+    def resumable(d: Path) -> bool:  # a finished grid is not continued: running it again is a new experiment
+        return same_experiment(d, cfg, free) and (kind == "search" or not (d / "summary.json").is_file())
+
+    cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name, resumable=resumable)
     with owned(Path(cfg.runs_dir) / cfg.name) as run_dir:
         earlier = _recorded(run_dir)
         if "seed" in free and earlier and same_experiment(run_dir, cfg, free):
