@@ -23,9 +23,9 @@ from features.raw import RawExtractor
 from features.store import FeatureStore
 from pipeline.e2e.clips import ClipDataset, clip_spec
 from pipeline.run.checkpoint import CHECKPOINT_FORMAT
+from pipeline.run.fitted import Fitted
+from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.table import FeatureTable, SplitData, Stats
-from pipeline.scoring.fitted import Fitted
-from pipeline.scoring.fitted import pack as pack_fitted
 from tiers import TIERS, module_tiers
 
 DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e/training.py)

@@ -34,11 +34,11 @@ from pipeline.grid.folds import fold_data, load_or_make_folds, make_folds
 from pipeline.grid.specs import FoldData, RunResult, RunSpec
 from pipeline.grid.summary import summarise, write_summary
 from pipeline.run.checkpoint import run_state, save_checkpoint
+from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.heads import BASELINES, head_results
 from pipeline.run.logger import RunLogger, write_predictions
 from pipeline.run.table import FeatureTable, SplitData
 from pipeline.run.training import Trainer, _sigterm_as_interrupt, predict, set_threads
-from pipeline.scoring.fitted import pack as pack_fitted
 from tiers import TIERS, module_tiers
 
 
@@ -221,6 +221,7 @@ def experiment_dir(cfg: TrainConfig, kind: str) -> Iterator[Path]:
     free = RERUN_FREE + (("seed",) if cfg.seed is None and not cfg.seeds else ())  # a seed to draw: take the run's
     if not cfg.name:
         cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
+
     def resumable(d: Path) -> bool:  # a finished grid is not continued: running it again is a new experiment
         return same_experiment(d, cfg, free) and (kind == "search" or not (d / "summary.json").is_file())
 

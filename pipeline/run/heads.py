@@ -23,10 +23,10 @@ from model.metrics import compute_metrics
 from pipeline.grid.batched import train_batched
 from pipeline.grid.specs import FoldData, RunResult, RunSpec
 from pipeline.run.checkpoint import run_state
+from pipeline.run.fitted import pack
 from pipeline.run.logger import RunLogger
 from pipeline.run.table import FeatureTable
 from pipeline.run.training import predict, set_threads
-from pipeline.scoring.fitted import pack
 
 BASELINES = ("ridge", "svr")  # what --baselines adds beside the grid's head
 

@@ -17,7 +17,7 @@ from config import ModuleConfig
 from core.io import ConfigError
 from dataset import SPLITS, VideoRecord
 from features.store import FeatureStore, StoredFeatures
-from pipeline.scoring.fitted import Fitted, fitted_of
+from pipeline.run.fitted import Fitted, fitted_of
 from tiers import Source, Tier, module_tiers, sources
 
 

@@ -39,9 +39,9 @@ from pipeline.run.checkpoint import (
     repair_best,
     stats_from_checkpoint,
 )
+from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
 from pipeline.run.table import FeatureTable, SplitData
-from pipeline.scoring.fitted import pack as pack_fitted
 from tiers import module_tiers
 
 

@@ -6,45 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from config import EvalConfig, TrainConfig, from_dict
+from config import EvalConfig
 from core.device import resolve_device
-from core.io import ConfigError, write_json
+from core.io import write_json
 from dataset import SPLITS, load_records
 from model.metrics import compute_metrics
-from pipeline.e2e.training import evaluate_end_to_end
-from pipeline.run.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
 from pipeline.run.logger import write_predictions
-from pipeline.run.table import FeatureTable
-from pipeline.run.training import predict
-
-
-def _score_table(cfg: EvalConfig, ckpt: dict, train_cfg: TrainConfig, splits: tuple[str, ...]) -> dict:
-    """``{split: (ids, true scores, predictions)}`` of the MLP over the pre-computed feature table."""
-    device = resolve_device(cfg.device)
-    records = load_records(train_cfg.dataset, train_cfg)
-    table = FeatureTable.build(
-        train_cfg, records, device, stats=stats_from_checkpoint(ckpt), splits=splits, scored_only=False
-    )
-    check_sources(ckpt["sources"], table.sources)
-    if not table.splits:
-        raise ConfigError(f"{train_cfg.dataset} has no videos in split {cfg.split!r}")
-    model = model_from_checkpoint(ckpt).to(device)
-    return {s: (d.ids, d.y.cpu().numpy(), predict(model, d.x)) for s, d in table.splits.items()}
+from pipeline.scoring.loader import Scorer
 
 
 def run_evaluation(cfg: EvalConfig) -> dict:
     """Score a checkpoint on a split: metrics (where scores are known) and predictions, written next to it."""
-    ckpt = load_checkpoint(cfg.checkpoint)
-    values = dict(ckpt["config"])
-    for key in ("data_dir", "features_dir", "dataset"):
-        if getattr(cfg, key):
-            values[key] = getattr(cfg, key)
-    train_cfg = from_dict(TrainConfig, values, source=f"checkpoint {cfg.checkpoint}")
+    scorer = Scorer.load(cfg.checkpoint, data_dir=cfg.data_dir, features_dir=cfg.features_dir, dataset=cfg.dataset)
+    train_cfg, ckpt = scorer.cfg, scorer.ckpt
     splits = SPLITS if cfg.split == "all" else (cfg.split,)
-    if train_cfg.fixed_features:
-        scored = _score_table(cfg, ckpt, train_cfg, splits)
-    else:  # end to end: the checkpoint's (fine-tuned) backbones run over the decoded clips
-        scored = evaluate_end_to_end(ckpt, train_cfg, splits, cfg.device)
+    scored = scorer.predict(load_records(train_cfg.dataset, train_cfg), splits, resolve_device(cfg.device))
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"checkpoint": str(cfg.checkpoint), "epoch": ckpt["epoch"], "dataset": train_cfg.dataset}

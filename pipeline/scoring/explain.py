@@ -25,16 +25,16 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
-from config import EvalConfig, TrainConfig, from_dict
+from config import EvalConfig
 from core.device import resolve_device
 from core.io import ConfigError, write_csv, write_text
 from dataset import VideoRecord, load_records
 from features.base import FrameSpec
 from features.video import VideoError, read_clip
 from model.mlp import ModularMLP
-from pipeline.run.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
-from pipeline.run.table import FeatureTable, SplitData
+from pipeline.run.table import SplitData
 from pipeline.run.training import predict
+from pipeline.scoring.loader import Scorer
 
 N_EXAMPLES = 5  # best and worst predicted videos shown
 THUMB = FrameSpec(n_frames=8, size=(96, 128), crop="squash")
@@ -222,23 +222,18 @@ def run_explain(cfg: EvalConfig) -> dict:
     """Everything ``evaluate.py --explain`` does; returns the explanation and where its files are."""
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError("--explain looks at one split: --split train, val or test")
-    ckpt = load_checkpoint(cfg.checkpoint)
-    if "end_to_end" in ckpt or not ckpt["config"].get("fixed_features", True):
+    scorer = Scorer.load(cfg.checkpoint, data_dir=cfg.data_dir, features_dir=cfg.features_dir, dataset=cfg.dataset)
+    ckpt, train_cfg = scorer.ckpt, scorer.cfg
+    if scorer.end_to_end:
         raise ConfigError(
             f"{cfg.checkpoint} was trained end to end (fine-tuned backbones): --explain replaces and shuffles the "
             "pre-computed stores' features, which are not the inputs its head was trained on, so its numbers would "
             "describe another model. Score it with evaluate.py (no --explain); explain a model trained on fixed "
             "features (train.py without --no-fixed_features)"
         )
-    values = dict(ckpt["config"]) | {
-        k: getattr(cfg, k) for k in ("data_dir", "features_dir", "dataset") if getattr(cfg, k)
-    }
-    train_cfg = from_dict(TrainConfig, values, source=f"checkpoint {cfg.checkpoint}")
     device = resolve_device(cfg.device)
     records = load_records(train_cfg.dataset, train_cfg)
-    splits = tuple(dict.fromkeys(("train", cfg.split)))
-    table = FeatureTable.build(train_cfg, records, device, stats=stats_from_checkpoint(ckpt), splits=splits)
-    check_sources(ckpt["sources"], table.sources)
+    table = scorer.table(records, device, tuple(dict.fromkeys(("train", cfg.split))))
     data = table.splits.get(cfg.split)
     if data is None or len(data.y) < 3:
         raise ConfigError(
@@ -248,7 +243,7 @@ def run_explain(cfg: EvalConfig) -> dict:
     if "train" not in table.splits:
         raise ConfigError(f"--explain needs the train split of {train_cfg.dataset} for the modules' train means")
     train_mean = table.splits["train"].x.mean(dim=0)  # (in_dim,)
-    model = model_from_checkpoint(ckpt).to(device)
+    model = scorer.model(device)
     e = explain(model, data, train_mean, cfg.explain_repeats, cfg.explain_seed)
     ckpt_path = Path(cfg.checkpoint)
     parent = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.resolve().parent

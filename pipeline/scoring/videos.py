@@ -1,6 +1,6 @@
 """Score new videos from a checkpoint alone: ``evaluate.py --checkpoint best.pt --videos DIR_OR_LIST --out scores.csv``.
 
-The checkpoint carries everything fitted on its training dataset (``pipeline/scoring/fitted.py``: the HOG PCA, the
+The checkpoint carries everything fitted on its training dataset (``pipeline/run/fitted.py``: the HOG PCA, the
 similarity methods' state; and the normalisation statistics), so the training dataset's stores are not needed. In a
 temporary features folder, the fitted transforms are written as the stores of a pseudo-dataset ``checkpoint``, and
 every store the checkpoint's modules read is computed for the new videos the way ``gen_features.py --fit_on`` does
@@ -17,18 +17,16 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from config import EvalConfig, GenConfig, TrainConfig, from_dict
+from config import EvalConfig, GenConfig
 from core.device import resolve_device
 from core.io import ConfigError, read_csv, write_csv
 from core.media import CLIP_SUFFIXES, video_id
 from dataset import DATASETS, VideoRecord
 from features.extract import Dist, device_for, extract_family, with_crop
 from features.store import FeatureStore, StoredFeatures
-from pipeline.e2e.training import evaluate_end_to_end
-from pipeline.run.checkpoint import check_sources, load_checkpoint, model_from_checkpoint, stats_from_checkpoint
-from pipeline.run.table import FeatureTable
-from pipeline.run.training import predict
-from pipeline.scoring.fitted import Fitted, unpack
+from pipeline.run.checkpoint import load_checkpoint
+from pipeline.run.fitted import Fitted, unpack
+from pipeline.scoring.loader import Scorer
 from tiers import TIERS, Tier, owner
 
 FITTED_DATASET = "checkpoint"  # pseudo-dataset holding the checkpoint's fitted transforms as stores
@@ -185,17 +183,11 @@ def score_videos(cfg: EvalConfig) -> dict:
 
 
 def _predict(ckpt: dict, records: list[VideoRecord], features_dir: Path, device) -> dict[str, float]:
-    values = dict(ckpt["config"]) | {"dataset": NEW_DATASET, "features_dir": str(features_dir), "data_dir": ""}
-    train_cfg = from_dict(TrainConfig, values, source=f"checkpoint {ckpt['path']}")
-    if not train_cfg.fixed_features:  # end to end: the checkpoint's (fine-tuned) backbones over the decoded videos
-        ids, _, pred = evaluate_end_to_end(ckpt, train_cfg, ("test",), str(device), records)["test"]
-        return dict(zip(ids, (float(p) for p in pred), strict=True))
-    stats = stats_from_checkpoint(ckpt)
-    table = FeatureTable.build(train_cfg, records, device, stats=stats, splits=("test",), scored_only=False)
-    check_sources(ckpt["sources"], table.sources)
-    data = table.splits["test"]
-    pred = predict(model_from_checkpoint(ckpt).to(device), data.x)
-    return dict(zip(data.ids, (float(p) for p in pred), strict=True))
+    where = {"dataset": NEW_DATASET, "features_dir": str(features_dir)}
+    scorer = Scorer.load(ckpt["path"], ckpt, **where)
+    scorer.cfg.data_dir = ""  # new videos: the records carry their paths
+    ids, _, pred = scorer.predict(records, ("test",), device)["test"]
+    return dict(zip(ids, (float(p) for p in pred), strict=True))
 
 
 def write_scores(path: Path, records: list[VideoRecord], preds: dict[str, float], failed: dict[str, str]) -> None:
