@@ -313,7 +313,7 @@ class GenConfig(make_dataclass("_GenTiers", _tier_fields(gen=True), bases=(_GenB
     fit_on: str = opt(
         "",
         "use the transforms fitted on this dataset's train split (HOG PCA, similarity) instead of fitting: how your "
-        "own videos are scored (--dataset folder --fit_on Memento10k)",
+        "own videos are scored (--dataset folder --fit_on Memento10k); without it a folder is fitted on its own videos",
         ("",) + DATASET_NAMES,
     )
     weights_dir: str = opt("weights", "folder holding the official backbone checkpoints (see weights/README.md)")

@@ -46,6 +46,12 @@ class Clip:
     extras: dict = field(default_factory=dict)
 
 
+def fitting_videos(records: list) -> list:
+    """The videos a dataset's fitted transforms (HOG PCA, similarity) are fitted on: its train split; a dataset
+    without one (a folder of your own videos) is its own corpus, all its videos."""
+    return [r for r in records if r.split == "train"] or list(records)
+
+
 class Extractor(ABC):
     """Base class of every family. Subclasses set ``family`` and ``frame_spec`` and implement ``extract``.
 
@@ -89,6 +95,11 @@ class Extractor(ABC):
         """Load the pre-pass transform from ``store`` if it holds one fitted on ``train_ids`` (None: adopted from
         another dataset with ``--fit_on``, taken as it is); False when there is none yet."""
         return True
+
+    def prepare_all_frames(self, n_videos: int) -> bool:
+        """Whether the pre-pass over ``n_videos`` training videos decodes every sampled frame of each (True) or
+        only the first (False, the default: cheap)."""
+        return False
 
     def prepare_item(self, clip: Clip) -> np.ndarray:
         """Per training video, in the decoding workers: what the pre-pass fit needs of it."""

@@ -10,7 +10,8 @@ compacted, gives the same bytes as an uninterrupted one (rows are sorted by id; 
 - CPU-only families (``cpu_extract``, the raw tier) compute their features inside the decoding workers, so
   all cores work; the others (GPU backbones) get decoded clips in the main process.
 - Families with a pre-pass (``has_prepass``, the raw tier's HOG PCA fitted on the first frame of every training
-  video) run it first, unless the store already holds the fitted transform.
+  video) run it first, unless the store already holds the fitted transform. A dataset without a train split (a
+  folder of your own videos) is fitted on all its videos, unless ``--fit_on`` adopts another dataset's fit.
 - Decoding follows the family's ``frame_spec``; the crop comes from the dataset adapter (VideoMem: centre crop)
   unless the family sets ``dataset_crop = False`` (raw squash-resizes on every dataset, as M3-S did).
 - A video that cannot be decoded or extracted is recorded in the store's failure list with its reason; the run goes
@@ -36,8 +37,8 @@ import torch
 from tqdm import tqdm
 
 from core.device import available_cores, resolve_device
-from core.io import ConfigError, StoreError, code_version
-from features.base import Clip, Extractor
+from core.io import StoreError, code_version
+from features.base import Clip, Extractor, fitting_videos
 from features.store import FeatureStore, StoredFeatures, Transform, check_compatible
 from features.video import VideoError, read_clip
 
@@ -116,7 +117,8 @@ class Summary:
 
 class _Videos(torch.utils.data.Dataset):
     """Item i: ``(id, payload, reason)``; payload is a Clip, the family's features (``cpu_extract``) or its
-    pre-pass item (``mode="prepare"``); reason is None, or why the video failed."""
+    pre-pass item (``mode="prepare"``: of its first sampled frame; ``"prepare_all"``: of every sampled frame); reason
+    is None, or why the video failed."""
 
     def __init__(self, records: list, ext: Extractor, mode: str) -> None:
         self.records, self.ext, self.mode = records, ext, mode
@@ -128,9 +130,10 @@ class _Videos(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[str, object, str | None]:
         rec = self.records[i]
         try:
-            frames = read_clip(rec.path, self.spec, first_only=self.mode == "prepare", images=self.ext.accepts_images)
+            first_only = self.mode == "prepare"
+            frames = read_clip(rec.path, self.spec, first_only=first_only, images=self.ext.accepts_images)
             clip = Clip(rec.id, rec.path, frames, dict(rec.extras))
-            if self.mode == "prepare":
+            if self.mode in ("prepare", "prepare_all"):
                 return rec.id, self.ext.prepare_item(clip), None
             if self.ext.cpu_extract:
                 return rec.id, self.ext.extract([clip])[0], None
@@ -220,7 +223,14 @@ def adopt_transforms(ext: Extractor, store: FeatureStore, cfg: Any, meta: dict) 
         )
     fitted = source.read()
     check_compatible(fitted.meta, meta, str(source.path))
+    have = store.read_transforms() if store.exists() else {}
     for name, transform in fitted.transforms.items():
+        if name in have and have[name].digest() != transform.digest() and store.done_ids():
+            raise StoreError(
+                f"--fit_on {cfg.fit_on}: {store.path} holds videos extracted with another {name} "
+                f"({have[name].info.get('fitted_on', 'fitted elsewhere')}); their features are in that basis. "
+                "Delete the store, or extract into another --features_dir"
+            )
         adopted = Transform(transform.arrays, transform.info | {"adopted_from": cfg.fit_on})
         if store.exists():
             store.set_transform(name, adopted)
@@ -238,19 +248,13 @@ def _prepare(ext: Extractor, store: FeatureStore, records: list, cfg: Any, dist:
         if not ext.load_prepared(store, None):
             raise StoreError(f"--fit_on {cfg.fit_on}: its {store.path.stem} store holds no fitted transform")
         return None
-    train = [r for r in records if r.split == "train"]
+    train = fitting_videos(records)
     train_ids = [r.id for r in train]
-    if not train:
-        raise ConfigError(
-            f"{cfg.dataset} has no train split to fit the {ext.family} transforms on; to extract features of new "
-            "videos with what a training dataset fitted, pass --fit_on DATASET, whose store must be under "
-            "--features_dir (e.g. after `python gen_features.py --dataset demo --features raw`: --fit_on demo "
-            "--features_dir data/features)"
-        )
     if dist.rank == 0 and not ext.load_prepared(store, train_ids):
         items: dict[str, np.ndarray] = {}
-        with _progress(len(train), f"{ext.family} pre-pass (train)", dist) as bar:
-            for batch in _loader(train, ext, "prepare", cfg, dist):
+        with _progress(len(train), f"{ext.family} pre-pass (fit)", dist) as bar:
+            mode = "prepare_all" if ext.prepare_all_frames(len(train)) else "prepare"
+            for batch in _loader(train, ext, mode, cfg, dist):
                 for vid, item, reason in batch:
                     if reason is None:
                         items[vid] = item
@@ -268,7 +272,7 @@ def extract_family(ext: Extractor, store_name: str, records: list, cfg: Any, dis
     store = FeatureStore.at(cfg.resolved_features_dir(), cfg.dataset, store_name)
     summary = Summary(ext.family, str(store.path))
     meta = store_meta(ext, cfg)
-    train_ids = None if cfg.fit_on else [r.id for r in records if r.split == "train"]
+    train_ids = None if cfg.fit_on else [r.id for r in fitting_videos(records)]
     if ext.has_prepass:
         train_ids = _prepare(ext, store, records, cfg, dist, meta)
     done = store.done_ids(include_failed=not cfg.retry_failed)

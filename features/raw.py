@@ -39,7 +39,9 @@ frame is converted), computes its descriptor, fits the PCA (exact SVD, float64) 
 fitted transform ``hog_pca`` (arrays ``mean`` (D,), ``components`` (10, D), ``scale`` (10,) = sqrt of the
 explained variance; info: settings, the number and a hash of the training ids). Extraction then projects every
 frame, ``z = (x - mean) @ components.T / scale``, and stores the mean and std of ``z`` over frames. A resumed run
-reuses the stored transform; a transform fitted on other training videos is refused. ``fit`` (after extraction)
+reuses the stored transform; a transform fitted on other training videos is refused. With 10 or fewer training
+videos (a folder of your own clips, fitted on itself) the first frames cannot give 10 components, and the PCA is
+fitted on every sampled frame of each instead (said in the transform's info). ``fit`` (after extraction)
 only checks that the stored transform matches the final training ids. Memory of the fit: ``N_train x 34,596``
 float32 (about 1 GB for Memento10k's 7000 training videos).
 """
@@ -223,17 +225,24 @@ class RawExtractor(Extractor):
         return True
 
     def prepare_fit(
-        self, store: FeatureStore, train_ids: list[str], first_frames: dict[str, np.ndarray], meta: dict
+        self, store: FeatureStore, train_ids: list[str], descriptors: dict[str, np.ndarray], meta: dict
     ) -> None:
-        """Fit the HOG PCA on ``{train id: descriptor of its first sampled frame}`` and save it in the store."""
-        used = sorted(first_frames)
-        x = np.stack([first_frames[i] for i in used]) if used else np.zeros((0, 1), np.float32)
+        """Fit the HOG PCA on ``{train id: (n, D) descriptors of its first sampled frame, or of every sampled frame
+        when the videos are too few}`` and save it in the store."""
+        used = sorted(descriptors)
+        x = np.concatenate([descriptors[i] for i in used]) if used else np.zeros((0, 1), np.float32)
+        every_frame = any(len(descriptors[i]) > 1 for i in used)
         try:
             self.hog_pca = HogPCA.fit(x)
         except ValueError as err:
             raise StoreError(f"cannot fit the HOG PCA for {store.path}: {err}") from None
         info = {
-            "fitted_on": "HOG of the first sampled frame of every training video",
+            "fitted_on": (
+                f"HOG of every sampled frame of the {len(used)} videos it is fitted on (too few first frames for "
+                f"{HOG_PCA_COMPONENTS} components)"
+                if every_frame
+                else "HOG of the first sampled frame of every training video"
+            ),
             "n_train_ids": len(train_ids),
             "train_ids_sha1": ids_digest(train_ids),
             "n_used": len(used),
@@ -246,9 +255,15 @@ class RawExtractor(Extractor):
         else:
             store.write(StoredFeatures([], {}, meta, {}, {self.transform_name: transform}))
 
+    def prepare_all_frames(self, n_videos: int) -> bool:
+        """A PCA to k components needs more than k rows: with k or fewer training videos (a folder of three clips
+        fitted on itself) it is fitted on every sampled frame of each instead of the first."""
+        return n_videos <= HOG_PCA_COMPONENTS
+
     def prepare_item(self, clip: Clip) -> np.ndarray:
-        """Pass 1, per training video (run in the decoding workers): the HOG of its first sampled frame."""
-        return hog_descriptors(clip.frames[:1])[0]
+        """Pass 1, per training video (run in the decoding workers): the HOG of its first sampled frame (or of every
+        sampled frame, when the loop decoded them all), ``(n, D)``."""
+        return hog_descriptors(clip.frames)
 
     # pass 2 ------------------------------------------------------------------
     def extract(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from core.io import ConfigError, code_version
 from features import label_mlp, tsne
+from features.base import fitting_videos
 from features.store import FeatureStore, StoredFeatures, Transform
 
 PCA_DIM = 10
@@ -225,13 +226,11 @@ def compute_similarity(cfg: Any, records: list, spaces: list[Space], seed: int =
     the stores written.
 
     With ``cfg.fit_on`` (another dataset, e.g. to score your own videos), nothing is fitted: the fitted state stored
-    by that dataset's similarity stores scores this dataset's videos, as its validation videos were scored."""
-    train_ids = {r.id for r in records if r.split == "train"}
-    if not train_ids and not cfg.fit_on:
-        raise ConfigError(
-            f"{cfg.dataset} has no train split to fit similarity on; to score new videos with what a training "
-            "dataset fitted, pass --fit_on DATASET"
-        )
+    by that dataset's similarity stores scores this dataset's videos, as its validation videos were scored. Without
+    it, a dataset with no train split (a folder) is fitted on all its own videos (``fitting_videos``)."""
+    fitting = fitting_videos(records)
+    train_ids = {r.id for r in fitting}
+    fitted_on = "train" if any(r.split == "train" for r in fitting) else "all videos (no train split)"
     written = []
     for space in spaces:
         data = _read_space(cfg, space)
@@ -240,7 +239,7 @@ def compute_similarity(cfg: Any, records: list, spaces: list[Space], seed: int =
         if cfg.fit_on:
             feats, transforms, meta = _score_fitted_elsewhere(cfg, x, out)
         else:
-            feats, transforms, meta = _fit_space(cfg, data, x, out, train_ids, space, seed)
+            feats, transforms, meta = _fit_space(cfg, data, x, out, (train_ids, fitted_on), space, seed)
         # videos whose source features failed fail here too, with the same reason (training then leaves them out)
         out.write(StoredFeatures(data.ids, feats, meta, dict(data.failures), transforms))
         dims = {m: feats[m].shape[1] for m in cfg.similarity_methods}
@@ -275,11 +274,20 @@ def _read_space(cfg: Any, space: Space) -> StoredFeatures:
     return source.read()
 
 
-def _fit_space(cfg, data, x, out, train_ids, space, seed):
-    """Fit every method of ``cfg`` on the train rows of one space; keep methods fitted earlier on the same rows."""
+def _fit_space(cfg, data, x, out, fitting, space, seed):
+    """Fit every method of ``cfg`` on the rows of one space ``fitting`` = (ids, label) names (the train split);
+    keep methods fitted earlier on the same rows."""
+    train_ids, fitted_on = fitting
     is_train = np.array([i in train_ids for i in data.ids])
     if is_train.sum() < 10:
-        raise ConfigError(f"{space.store} holds only {int(is_train.sum())} train videos; extract the train split")
+        what = (
+            "train videos; extract the train split"
+            if fitted_on == "train"
+            else (
+                "videos; similarity is fitted on at least 10 (or pass --fit_on DATASET to use a training dataset's fit)"
+            )
+        )
+        raise ConfigError(f"{space.store} holds only {int(is_train.sum())} {what}")
     pca = fit_pca(x[is_train], seed)
     z = apply_pca(pca, x)  # (N, 10)
     settings = {"source": space.store, "source_settings": data.meta.get("settings", {}), "seed": seed}
@@ -295,7 +303,7 @@ def _fit_space(cfg, data, x, out, train_ids, space, seed):
         space_x, reduce = (z, pca) if m.uses_pca else (x, {})
         arrays = m.fit(space_x[is_train], space, seed)
         feats[method] = m.score(arrays, space_x, is_train).astype(np.float32)
-        info = {"space": space.name, "seed": seed, "fitted_on": "train", "n_train": int(is_train.sum())}
+        info = {"space": space.name, "seed": seed, "fitted_on": fitted_on, "n_train": int(is_train.sum())}
         transforms[method] = Transform(reduce | arrays, info)
     meta = {"family": "similarity", "dataset": cfg.dataset, "smoke": smoke, "settings": settings,
             "code_version": code_version()}  # fmt: skip

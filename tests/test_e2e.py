@@ -5,6 +5,7 @@ fine-tuned backbones. Clips are small real videos (``tests/fixtures_video.py``) 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta = store_meta(ext, gen)
     clips = [Clip(r.id, r.path, read_clip(r.path, ext.frame_spec), {}) for r in records]
     train = [c for c, r in zip(clips, records, strict=True) if r.split == "train"]
-    ext.prepare_fit(store, [c.id for c in train], {c.id: ext.prepare_item(c) for c in train}, meta)
+    first = {c.id: ext.prepare_item(dataclasses.replace(c, frames=c.frames[:1])) for c in train}  # as the pre-pass
+    ext.prepare_fit(store, [c.id for c in train], first, meta)
     feats = ext.extract(clips)
     store.append([c.id for c in clips], {k: np.stack([f[k] for f in feats]) for k in feats[0]}, meta, {}, shard="0")
     store.compact()

@@ -107,6 +107,19 @@ def test_real_footage_through_the_whole_pipeline(tmp_path):
     assert resmem.meta["settings"]["weights"].startswith("resmem/model.pt") and not resmem.meta["smoke"]
     _check_raw_store_against_hand(data, raw)
 
+    # the three real videos alone, as a folder without --fit_on: its own corpus (HOG PCA on their every frame)
+    only = tmp_path / "real3"
+    copy_real_videos(only)
+    out = _run("gen_features.py", "--dataset", "folder", "--data_dir", str(only), "--features", "raw", "resmem",
+               "--resmem_frames", "2", cwd=tmp_path)  # fmt: skip
+    assert "folder has no train split: its fitted transforms (raw's HOG PCA, similarity) are fitted on its own 3" in out
+    for name in ("raw", "resmem_f2"):
+        store = FeatureStore.at(only / "features", "folder", name).read()
+        assert sorted(store.ids) == ["bigbuckbunny", "bikes", "carphone_pristine"] and not store.failures
+        assert store.dims == (raw if name == "raw" else resmem).dims
+        assert all(np.isfinite(m).all() for m in store.features.values())
+    assert FeatureStore.at(only / "features", "folder", "raw").read().features["hog"].std(axis=0).min() > 0
+
     runs = tmp_path / "runs"
     modules = ["--use_raw", "--use_resmem", "--use_similarity", *space]
     _run("train.py", *base, *modules, "--epochs", "3", "--batch_size", "4", "--seed", "0", "-s", "-n", "real",

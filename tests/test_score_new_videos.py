@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from config import ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
-from features.store import FeatureStore, Transform
+from features.store import FeatureStore, StoreError, Transform
 from pipeline.generate import run
 from pipeline.run.training import run_training
 from pipeline.scoring.evaluate import run_evaluation
@@ -37,8 +37,23 @@ def test_folder_of_new_videos_is_scored_like_the_dataset(tmp_path):
         if name[: -len(".mp4")] in in_dataset:
             shutil.copy(data / "Memento10k" / "videos" / name, mine / name)
     folder = ["--dataset", "folder", "--data_dir", str(mine), "--features_dir", str(features)]
-    with pytest.raises(ConfigError, match="no train split to fit the raw transforms on.*--fit_on"):
-        run(parse(GenConfig, [*folder, "--workers", "1"]))  # nothing to fit the HOG PCA on without --fit_on
+    # without --fit_on the folder is its own corpus: 4 videos, too few first frames for 10 components, so the HOG PCA
+    # is fitted on their every sampled frame; a later --fit_on into that store would mix two bases and is refused
+    run(parse(GenConfig, [*folder, "--workers", "1"]))
+    own = FeatureStore.at(features, "folder", "raw").read()
+    assert sorted(own.ids) == sorted(in_dataset) and own.features["hog"].shape == (4, 10)
+    info = own.transforms["hog_pca"].info
+    assert info["n_used"] == 4
+    assert info["fitted_on"].startswith("HOG of every sampled frame of the 4 videos it is fitted on")
+    with pytest.raises(ConfigError, match="raw: its fitted transforms \\(hog_pca\\) are not the ones"):
+        run_evaluation(parse(EvalConfig, ["--checkpoint", ckpt, *folder, "--split", "test"]))  # not the model's basis
+    with pytest.raises(StoreError, match="holds videos extracted with another hog_pca .*HOG of every sampled frame"):
+        run(parse(GenConfig, [*folder, "--workers", "1", "--fit_on", "Memento10k"]))
+    assert (
+        FeatureStore.at(features, "folder", "raw").read().transforms["hog_pca"].digest()
+        == own.transforms["hog_pca"].digest()
+    )
+    shutil.rmtree(features / "folder")
     run(parse(GenConfig, [*folder, "--workers", "1", "--fit_on", "Memento10k"]))
     stored = FeatureStore.at(features, "folder", "raw").read()
     assert stored.transforms["hog_pca"].info["adopted_from"] == "Memento10k"

@@ -188,7 +188,7 @@ def test_fit_on_scores_new_videos_like_validation_videos(corpus, tmp_path):
         np.testing.assert_allclose(scored.features[method], expected, rtol=1e-5, atol=1e-6)
     assert scored.meta["settings"] == fitted.meta["settings"] and scored.meta["fit_on"] == "Memento10k"
     assert scored.meta["dataset"] == "folder"
-    with pytest.raises(ConfigError, match="no train split"):
+    with pytest.raises(ConfigError, match="holds only 4 videos; similarity is fitted on at least 10 .*--fit_on"):
         TIERS["similarity"].compute(GenConfig(data_dir=str(mine), features_dir=str(features_dir), dataset="folder",
                                      similarity_features=["hrnet"], similarity_methods=methods))  # fmt: skip
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -178,6 +180,22 @@ def test_a_space_is_written_with_its_fitted_state_and_meta(corpus, capsys):
     assert set(both.features) == set(both.transforms) == {"cosine_mean", "fractional_mean"}  # fitted earlier: kept
 
 
+def test_a_corpus_without_a_train_split_is_fitted_on_all_its_videos(corpus):
+    """A folder of your own videos has no train split: it is its own corpus, exactly as if every video were train."""
+    data_dir, records = corpus
+    unscored = [dataclasses.replace(r, split="test", score=None) for r in records]
+    compute_similarity(_cfg(data_dir, similarity_methods=["cosine_mean", "fractional_mean"]), unscored, [SPACE])
+    store = FeatureStore.at(data_dir / "features", "Memento10k", "similarity_hrnet_f1")
+    own = store.read()
+    assert own.transforms["cosine_mean"].info["fitted_on"] == "all videos (no train split)"
+    assert own.transforms["cosine_mean"].info["n_train"] == len(records) == 14
+    all_train = [dataclasses.replace(r, split="train") for r in records]
+    store.path.unlink()
+    compute_similarity(_cfg(data_dir, similarity_methods=["cosine_mean", "fractional_mean"]), all_train, [SPACE])
+    for method in ("cosine_mean", "fractional_mean"):
+        np.testing.assert_array_equal(own.features[method], store.read().features[method])
+
+
 def test_too_few_train_videos_and_missing_sources_are_refused(corpus, tmp_path):
     data_dir, records = corpus
     compute_similarity(_cfg(data_dir), records, [SPACE])  # 10 train videos: enough
@@ -193,12 +211,6 @@ def test_too_few_train_videos_and_missing_sources_are_refused(corpus, tmp_path):
     assert str(err.value) == (
         f"similarity in the csn space needs {data_dir / 'features' / 'Memento10k' / 'ip_csn_152.h5'}; compute it "
         "first with make it"
-    )
-    with pytest.raises(ConfigError) as err:
-        compute_similarity(_cfg(data_dir), [r for r in records if r.split != "train"], [SPACE])
-    assert str(err.value) == (
-        "Memento10k has no train split to fit similarity on; to score new videos with what a training dataset "
-        "fitted, pass --fit_on DATASET"
     )
 
 
