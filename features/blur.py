@@ -64,7 +64,12 @@ def _blur_log_power(grey: np.ndarray, r: int) -> np.ndarray:
     column DFTs of those r + 1 columns, and back the same way (real inverse row DFTs of r + 1 nonzero bins). Its
     imaginary part comes only from the frequencies with k = -r or l = -r (whose mirror is not in M): two rank-1
     terms, ``Im(u_r (x) a + b (x) u_c)`` with ``u = exp(-2 pi i r m / n)``. Frame by frame, so that every
-    temporary stays in cache."""
+    temporary stays in cache.
+
+    The tail squares (``20 ln |x| = 10 ln |x|^2``) with single IEEE operations and sums with numpy in float64, not
+    ``cv2.magnitude`` and ``cv2.sumElems``: those run IPP kernels that split the work by the buffers' alignment, so
+    the result moved by an ulp with where the allocator put the arrays, and the feature store promises identical
+    bytes on a resumed run or another rank."""
     T, nr, nc = grey.shape
     ms, _ = _blur_lowpass_masks(nr, nc, r)
     ms = (ms / nc).astype(np.float32)  # scipy's column inverse divides by nr; OpenCV's row inverse does not scale
@@ -77,6 +82,8 @@ def _blur_log_power(grey: np.ndarray, r: int) -> np.ndarray:
     right = np.empty((4, nc), np.float32)
     right[2], right[3] = uc.imag, uc.real
     g = np.empty((nr, nc), np.float32)
+    power = np.empty((nr, nc), np.float32)  # |high-pass|^2, then its log
+    im = np.empty((nr, nc), np.float32)
     half = np.empty((nr, r + 1), np.complex64)
     packed = np.zeros((nr, nc), np.float32)  # CCS rows: Re0, Re1, Im1, ..., only the first 2r + 1 ever nonzero
     row = np.zeros(nc, np.complex128)
@@ -100,11 +107,15 @@ def _blur_log_power(grey: np.ndarray, r: int) -> np.ndarray:
         b = np.fft.ifft(col) / nc
         left[:, 2], left[:, 3] = b.real, b.imag
         right[0], right[1] = a.imag, a.real
-        m = cv2.magnitude(cv2.subtract(g, low_real), left @ right)
-        cv2.max(m, BLUR_FLOOR, dst=m)
-        cv2.log(m, dst=m)
-        out[t] = cv2.sumElems(m)[0]
-    return out * (20.0 / (nr * nc))
+        cv2.subtract(g, low_real, dst=power)
+        cv2.multiply(power, power, dst=power)
+        np.matmul(left, right, out=im)
+        cv2.multiply(im, im, dst=im)
+        cv2.add(power, im, dst=power)
+        cv2.max(power, BLUR_FLOOR**2, dst=power)
+        cv2.log(power, dst=power)
+        out[t] = power.sum(dtype=np.float64)
+    return out * (10.0 / (nr * nc))
 
 
 def _blur_log_power_full(grey: np.ndarray, r: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
 from features.base import Clip
-from features.blur import resize_frames
+from features.blur import blur_log_power, resize_frames
 from features.raw import (
     BLUR_FLOOR,
     RAW_FEATURES,
@@ -120,6 +120,23 @@ def test_blurriness_against_the_reference_on_other_shapes(shape):
     if int(h * 500 / w) > 120:
         np.testing.assert_allclose(ours, [reference_blur(f) for f in frames], rtol=2e-5)
     assert ours[-1] == pytest.approx(20 * np.log(BLUR_FLOOR), rel=1e-6)
+
+
+def test_blurriness_does_not_depend_on_where_the_frames_lie_in_memory():
+    """Byte-identical features on a resumed run or another rank: the same greys, copied at every byte offset mod 16
+    and after different allocation histories (which move the kernel's temporaries), give the same bits."""
+    rgb = np.stack([cv2.resize(f, (500, 256), interpolation=cv2.INTER_AREA) for f in natural_frames(4)])
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])  # (4, 256, 500)
+    results, held = [], []
+    for offset in range(16):
+        held.append(np.ones(4112 * offset + 8, np.uint8))  # moves where the heap hands out the next blocks
+        buf = np.empty(grey.nbytes + 16, np.uint8)
+        moved = buf[offset : offset + grey.nbytes].reshape(grey.shape)
+        moved[:] = grey
+        results.append(blur_log_power(moved))
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+        assert np.array_equal(r.astype(np.float32), results[0].astype(np.float32))
 
 
 def test_blur_resize_of_the_stacked_clip_is_the_per_frame_resize():
