@@ -120,7 +120,9 @@ def mean_optical_flow(clip: Clip, ctx: dict) -> np.ndarray:
         flow = cv2.calcOpticalFlowFarneback(a, b, None, flags=0, **FLOW_PARAMS)  # (h, w, 2) in small pixels
         flow[..., 0] *= W / FLOW_SIZE
         flow[..., 1] *= H / FLOW_SIZE
-        mags.append(cv2.magnitude(flow[..., 0], flow[..., 1]).mean(dtype=np.float64))
+        # not cv2.magnitude: its IPP kernel rounds by the buffers' alignment (a resumed run must give the same bytes)
+        fx, fy = flow[..., 0], flow[..., 1]
+        mags.append(np.sqrt(fx * fx + fy * fy).mean(dtype=np.float64))
     return np.array([np.mean(mags)])
 
 

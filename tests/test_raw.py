@@ -122,18 +122,29 @@ def test_blurriness_against_the_reference_on_other_shapes(shape):
     assert ours[-1] == pytest.approx(20 * np.log(BLUR_FLOOR), rel=1e-6)
 
 
-def test_blurriness_does_not_depend_on_where_the_frames_lie_in_memory():
-    """Byte-identical features on a resumed run or another rank: the same greys, copied at every byte offset mod 16
-    and after different allocation histories (which move the kernel's temporaries), give the same bits."""
-    rgb = np.stack([cv2.resize(f, (500, 256), interpolation=cv2.INTER_AREA) for f in natural_frames(4)])
-    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])  # (4, 256, 500)
+def _at_every_offset(frames: np.ndarray, fn) -> list[np.ndarray]:
+    """``fn`` of ``frames`` copied at every byte offset mod 16, each after another allocation history (which moves
+    the kernels' temporaries)."""
     results, held = [], []
     for offset in range(16):
         held.append(np.ones(4112 * offset + 8, np.uint8))  # moves where the heap hands out the next blocks
-        buf = np.empty(grey.nbytes + 16, np.uint8)
-        moved = buf[offset : offset + grey.nbytes].reshape(grey.shape)
-        moved[:] = grey
-        results.append(blur_log_power(moved))
+        buf = np.empty(frames.nbytes + 16, np.uint8)
+        moved = buf[offset : offset + frames.nbytes].reshape(frames.shape)
+        moved[:] = frames
+        results.append(np.asarray(fn(moved)))
+    return results
+
+
+@pytest.mark.parametrize("feature", ["blurriness", "meanOF", "brightness", "contrast"])
+def test_raw_features_do_not_depend_on_where_the_frames_lie_in_memory(feature):
+    """Byte-identical features on a resumed run or another rank: the same frames anywhere in memory give the same
+    bits (OpenCV's IPP kernels of cv2.magnitude / cv2.sumElems did not: blurriness and meanOF moved by an ulp)."""
+    if feature == "blurriness":
+        rgb = np.stack([cv2.resize(f, (500, 256), interpolation=cv2.INTER_AREA) for f in natural_frames(4)])
+        grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])  # (4, 256, 500)
+        results = _at_every_offset(grey, blur_log_power)
+    else:  # 6 frames of 256 x 256: cv2.magnitude of their flow gave 4 results (500 x 256 happened to give 1)
+        results = _at_every_offset(natural_frames(6), lambda f: RAW_FEATURES[feature].fn(Clip("v", None, f), {}))
     for r in results[1:]:
         assert np.array_equal(r, results[0])
         assert np.array_equal(r.astype(np.float32), results[0].astype(np.float32))
