@@ -8,6 +8,7 @@ import json
 import numpy as np
 import optuna
 import pytest
+import yaml
 
 from config import TrainConfig, parse, parse_explicit
 from core.io import ConfigError, Interrupted
@@ -51,11 +52,11 @@ def test_an_interrupted_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the
     )
     real_fit, fits = batched._Group.fit, []
 
-    def killed_in_second_run(self, on_epoch):
+    def killed_in_second_run(self, on_epoch, **kw):
         fits.append([s.seed for s in self.runs])
         if len(fits) == 2:
             raise KeyboardInterrupt
-        return real_fit(self, on_epoch)
+        return real_fit(self, on_epoch, **kw)
 
     monkeypatch.setattr(batched._Group, "fit", killed_in_second_run)
     with pytest.raises(Interrupted, match=r"1 of 3 runs are finished in .*/runs/cut and kept; run the same command"):
@@ -64,7 +65,7 @@ def test_an_interrupted_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the
     assert not (tmp_path / "runs/cut/a+b/seed2-fold0").exists()
     fits.clear()
     monkeypatch.setattr(
-        batched._Group, "fit", lambda self, on_epoch: fits.append(self.runs) or real_fit(self, on_epoch)
+        batched._Group, "fit", lambda self, on_epoch, **kw: fits.append(self.runs) or real_fit(self, on_epoch, **kw)
     )
     resumed = run_experiment(parse(TrainConfig, [*argv, "-n", "cut"]))
     assert resumed["run_dir"] == str(tmp_path / "runs/cut")  # the same experiment: continued, not renamed
@@ -195,3 +196,29 @@ def test_train_py_says_what_it_will_run_before_it_starts(tmp_path, argv, kind, r
     cfg, explicit = parse_explicit(TrainConfig, [*base, *argv], check=False)
     work = plan(cfg, explicit)
     assert (work.kind, work.runs) == (kind, runs) and said in work.text and str(tmp_path / "x") in work.text
+
+
+@pytest.mark.parametrize("batched_flag", ["--batched", "--no-batched"])
+def test_a_grid_sub_run_gets_the_files_of_a_single_run(two_modules, tmp_path, batched_flag):
+    """With -s every sub-run has best.pt (its best epoch's weights: scoring it gives that epoch's val Spearman) and
+    last.pt, and a config.yaml with the resolved roots, through the batched engine and the one-by-one path alike."""
+    from config import EvalConfig
+    from pipeline.run.checkpoint import load_checkpoint
+    from pipeline.scoring.evaluate import run_evaluation
+
+    argv = [*_argv(two_modules, tmp_path), "-n", "g", "--seeds", "1", "2", "-s", "--epochs", "6", batched_flag]
+    run_experiment(parse(TrainConfig, argv))
+    for seed in (1, 2):
+        sub = tmp_path / f"runs/g/a+b/seed{seed}-fold0"
+        history = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
+        best = max(history, key=lambda r: r["val_spearman"])  # the first of equal maxima, as the loop keeps
+        assert json.loads((sub / "summary.json").read_text())["best"]["epoch"] == best["epoch"]
+        for name, row in (("best.pt", best), ("last.pt", history[-1])):
+            ckpt = load_checkpoint(sub / name)
+            assert ckpt["epoch"] == row["epoch"] and ckpt["config"]["seed"] == seed
+            scored = run_evaluation(parse(EvalConfig, ["--checkpoint", str(sub / name)]))
+            assert scored["val"]["spearman"] == pytest.approx(row["val_spearman"], abs=1e-5)
+        config = yaml.safe_load((sub / "config.yaml").read_text())
+        roots = parse(TrainConfig, argv)
+        assert config["features_dir"] == str(roots.resolved_features_dir()) and config["seed"] == seed
+        assert config["data_dir"] == str(roots.resolved_data_dir())

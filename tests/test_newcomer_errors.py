@@ -12,8 +12,9 @@ import pytest
 from config import ROOT, ConfigError, EvalConfig, GenConfig, TrainConfig, parse, parse_explicit
 from dataset import VideoRecord, load_records
 from pipeline.generate import run_import
+from pipeline.run.loop import sigterm_as_interrupt
 from pipeline.run.table import FeatureTable
-from pipeline.run.training import Interrupted, Trainer, _sigterm_as_interrupt, run_training
+from pipeline.run.training import Interrupted, Trainer, run_training
 from tests.conftest import signal_features, write_videomem
 
 
@@ -105,7 +106,7 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is(memento, tmp_path, 
 
 def test_sigterm_stops_training_like_ctrl_c():
     previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is previous
 

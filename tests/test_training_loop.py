@@ -19,7 +19,7 @@ from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.mlp import ModularMLP
 from pipeline.generate import run_import as import_features
-from pipeline.run import training
+from pipeline.run import loop, training
 from pipeline.run.checkpoint import save_checkpoint
 from pipeline.run.table import FeatureTable, SplitData
 from pipeline.run.training import (
@@ -298,7 +298,7 @@ def test_on_a_terminal_the_bar_shows_the_epochs_loss_and_val_spearman(monkeypatc
         def set_postfix(self, **kwargs):
             shown.append(kwargs)
 
-    monkeypatch.setattr(training, "tqdm", Bar)
+    monkeypatch.setattr(loop, "tqdm", Bar)
     trainer = Trainer(make_cfg(epochs=2), make_table(), "cpu")
     _scripted(trainer, [0.5, 0.25])
     trainer.fit(Recorder())

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from config import TrainConfig
 from core.device import available_cores
@@ -41,11 +40,12 @@ from model.metrics import compute_metrics
 from pipeline.e2e.backbones import MIN_COSINE, autocast_dtype, build_backbones, deep_backbones, precision_agrees
 from pipeline.e2e.clips import EpochBatches, make_loader, micro_batches
 from pipeline.e2e.data import E2EData, build_data
+from pipeline.run import loop
 from pipeline.run.checkpoint import check_sources, load_weights, stats_from_checkpoint
 from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
+from pipeline.run.loop import Engine, Track
 from pipeline.run.training import (
     Interrupted,
-    _sigterm_as_interrupt,
     interrupted_message,
     make_optimizer,
     make_scheduler,
@@ -65,8 +65,9 @@ class _Quiet:
     def finish(self, *args: object) -> None: ...
 
 
-class EndToEndTrainer:
-    """Trains an ``EndToEndModel`` over decoded clips; see the module docstring."""
+class EndToEndTrainer(Engine):
+    """Trains an ``EndToEndModel`` over decoded clips (the step engine of an end-to-end run, driven by
+    ``pipeline.run.loop``); see the module docstring."""
 
     def __init__(
         self,
@@ -115,9 +116,7 @@ class EndToEndTrainer:
             s: make_loader(ds, self.samplers[s], workers, cfg.prefetch, device.type == "cuda")
             for s, ds in data.datasets.items()
         }
-        self.history: list[dict] = []
-        self.best: dict | None = None
-        self.best_pred: torch.Tensor | None = None  # val predictions of the best epoch (best.pt holds its weights)
+        self.track = Track()  # history; the best epoch's row and val predictions (best.pt holds its weights)
         self.start_epoch = 0
         self.wait_s = 0.0  # time the last epoch's step spent waiting for clips
         if resume is not None:
@@ -132,9 +131,9 @@ class EndToEndTrainer:
             "train_mean": self.ctx.train_mean,
             "epoch": epoch,
             "metrics": metrics,
-            "history": self.history,
-            "best": self.best,
-            "best_pred": self.best_pred,
+            "history": self.track.history,
+            "best": self.track.best,
+            "best_pred": None if self.track.best_pred is None else torch.from_numpy(self.track.best_pred.copy()),
             "model": head,
             "end_to_end": deep_backbones(self.cfg),
             "optimizer": self.opt.state_dict(),
@@ -162,9 +161,8 @@ class EndToEndTrainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.shuffle.set_state(ckpt["rng"]["shuffle"])
-        self.history = list(ckpt["history"])
-        self.best = ckpt["best"]
-        self.best_pred = ckpt.get("best_pred")
+        best_pred = ckpt.get("best_pred")
+        self.track = Track(list(ckpt["history"]), ckpt["best"], None if best_pred is None else best_pred.numpy())
         self.start_epoch = ckpt["epoch"] + 1
 
     # ----------------------------------------------------------------- steps
@@ -263,36 +261,38 @@ class EndToEndTrainer:
             metrics["loss"] = float(self.loss_fn(torch.from_numpy(pred), y, self.ctx))
         return metrics, pred
 
+    # ----------------------------------------------------------------- the engine of pipeline.run.loop
+    def lrs(self) -> dict[str, float]:
+        lrs = [g["lr"] for g in self.opt.param_groups]
+        return {"lr": lrs[0]} | ({"backbone_lr": lrs[1]} if len(lrs) > 1 else {})
+
+    def step_epoch(self, epoch: int) -> list[float]:
+        return [self.train_epoch(epoch)]
+
+    def row_extras(self, train_seconds: float) -> dict:
+        return {"train_seconds": train_seconds, "data_wait_seconds": self.wait_s}
+
+    def score_val(self) -> list[tuple[dict, np.ndarray]]:
+        return [self.evaluate("val")]
+
     def fit(self, logger: RunLogger | _Quiet) -> dict:
         """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each)."""
         cfg, val = self.cfg, self.data.splits["val"]
-        last_pred = None
-        bar = tqdm(
-            range(self.start_epoch, cfg.epochs), desc="epochs", unit="ep", disable=True if self.dist.rank else None
-        )
-        for epoch in bar:
-            t0 = time.perf_counter()
-            lrs = [g["lr"] for g in self.opt.param_groups]
-            train_loss = self.train_epoch(epoch)
-            train_s = time.perf_counter() - t0
-            metrics, last_pred = self.evaluate("val")
-            row = {"epoch": epoch, "lr": lrs[0], "train_loss": train_loss, "seconds": time.perf_counter() - t0}
-            row |= {"backbone_lr": lrs[1]} if len(lrs) > 1 else {}
-            row |= {"train_seconds": train_s, "data_wait_seconds": self.wait_s}
-            row |= {f"val_{k}": v for k, v in metrics.items()}
-            self.history.append(row)
-            improved = self.best is None or metrics["spearman"] > self.best["val_spearman"]
-            if improved:
-                self.best, self.best_pred = dict(row), torch.from_numpy(last_pred.copy())
-            bar.set_postfix(loss=f"{train_loss:.4f}", val_spearman=f"{metrics['spearman']:.4f}")
-            logger.epoch(row, last_pred, val.y.cpu().numpy())
+        true = val.y.cpu().numpy()
+
+        def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> None:
+            logger.epoch(rows[0], self.track.last_pred, true)
             if (cfg.save or cfg.log) and self.dist.rank == 0:  # the others would copy the backbones for nothing
-                logger.checkpoint(self.state(epoch, row), improved)
-        if last_pred is None:
+                logger.checkpoint(self.state(epoch, rows[0]), improved[0])
+
+        progress = None if self.dist.rank else cfg.loss
+        loop.fit(self, [self.track], cfg.epochs, self.start_epoch, epoch_done, progress)
+        last_pred = self.track.last_pred
+        if last_pred is None:  # resumed at or past the last epoch
             last_pred = self.evaluate("val")[1]
-        best_pred = self.best_pred.numpy() if self.best_pred is not None else last_pred
-        logger.finish(self.history, self.best, val, best_pred, last_pred)
-        return {"best": self.best, "last": self.history[-1]}
+        best_pred = self.track.best_pred if self.track.best_pred is not None else last_pred
+        logger.finish(self.track.history, self.track.best, val, best_pred, last_pred)
+        return {"best": self.track.best, "last": self.track.history[-1]}
 
 
 def resumes_end_to_end(cfg: TrainConfig) -> bool:
@@ -359,8 +359,7 @@ def _fit(trainer: EndToEndTrainer, cfg: TrainConfig, dist: Dist) -> dict:
         return trainer.fit(_Quiet()) | {"run_dir": ""}
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
         try:
-            with _sigterm_as_interrupt():
-                result = trainer.fit(logger)
+            result = trainer.fit(logger)
         except KeyboardInterrupt:
             raise Interrupted(interrupted_message(logger.run_dir)) from None
     return result | {"run_dir": str(logger.run_dir)}

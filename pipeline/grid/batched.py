@@ -22,7 +22,6 @@ summation order (``tests/test_experiments.py`` measures the difference).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +32,8 @@ from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
 from pipeline.grid.specs import FoldData, RunResult, RunSpec
+from pipeline.run import loop
+from pipeline.run.loop import Engine, Track
 from pipeline.run.training import make_optimizer, make_scheduler, seed_everything
 
 # --------------------------------------------------------------------------- the stacked model
@@ -123,9 +124,10 @@ EpochCallback = Callable[[int, list[dict]], bool]  # (epoch, one val row per run
 DoneCallback = Callable[[list[RunResult]], None]  # finished runs, as soon as they finish
 
 
-class _Group:
+class _Group(Engine):
     """Runs whose folds have the same number of training videos (the same steps an epoch), trained together: one
-    bundle per batch order, one optimiser and schedule over every bundle's tensors."""
+    bundle per batch order, one optimiser and schedule over every bundle's tensors (the step engine of a grid,
+    driven by ``pipeline.run.loop``)."""
 
     def __init__(self, cfg: TrainConfig, runs: list[RunSpec], folds: list[FoldData], dims: dict, device) -> None:
         self.cfg, self.runs, self.folds = cfg, runs, folds
@@ -144,11 +146,16 @@ class _Group:
         ]
         self.loss = LOSSES[cfg.loss]
         self.n = len(folds[runs[0].fold].y_train)
+        self.where = {i: (b, local) for b, idx in enumerate(self.index) for local, i in enumerate(idx)}
 
     def _fold(self, bundle: Bundle) -> FoldData:
         return self.folds[bundle.runs[0].fold]
 
-    def train_epoch(self, epoch: int) -> list[float]:
+    @property
+    def n_runs(self) -> int:
+        return len(self.runs)
+
+    def step_epoch(self, epoch: int) -> list[float]:
         for ctx in self.ctxs:
             ctx.epoch = epoch
         device = self.train_mean.device
@@ -178,7 +185,7 @@ class _Group:
         return out
 
     @torch.inference_mode()
-    def evaluate(self) -> list[tuple[dict, np.ndarray]]:
+    def score_val(self) -> list[tuple[dict, np.ndarray]]:
         scored = []
         for i, bundle in enumerate(self.bundles):
             fold = self._fold(bundle)
@@ -193,27 +200,20 @@ class _Group:
             )
         return self._per_run(scored)
 
-    def fit(self, on_epoch: EpochCallback | None) -> list[RunResult]:
-        results = [RunResult(s, [], {}, np.empty(0), np.empty(0)) for s in self.runs]
-        for epoch in range(self.cfg.epochs):
-            t0 = time.perf_counter()
-            lr = self.opt.param_groups[0]["lr"]
-            train_loss = self.train_epoch(epoch)
-            scored = self.evaluate()
-            seconds = time.perf_counter() - t0
-            for res, loss, (metrics, pred) in zip(results, train_loss, scored, strict=True):
-                row = {"epoch": epoch, "lr": lr, "train_loss": loss, "seconds": seconds}
-                row |= {f"val_{k}": v for k, v in metrics.items()}
-                res.history.append(row)
-                if not res.best or metrics["spearman"] > res.best["val_spearman"]:
-                    res.best, res.best_pred = dict(row), pred
-                res.last_pred = pred
-            if on_epoch is not None and on_epoch(epoch, [r.history[-1] for r in results]):
-                break
-        for idx, bundle in zip(self.index, self.bundles, strict=True):
-            for local, i in enumerate(idx):
-                results[i].weights = bundle.state_dict(local)
-        return results
+    def weights(self, run: int) -> dict[str, torch.Tensor]:
+        bundle, local = self.where[run]
+        return self.bundles[bundle].state_dict(local)
+
+    def fit(self, on_epoch: EpochCallback | None, keep_best_weights: bool) -> list[RunResult]:
+        def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> bool:
+            return on_epoch is not None and on_epoch(epoch, rows)
+
+        tracks = loop.fit(self, [Track() for _ in self.runs], self.cfg.epochs, 0, epoch_done,
+                          keep_best_weights=keep_best_weights)  # fmt: skip
+        return [
+            RunResult(spec, t.history, t.best, t.best_pred, t.last_pred, self.weights(i), t.best_weights)
+            for i, (spec, t) in enumerate(zip(self.runs, tracks, strict=True))
+        ]
 
 
 #: On a CPU, runs train in chunks of at most this many parameters, one chunk after another: a chunk's weights,
@@ -261,7 +261,7 @@ def train_batched(
         members = [i for i, s in enumerate(runs) if len(folds[s.fold].y_train) == size]
         for chunk in chunks(members, runs, dims, cfg.hidden_channels, budget):
             group = _Group(cfg, [runs[i] for i in chunk], folds, dims, device)
-            done = group.fit(on_epoch)
+            done = group.fit(on_epoch, keep_best_weights=cfg.save)
             out |= dict(zip(chunk, done, strict=True))
             if on_done is not None:
                 on_done(done)

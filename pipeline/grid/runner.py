@@ -36,9 +36,10 @@ from pipeline.grid.summary import summarise, write_summary
 from pipeline.run.checkpoint import run_state, save_checkpoint
 from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.heads import BASELINES, head_results
-from pipeline.run.logger import RunLogger, write_predictions
+from pipeline.run.logger import RunLogger, write_config, write_predictions
+from pipeline.run.loop import sigterm_as_interrupt
 from pipeline.run.table import FeatureTable, SplitData
-from pipeline.run.training import Trainer, _sigterm_as_interrupt, predict, set_threads
+from pipeline.run.training import Trainer, set_threads
 from tiers import TIERS, module_tiers
 
 
@@ -114,13 +115,8 @@ def train_sequential(
         trainer = Trainer(sub, table, device)
         with RunLogger(sub) as logger:
             trainer.fit(logger)
-        val = table.splits["val"].x
-        best_net = copy.deepcopy(trainer.model)
-        best_net.load_state_dict(trainer.best_model)
-        weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
-        out.append(
-            RunResult(spec, trainer.history, trainer.best, predict(best_net, val), predict(trainer.model, val), weights)
-        )
+        t = trainer.track
+        out.append(RunResult(spec, t.history, t.best, t.best_pred, t.last_pred, trainer.weights(0), t.best_weights))
         if on_done is not None:
             on_done(out[-1:])
     return out
@@ -155,18 +151,21 @@ def write_subrun(
     sub = subrun_config(cfg, res.spec, run_dir)
     path = Path(sub.runs_dir) / sub.name
     path.mkdir(parents=True, exist_ok=True)
-    write_text(path / "config.yaml", yaml.safe_dump(asdict(sub), sort_keys=False))
+    write_config(path, sub)
     write_text(path / "metrics.jsonl", "".join(f"{json.dumps(r)}\n" for r in res.history))
     true = fold.y_val.cpu().numpy()
     write_predictions(
         path / "predictions_val.csv", fold.val_ids, true, {"pred_best": res.best_pred, "pred_last": res.last_pred}
     )
-    if cfg.save:
+    if cfg.save:  # best.pt and last.pt, as a single run's -s writes them (scoring checkpoints: no optimiser state)
         train_mean = float(fold.y_train.double().mean())
-        state = run_state(sub, list(res.spec.modules), dims, fold.stats, sources, res.history, res.weights, train_mean)
-        state["best"] = res.best
-        state["fitted"] = pack_fitted(fitted or {})  # what evaluate.py --videos applies to new videos
-        save_checkpoint(state, path / "last.pt")
+        modules = list(res.spec.modules)
+        to_best = [row for row in res.history if row["epoch"] <= res.best["epoch"]]
+        for name, history, weights in (("best.pt", to_best, res.best_weights), ("last.pt", res.history, res.weights)):
+            if weights:
+                state = run_state(sub, modules, dims, fold.stats, sources, history, weights, train_mean)
+                state["fitted"] = pack_fitted(fitted or {})  # what evaluate.py --videos applies to new videos
+                save_checkpoint(state, path / name)
     write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
     return path
 
@@ -318,7 +317,7 @@ def _run_grid(cfg: TrainConfig) -> dict:
             print(run_line(res, len(done), len(grid.runs), time.perf_counter() - t0), flush=True)
 
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             if todo and cfg.head == "mlp":
                 grid.train(runs=todo, on_done=finished)
             elif todo:  # a head fitted in one go, run by run

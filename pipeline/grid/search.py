@@ -30,7 +30,7 @@ from config import ModuleConfig, TrainConfig, from_dict
 from core.cli import load_yaml
 from core.io import ConfigError, Interrupted, write_json, write_text
 from pipeline.grid.runner import Grid, experiment_dir, run_experiment
-from pipeline.run.training import _sigterm_as_interrupt
+from pipeline.run.loop import sigterm_as_interrupt
 
 SEARCH_TYPES = ("float", "int", "categorical")
 INNER_FOLDS = 3  # --search_on inner_cv: trials are scored on this many folds of the train videos
@@ -212,7 +212,7 @@ def _search(cfg: TrainConfig, run_dir: Path) -> dict:
             print(trial_line(trial_row(trial), len(study.trials), score_label(cfg)), flush=True)
 
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 study.optimize(_objective(base, grid, space), n_trials=cfg.search - done, callbacks=[report])
         except KeyboardInterrupt:
             raise Interrupted(

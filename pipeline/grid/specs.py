@@ -53,3 +53,4 @@ class RunResult:
     best_pred: np.ndarray
     last_pred: np.ndarray
     weights: dict[str, torch.Tensor] = field(default_factory=dict)  # last epoch, as a ModularMLP state dict
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # best epoch (kept with -s, for best.pt)

@@ -35,6 +35,12 @@ def _epoch(line: str) -> float:
         return float("inf")
 
 
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """A run's config.yaml, with the roots as resolved: '' (the default) would say nothing of where the data was."""
+    resolved = {"data_dir": str(cfg.resolved_data_dir()), "features_dir": str(cfg.resolved_features_dir())}
+    write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg) | resolved, sort_keys=False))
+
+
 class RunLogger:
     """Writes ``runs/<name>/`` and, with ``cfg.log``, mirrors it to wandb. Use as a context manager."""
 
@@ -54,9 +60,7 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
         self.notes: dict = {}  # what summary.json must say beside the metrics (e.g. smoke stores)
-        # the roots as resolved: '' (the default) would say nothing of where the data was
-        resolved = {"data_dir": str(cfg.resolved_data_dir()), "features_dir": str(cfg.resolved_features_dir())}
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(asdict(cfg) | resolved, sort_keys=False))
+        write_config(self.run_dir, cfg)
         remove_stale_temps(self.run_dir)  # what a kill inside torch.save left
         # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
         kept = []

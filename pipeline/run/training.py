@@ -11,17 +11,12 @@ import dataclasses
 import math
 import os
 import random
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from config import ModuleConfig, TrainConfig, from_dict
 from core.device import available_cores, resolve_device
@@ -31,6 +26,7 @@ from dataset import load_records
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
+from pipeline.run import loop
 from pipeline.run.checkpoint import (
     CHECKPOINT_FORMAT,
     check_sources,
@@ -41,6 +37,7 @@ from pipeline.run.checkpoint import (
 )
 from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
+from pipeline.run.loop import Engine, Track
 from pipeline.run.table import FeatureTable, SplitData
 from tiers import module_tiers
 
@@ -85,8 +82,9 @@ def predict(model: ModularMLP, x: torch.Tensor, batch: int = 8192) -> np.ndarray
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().cpu().numpy()
 
 
-class Trainer:
-    """Fits a ``ModularMLP`` on a ``FeatureTable``; writes the run directory; logs to wandb with ``-l``."""
+class Trainer(Engine):
+    """Fits a ``ModularMLP`` on a ``FeatureTable`` (the step engine of one run, driven by ``pipeline.run.loop``);
+    writes the run directory; logs to wandb with ``-l``."""
 
     def __init__(self, cfg: TrainConfig, table: FeatureTable, device: torch.device, resume: dict | None = None):
         if "train" not in table.splits or "val" not in table.splits:
@@ -104,9 +102,7 @@ class Trainer:
         self.ctx = LossContext(
             0, cfg.epochs, float(train_y.double().mean()), cfg.mse_tails_pow, cfg.mse_tails_mult_fact
         )
-        self.history: list[dict] = []
-        self.best: dict | None = None  # the val row of the best epoch so far
-        self.best_model: dict[str, torch.Tensor] = {}  # its weights, kept to predict with the best model at the end
+        self.track = Track()  # history, the best epoch's row, predictions and weights (best.pt, resume)
         self.start_epoch = 0
         if resume is not None:
             self._restore(resume)
@@ -144,10 +140,20 @@ class Trainer:
         self.sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.shuffle.set_state(ckpt["rng"]["shuffle"])
-        self.history = list(ckpt["history"])
-        self.best = ckpt["best"]
-        self.best_model = ckpt["best_model"]
+        self.track = Track(list(ckpt["history"]), ckpt["best"], best_weights=ckpt["best_model"])
         self.start_epoch = ckpt["epoch"] + 1
+
+    @property
+    def history(self) -> list[dict]:
+        return self.track.history
+
+    @property
+    def best(self) -> dict | None:
+        return self.track.best
+
+    @property
+    def best_model(self) -> dict[str, torch.Tensor]:
+        return self.track.best_weights or {}
 
     # ----------------------------------------------------------------- loop
     def train_epoch(self, epoch: int) -> float:
@@ -174,38 +180,37 @@ class Trainer:
             metrics["loss"] = float(self.loss_fn(torch.from_numpy(pred), split.y.cpu(), self.ctx))
         return metrics, pred
 
+    # ----------------------------------------------------------------- the engine of pipeline.run.loop
+    def step_epoch(self, epoch: int) -> list[float]:
+        return [self.train_epoch(epoch)]
+
+    def score_val(self) -> list[tuple[dict, np.ndarray]]:
+        return [self.evaluate(self.table.splits["val"])]
+
+    def weights(self, run: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
     def fit(self, logger: RunLogger) -> dict:
         """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each)."""
         cfg, val = self.cfg, self.table.splits["val"]
-        last_pred = None
-        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="epochs", unit="ep", disable=None)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            lr = self.opt.param_groups[0]["lr"]
-            train_loss = self.train_epoch(epoch)
-            metrics, last_pred = self.evaluate(val)
-            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - t0}
-            row |= {f"val_{k}": v for k, v in metrics.items()}
-            self.history.append(row)
-            improved = self.best is None or metrics["spearman"] > self.best["val_spearman"]
-            if improved:
-                self.best = dict(row)
-                self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            bar.set_postfix(loss=f"{train_loss:.4f}", val_spearman=f"{metrics['spearman']:.4f}")
-            if bar.disable:  # no terminal (a log file, a job scheduler): one line an epoch instead of the bar
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train {cfg.loss} {train_loss:.4f}, val Spearman "
-                      f"{metrics['spearman']:.4f}{' (best so far)' if improved else ''}", flush=True)  # fmt: skip
-            logger.epoch(row, last_pred, val.y.cpu().numpy())
+        true = val.y.cpu().numpy()
+
+        def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> None:
+            logger.epoch(rows[0], self.track.last_pred, true)
             if cfg.save or cfg.log:
-                logger.checkpoint(self.state(epoch, row), improved)
+                logger.checkpoint(self.state(epoch, rows[0]), improved[0])
+
+        loop.fit(self, [self.track], cfg.epochs, self.start_epoch, epoch_done, cfg.loss, keep_best_weights=True)
+        last_pred = self.track.last_pred
         if last_pred is None:  # resumed at or past the last epoch: nothing left to train
             last_pred = self.evaluate(val)[1]
-        best_net = ModularMLP(self.table.dims, cfg.hidden_channels).to(self.device)
-        best_net.load_state_dict(self.best_model)
-        best_pred = predict(best_net, val.x)
-        last = self.history[-1]
+        best_pred = self.track.best_pred
+        if best_pred is None:  # its best epoch was trained before the resume: predict with its kept weights
+            best_net = ModularMLP(self.table.dims, cfg.hidden_channels).to(self.device)
+            best_net.load_state_dict(self.best_model)
+            best_pred = predict(best_net, val.x)
         logger.finish(self.history, self.best, val, best_pred, last_pred)
-        return {"best": self.best, "last": last}
+        return {"best": self.best, "last": self.history[-1]}
 
 
 # A resumed run keeps its model and its inputs: these options (every module option, and the network's widths)
@@ -292,8 +297,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None) -> dict:
         if ckpt and cfg.save:
             repair_best(logger.run_dir, ckpt)
         try:
-            with _sigterm_as_interrupt():
-                result = trainer.fit(logger)
+            result = trainer.fit(logger)
         except KeyboardInterrupt:
             raise Interrupted(interrupted_message(logger.run_dir)) from None
         result["run_dir"] = str(logger.run_dir)
@@ -301,23 +305,6 @@ def _train(cfg: TrainConfig, ckpt: dict | None) -> dict:
 
 
 RESUME = ".venv/bin/python train.py --checkpoint_local"
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's kill, ``kill PID``) stops training as Ctrl-C does (signals: main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted_message(run_dir: Path) -> str:
