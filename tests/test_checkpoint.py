@@ -211,3 +211,32 @@ def test_a_run_directory_given_as_checkpoint_names_its_checkpoints(tmp_path):
         str(err.value)
         == f"{tmp_path} is a directory, not a checkpoint; pass one of its checkpoints: {tmp_path}/best.pt"
     )
+
+
+def test_a_key_of_the_wrong_type_is_refused_in_one_line(tmp_path):
+    save_checkpoint(valid_state() | {"epoch": "4", "history": {}}, tmp_path / "odd.pt")
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(tmp_path / "odd.pt")
+    assert str(err.value) == (
+        f"{tmp_path / 'odd.pt'} is not an m3s checkpoint (best.pt / last.pt written by train.py --save): epoch is "
+        "str, history is dict (see pipeline/run/checkpoint.py SCHEMA)"
+    )
+    save_checkpoint(valid_state() | {"train_mean": 1}, tmp_path / "int.pt")  # an int where a float is expected is fine
+    assert load_checkpoint(tmp_path / "int.pt")["train_mean"] == 1
+
+
+def test_the_one_builder_writes_every_schema_key_and_refuses_others():
+    from config import TrainConfig
+
+    from pipeline.run.checkpoint import REQUIRED, RESUME_KEYS, SCHEMA, build_checkpoint
+
+    cfg = TrainConfig(extra_features=["raw", "emb"])
+    history = [{"epoch": 0, "val_spearman": 0.3}, {"epoch": 1, "val_spearman": 0.5}, {"epoch": 2, "val_spearman": 0.5}]
+    stats = valid_state()["stats"] | {"other": {}}
+    state = build_checkpoint(cfg, list(DIMS), DIMS | {"x": 9}, stats, {}, {}, history, ModularMLP(DIMS, [8, 4]), 0.5)
+    assert set(state) == set(SCHEMA) - set(RESUME_KEYS) and set(REQUIRED) <= set(state)
+    assert state["best"] == history[1] and state["epoch"] == 2 and state["metrics"] == history[2]  # first of ties
+    assert state["dims"] == DIMS and set(state["stats"]) == {"raw"}  # only the run's modules
+    assert all(isinstance(state[k], SCHEMA[k]) for k in state)
+    with pytest.raises(TypeError, match="optimiser are not checkpoint keys"):
+        build_checkpoint(cfg, list(DIMS), DIMS, stats, {}, {}, history, ModularMLP(DIMS, [8, 4]), 0.5, optimiser={})

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from config import TrainConfig
-from core.io import StoreError, code_version
+from core.io import StoreError
 from dataset import DATASETS, VideoRecord
 from features.hog import HogPCA
 from features.raw import RawExtractor
 from features.store import FeatureStore
 from pipeline.e2e.clips import ClipDataset, clip_spec
-from pipeline.run.checkpoint import CHECKPOINT_FORMAT
 from pipeline.run.fitted import Fitted
-from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.table import FeatureTable, SplitData, Stats
-from tiers import TIERS, module_tiers
+from tiers import TIERS
 
 DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e/training.py)
 
@@ -57,19 +55,6 @@ class E2EData:
                 v = (v - self.stats["raw"]["mean"].to(device)) / self.stats["raw"]["std"].to(device)
             out["raw"] = v.float()
         return out
-
-    def describe(self, cfg: TrainConfig) -> dict:
-        """The self-describing part of a checkpoint (config, modules and their tiers, statistics, provenance)."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "code_version": code_version(),
-            "config": asdict(cfg),
-            "modules": cfg.modules(),
-            "tiers": {m: t.name for m, t in module_tiers(cfg).items()},
-            "stats": self.stats,
-            "sources": self.table_sources,
-            "fitted": pack_fitted(self.fitted),
-        }
 
 
 def raw_on_the_fly(cfg: TrainConfig) -> bool:

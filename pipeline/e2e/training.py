@@ -41,7 +41,7 @@ from pipeline.e2e.backbones import MIN_COSINE, autocast_dtype, build_backbones, 
 from pipeline.e2e.clips import EpochBatches, make_loader, micro_batches
 from pipeline.e2e.data import E2EData, build_data
 from pipeline.run import loop
-from pipeline.run.checkpoint import check_sources, load_weights, stats_from_checkpoint
+from pipeline.run.checkpoint import build_checkpoint, check_sources, load_weights, stats_from_checkpoint
 from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
 from pipeline.run.loop import Engine, Track
 from pipeline.run.training import (
@@ -124,26 +124,21 @@ class EndToEndTrainer(Engine):
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, epoch: int, metrics: dict) -> dict:
-        """A self-describing checkpoint (``weights_only`` loadable), with the fine-tuned backbone weights."""
-        head = {k: v.detach().cpu() for k, v in self.model.head.state_dict().items()}
-        out = self.data.describe(self.cfg) | {
-            "dims": self.model.dims,
-            "train_mean": self.ctx.train_mean,
-            "epoch": epoch,
-            "metrics": metrics,
-            "history": self.track.history,
-            "best": self.track.best,
-            "best_pred": None if self.track.best_pred is None else torch.from_numpy(self.track.best_pred.copy()),
-            "model": head,
-            "end_to_end": deep_backbones(self.cfg),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
-        }
-        if not self.cfg.freeze_backbones:
-            out["backbones"] = {k: v.detach().cpu() for k, v in self.model.backbones.state_dict().items()}
-        return out
+        """The checkpoint of the epoch just recorded (``weights_only`` loadable), with the fine-tuned backbones."""
+        cfg, data, t = self.cfg, self.data, self.track
+        best_pred = None if t.best_pred is None else torch.from_numpy(t.best_pred.copy())
+        resume = {} if cfg.freeze_backbones else {"backbones": self._cpu(self.model.backbones)}
+        return build_checkpoint(
+            cfg, cfg.modules(), self.model.dims, data.stats, data.table_sources, data.fitted, t.history,
+            self._cpu(self.model.head), self.ctx.train_mean, t.best, best_pred=best_pred,
+            end_to_end=deep_backbones(cfg), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+            scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
+            **resume,
+        )  # fmt: skip
+
+    @staticmethod
+    def _cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
     def load_weights(self, ckpt: dict) -> None:
         """The head and, when they were fine-tuned, the backbones of a checkpoint."""

@@ -33,8 +33,7 @@ from pipeline.grid.batched import DoneCallback, EpochCallback, train_batched
 from pipeline.grid.folds import fold_data, load_or_make_folds, make_folds
 from pipeline.grid.specs import FoldData, RunResult, RunSpec
 from pipeline.grid.summary import summarise, write_summary
-from pipeline.run.checkpoint import run_state, save_checkpoint
-from pipeline.run.fitted import pack as pack_fitted
+from pipeline.run.checkpoint import build_checkpoint, save_checkpoint
 from pipeline.run.heads import BASELINES, head_results
 from pipeline.run.logger import RunLogger, write_config, write_predictions
 from pipeline.run.loop import sigterm_as_interrupt
@@ -163,8 +162,8 @@ def write_subrun(
         to_best = [row for row in res.history if row["epoch"] <= res.best["epoch"]]
         for name, history, weights in (("best.pt", to_best, res.best_weights), ("last.pt", res.history, res.weights)):
             if weights:
-                state = run_state(sub, modules, dims, fold.stats, sources, history, weights, train_mean)
-                state["fitted"] = pack_fitted(fitted or {})  # what evaluate.py --videos applies to new videos
+                state = build_checkpoint(sub, modules, dims, fold.stats, sources, fitted or {}, history, weights,
+                                         train_mean, res.best if name == "last.pt" else None)  # fmt: skip
                 save_checkpoint(state, path / name)
     write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
     return path

@@ -56,6 +56,13 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise ConfigError(f"{not_ours}: it lacks {', '.join(missing)}")
+    wrong = [
+        f"{k} is {type(v).__name__}"
+        for k, v in ckpt.items()
+        if k in SCHEMA and not isinstance(v, SCHEMA[k]) and not (SCHEMA[k] is float and type(v) is int)
+    ]
+    if wrong:
+        raise ConfigError(f"{not_ours}: {', '.join(wrong)} (see pipeline/run/checkpoint.py SCHEMA)")
     return ckpt
 
 
@@ -105,17 +112,38 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     return model
 
 
-def run_state(
-    cfg, modules: list[str], dims: dict, stats: dict, sources: dict, history: list[dict], model, train_mean: float
-) -> dict:
-    """A scoring checkpoint (no optimiser state) of a finished run: its last row is its epoch, ``model`` its weights
-    (a module or a state dict)."""
+#: Every key a checkpoint of this format holds, with its type. ``REQUIRED`` ones are in every checkpoint of the
+#: format, the oldest included; the others are checked when present (checkpoints written before ``tiers`` /
+#: ``fitted`` existed still load).
+SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "format": int, "code_version": str, "config": dict, "modules": list, "tiers": dict, "dims": dict, "stats": dict,
+    "sources": dict, "fitted": dict, "train_mean": float, "epoch": int, "metrics": dict, "history": list,
+    "best": dict, "model": dict,
+    # to resume (last.pt of a run trained with -s) and to run end to end
+    "best_model": dict, "best_pred": (torch.Tensor, type(None)), "optimizer": dict, "scheduler": dict, "rng": dict,
+    "scaler": dict, "end_to_end": dict, "backbones": dict,
+}  # fmt: skip
+RESUME_KEYS = ("best_model", "best_pred", "optimizer", "scheduler", "rng", "scaler", "end_to_end", "backbones")
+
+
+def build_checkpoint(
+    cfg, modules: list[str], dims: dict, stats: dict, sources: dict, fitted: dict, history: list[dict], model,
+    train_mean: float, best: dict | None = None, **resume: object,
+) -> dict:  # fmt: skip
+    """The one checkpoint builder (a run, a grid's sub-run, a fitted head, an end-to-end run): its last row of
+    ``history`` is its epoch, ``model`` its weights (a module or a state dict), ``fitted`` the stores' transforms
+    (what ``evaluate.py --videos`` applies to new videos), ``best`` the best row (default: the first highest val
+    Spearman of ``history``); ``resume`` adds the ``RESUME_KEYS`` a run needs to go on."""
     from dataclasses import asdict
 
+    from pipeline.run.fitted import pack
     from tiers import module_tiers
 
+    unknown = sorted(set(resume) - set(RESUME_KEYS))
+    if unknown:
+        raise TypeError(f"build_checkpoint: {', '.join(unknown)} are not checkpoint keys")
     weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
-    return {
+    state = {
         "format": CHECKPOINT_FORMAT,
         "code_version": code_version(),
         "config": asdict(cfg),
@@ -124,13 +152,15 @@ def run_state(
         "dims": {m: dims[m] for m in modules},
         "stats": {m: s for m, s in stats.items() if m in modules},
         "sources": sources,
-        "train_mean": train_mean,
+        "fitted": pack(fitted),
+        "train_mean": float(train_mean),
         "epoch": history[-1]["epoch"],
         "metrics": history[-1],
         "history": history,
-        "best": max(history, key=lambda r: r["val_spearman"]),
+        "best": best if best is not None else max(history, key=lambda r: r["val_spearman"]),
         "model": {k: v.detach().cpu() for k, v in weights.items()},
     }
+    return state | resume
 
 
 def stats_from_checkpoint(ckpt: dict) -> dict[str, dict[str, torch.Tensor]]:

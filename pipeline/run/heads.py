@@ -22,8 +22,7 @@ from model.heads import HEADS, FitContext
 from model.metrics import compute_metrics
 from pipeline.grid.batched import train_batched
 from pipeline.grid.specs import FoldData, RunResult, RunSpec
-from pipeline.run.checkpoint import run_state
-from pipeline.run.fitted import pack
+from pipeline.run.checkpoint import build_checkpoint
 from pipeline.run.logger import RunLogger
 from pipeline.run.table import FeatureTable
 from pipeline.run.training import predict, set_threads
@@ -123,10 +122,10 @@ def run_fitted(cfg: TrainConfig) -> dict:
         logger.notes["head"] = info
         logger.epoch(row, pred, val.y.cpu().numpy())
         if cfg.save or cfg.log:
-            state = run_state(
-                cfg, table.modules, table.dims, table.stats, table.sources, [row], model, float(tr.y.double().mean())
-            )
-            logger.checkpoint(state | {"fitted": pack(table.fitted)}, True)
+            t = table
+            mean = float(tr.y.double().mean())
+            state = build_checkpoint(cfg, t.modules, t.dims, t.stats, t.sources, t.fitted, [row], model, mean)
+            logger.checkpoint(state, True)
         logger.finish([row], row, val, pred, pred)
     return {"best": row, "last": row, "run_dir": str(logger.run_dir), "head": cfg.head, "fit": info}
 

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from config import ModuleConfig, TrainConfig, from_dict
 from core.device import available_cores, resolve_device
-from core.io import ConfigError, Interrupted, code_version
+from core.io import ConfigError, Interrupted
 from core.rundir import free_run_name, owned
 from dataset import load_records
 from model.losses import LOSSES, LossContext
@@ -28,18 +27,16 @@ from model.metrics import compute_metrics
 from model.mlp import ModularMLP
 from pipeline.run import loop
 from pipeline.run.checkpoint import (
-    CHECKPOINT_FORMAT,
+    build_checkpoint,
     check_sources,
     load_checkpoint,
     load_weights,
     repair_best,
     stats_from_checkpoint,
 )
-from pipeline.run.fitted import pack as pack_fitted
 from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
 from pipeline.run.loop import Engine, Track
 from pipeline.run.table import FeatureTable, SplitData
-from tiers import module_tiers
 
 
 def seed_everything(seed: int) -> None:
@@ -109,28 +106,13 @@ class Trainer(Engine):
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, epoch: int, metrics: dict) -> dict:
-        """A self-describing checkpoint: only tensors and plain Python values, so ``weights_only=True`` loads it."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "code_version": code_version(),
-            "config": asdict(self.cfg),
-            "modules": self.table.modules,
-            "tiers": {m: t.name for m, t in module_tiers(self.cfg).items()},  # the tier of each module
-            "dims": self.table.dims,
-            "stats": self.table.stats,
-            "sources": self.table.sources,
-            "fitted": pack_fitted(self.table.fitted),  # what evaluate.py --videos applies to new videos
-            "train_mean": self.ctx.train_mean,
-            "epoch": epoch,
-            "metrics": metrics,
-            "history": self.history,
-            "best": self.best,
-            "best_model": self.best_model,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
-        }
+        """The checkpoint of the epoch just recorded (``metrics`` is its row), with what resuming needs."""
+        t = self.table
+        return build_checkpoint(
+            self.cfg, t.modules, t.dims, t.stats, t.sources, t.fitted, self.history, self.model, self.ctx.train_mean,
+            self.best, best_model=self.best_model, optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+            rng={"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
+        )  # fmt: skip
 
     def _restore(self, ckpt: dict) -> None:
         if ckpt["dims"] != self.table.dims:
