@@ -227,7 +227,6 @@ def test_a_key_of_the_wrong_type_is_refused_in_one_line(tmp_path):
 
 def test_the_one_builder_writes_every_schema_key_and_refuses_others():
     from config import TrainConfig
-
     from pipeline.run.checkpoint import REQUIRED, RESUME_KEYS, SCHEMA, build_checkpoint
 
     cfg = TrainConfig(extra_features=["raw", "emb"])
