@@ -5,10 +5,12 @@
   exported as torch modules of plain tensors (the standardisation, the coefficients or support vectors and dual
   coefficients): a checkpoint holds numbers, never a pickle, and ``evaluate.py``, ``--videos`` and ``--explain``
   (gradient x input included) run them like the MLP;
-- ``stack``: the default recipe's head (README "A default that holds across datasets"): a convex blend of the MLP,
-  the SVR and Ridge, ``w_mlp * mlp + w_svr * svr + w_ridge * ridge``, the weights chosen on the simplex grid of step
-  ``STACK_STEP`` by the Spearman of out-of-fold predictions on an inner K-fold split of the train videos (never
-  val); ties go to the more even blend. Then each member is refitted on every train video.
+- ``stack``: a convex blend of the MLP, the SVR and Ridge, ``w_mlp * mlp + w_svr * svr + w_ridge * ridge``, the
+  weights chosen on the simplex grid of step ``STACK_STEP`` by the Spearman of out-of-fold predictions on an inner
+  K-fold split of the train videos (never val); ties go to the more even blend. Then each member is refitted on
+  every train video;
+- ``select``: the same out-of-fold predictions choose one member alone (the vertices of that simplex): model
+  selection by inner CV on train, fewer choices than the blend's 15, so less to overfit on small train sets.
 
 Adding a head = a torch module with a ``dims`` attribute, a ``fit`` and one ``Head`` line; ``tests/test_heads.py`` is
 parametrised over the registry.
@@ -30,6 +32,7 @@ STACK_FOLDS = 3  # inner folds of the train videos on which the stack's blend we
 STACK_STEP = 4  # weights in quarters: the 15 blends of (mlp, svr, ridge) with weights k/4 summing to 1
 STACK_WEIGHTS = [(a / STACK_STEP, b / STACK_STEP, (STACK_STEP - a - b) / STACK_STEP)
                  for a in range(STACK_STEP + 1) for b in range(STACK_STEP + 1 - a)]  # fmt: skip
+VERTICES = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]  # one member alone: the MLP, the SVR, Ridge
 
 
 def _t(a: np.ndarray | float) -> torch.Tensor:
@@ -112,7 +115,9 @@ def _fit_svr(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
     return KernelHead(ctx.dims, fit)
 
 
-def _fit_stack(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
+def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, grid: list[tuple[float, float, float]]) -> nn.Module:
+    """The blend of ``grid`` (weights of (mlp, svr, ridge)) whose out-of-fold predictions on ``STACK_FOLDS`` inner
+    folds of the train videos rank best (ties: the more even blend, then the first), its members refitted on all."""
     from sklearn.model_selection import KFold
 
     folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x))
@@ -122,15 +127,15 @@ def _fit_stack(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
         xt = torch.from_numpy(x[te])
         oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
                       LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
-    inner = {w: spearman(np.dot(w, oof), y) for w in STACK_WEIGHTS}
-    w = max(STACK_WEIGHTS, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
+    inner = {w: spearman(np.dot(w, oof), y) for w in set(grid) | set(VERTICES)}
+    w = max(grid, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
     svr, ridge = fit_svr(x, y), fit_ridge(x, y)
     mlp = ModularMLP(ctx.dims, ctx.hidden)
     mlp.load_state_dict(runs[-1][1][0])
     ctx.info |= {
         "params": {"weights (mlp, svr, ridge)": list(w), "svr": svr["params"], "ridge": ridge["params"]},
-        "inner_cv": {"mlp": round(inner[(1.0, 0.0, 0.0)], 4), "svr": round(inner[(0.0, 1.0, 0.0)], 4),
-                     "ridge": round(inner[(0.0, 0.0, 1.0)], 4), "chosen": round(inner[w], 4)},
+        "inner_cv": {"mlp": round(inner[VERTICES[0]], 4), "svr": round(inner[VERTICES[1]], 4),
+                     "ridge": round(inner[VERTICES[2]], 4), "chosen": round(inner[w], 4)},
         "edge": [f"svr {e}" for e in svr["edge"]] + [f"ridge {e}" for e in ridge["edge"]],
         "linalg_warnings": ridge["linalg_warnings"],
     }  # fmt: skip
@@ -150,6 +155,12 @@ def _n_support(state: dict, prefix: str = "") -> int:
     return state[f"{prefix}support"].shape[0]
 
 
+def _build_blend(dims: dict[str, int], config: dict, state: dict) -> BlendHead:
+    members = [ModularMLP(dims, config["hidden_channels"]),
+               KernelHead(dims, n_support=_n_support(state, "members.1.")), LinearHead(dims)]  # fmt: skip
+    return BlendHead(dims, members, [0.0, 0.0, 0.0])
+
+
 HEADS: dict[str, Head] = {
     h.name: h
     for h in (
@@ -159,11 +170,10 @@ HEADS: dict[str, Head] = {
              lambda d, c, s: LinearHead(d), _fit_ridge),
         Head("svr", "RBF-SVR on standardised inputs (C, gamma, epsilon by 3-fold CV on train)",
              lambda d, c, s: KernelHead(d, n_support=_n_support(s)), _fit_svr),
-        Head("stack", "the default recipe: MLP, SVR and Ridge blended, the weights chosen by inner CV on train",
-             lambda d, c, s: BlendHead(d, [ModularMLP(d, c["hidden_channels"]),
-                                           KernelHead(d, n_support=_n_support(s, "members.1.")), LinearHead(d)],
-                                       [0.0, 0.0, 0.0]),
-             _fit_stack),
+        Head("stack", "MLP, SVR and Ridge blended, the weights (in quarters) chosen by inner CV on train",
+             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, STACK_WEIGHTS)),
+        Head("select", "the one of MLP, SVR and Ridge whose inner CV on train ranks best (model selection)",
+             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, VERTICES)),
     )
 }  # fmt: skip
 

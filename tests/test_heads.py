@@ -135,3 +135,23 @@ def test_a_fitted_head_is_a_grid_row_with_checkpoints(tmp_path):
     assert ckpt["config"]["head"] == "svr" and isinstance(model_from_checkpoint(ckpt), KernelHead)
     ridge = load_checkpoint(tmp_path / "runs/g/a/ridge-seed2-fold0/last.pt")
     assert isinstance(model_from_checkpoint(ridge), LinearHead)
+
+
+def test_select_takes_the_member_whose_inner_cv_ranks_best_and_predicts_as_it_alone():
+    """On a linear target, Ridge's out-of-fold Spearman beats the SVR's and a 3-epoch MLP's: select is Ridge alone
+    (the same predictions as the ridge head, fitted on every train video), and says what each member scored."""
+    from config import TrainConfig
+    from pipeline.run.heads import fit_head
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(150, 30)).astype(np.float32)  # 30 dims: a linear score is far from an RBF kernel's reach
+    y = (0.5 + 0.02 * x @ rng.normal(size=30) + rng.normal(scale=0.005, size=150)).astype(np.float32)
+    dims = {"a": 20, "b": 10}
+    cfg = TrainConfig(epochs=3, hidden_channels=[16, 8], batch_size=16, device="cpu")
+    model, info = fit_head(cfg, "select", x, y, dims, 0, torch.device("cpu"))
+    scores = info["inner_cv"]
+    assert scores["ridge"] > max(scores["svr"], scores["mlp"]) and scores["chosen"] == scores["ridge"]
+    assert info["params"]["weights (mlp, svr, ridge)"] == [0.0, 0.0, 1.0]
+    x_new = torch.from_numpy(rng.normal(size=(20, 30)).astype(np.float32))
+    ridge = LinearHead(dims, fit_ridge(x, y))(x_new)
+    assert torch.allclose(model(x_new), ridge, atol=1e-6)

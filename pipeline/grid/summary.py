@@ -154,7 +154,7 @@ def plot_ablation(path: Path, summary: dict) -> None:
     fig = Figure(figsize=(10, 1.5 + 0.32 * len(rows)))
     ax = fig.subplots()
     y = np.arange(len(rows))
-    colors = {"mlp": "tab:blue", "ridge": "tab:gray", "svr": "tab:orange", "stack": "tab:green"}
+    colors = {"mlp": "tab:blue", "ridge": "tab:gray", "svr": "tab:orange", "stack": "tab:green", "select": "tab:red"}
     ax.barh(
         y,
         [r["last"]["mean"] for r in rows],
