@@ -222,3 +222,29 @@ def test_a_grid_sub_run_gets_the_files_of_a_single_run(two_modules, tmp_path, ba
         roots = parse(TrainConfig, argv)
         assert config["features_dir"] == str(roots.resolved_features_dir()) and config["seed"] == seed
         assert config["data_dir"] == str(roots.resolved_data_dir())
+
+
+def test_with_l_each_sub_run_is_a_wandb_run_of_its_own_in_the_grids_group(two_modules, tmp_path, monkeypatch):
+    import wandb
+
+    runs, logged = [], []
+    real_init, real_log = wandb.init, wandb.sdk.wandb_run.Run.log
+
+    def init(*args, **kwargs):
+        runs.append((kwargs["name"], kwargs["group"]))
+        return real_init(*args, **kwargs)
+
+    def log(self, data, *args, **kwargs):
+        logged.append((runs[-1][0], dict(data)))
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", log)
+    run_experiment(parse(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "g", "--seeds", "1", "2", "-l"]))
+    assert runs == [("g/a+b/seed1-fold0", "g"), ("g/a+b/seed2-fold0", "g"), ("g", None)]  # sub-runs, then the grid
+    for seed in (1, 2):
+        rows = [d for name, d in logged if name == f"g/a+b/seed{seed}-fold0"]
+        history = (tmp_path / f"runs/g/a+b/seed{seed}-fold0/metrics.jsonl").read_text().splitlines()
+        assert [r["epoch"] for r in rows] == [1, 2, 3]  # from 1, as printed
+        assert [r["val_spearman"] for r in rows] == [json.loads(line)["val_spearman"] for line in history]
+        assert list((tmp_path / f"runs/g/a+b/seed{seed}-fold0/wandb").glob("offline-run-*"))

@@ -35,7 +35,7 @@ from pipeline.grid.specs import FoldData, RunResult, RunSpec
 from pipeline.grid.summary import summarise, write_summary
 from pipeline.run.checkpoint import build_checkpoint, save_checkpoint
 from pipeline.run.heads import BASELINES, head_results
-from pipeline.run.logger import RunLogger, write_config, write_predictions
+from pipeline.run.logger import RunLogger, log_finished_run, write_config, write_predictions
 from pipeline.run.loop import sigterm_as_interrupt
 from pipeline.run.table import FeatureTable, SplitData
 from pipeline.run.training import Trainer, set_threads
@@ -109,7 +109,7 @@ def train_sequential(
     out = []
     for spec in runs:
         sub = subrun_config(cfg, spec, run_dir)
-        sub.save = False  # checkpoints are written as for batched runs, from the weights (write_subrun)
+        sub.save = sub.log = False  # checkpoints and wandb as for batched runs, when it finishes (write_subrun)
         table = fold_table(folds[spec.fold], spec.modules, dims, sources)
         trainer = Trainer(sub, table, device)
         with RunLogger(sub) as logger:
@@ -165,6 +165,8 @@ def write_subrun(
                 state = build_checkpoint(sub, modules, dims, fold.stats, sources, fitted or {}, history, weights,
                                          train_mean, res.best if name == "last.pt" else None)  # fmt: skip
                 save_checkpoint(state, path / name)
+    if cfg.log:  # its own wandb run, in the grid's group (the grid's table is one more run, at the end)
+        log_finished_run(sub, path, res.history, res.best, f"{cfg.name}/{res.spec.dir_name}", cfg.group or cfg.name)
     write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
     return path
 

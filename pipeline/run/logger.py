@@ -132,6 +132,21 @@ class RunLogger:
             self.wandb.summary["last_spearman"] = history[-1]["val_spearman"]
 
 
+def log_finished_run(cfg: TrainConfig, run_dir: Path, history: list[dict], best: dict, name: str, group: str) -> None:
+    """With ``-l``, a run trained elsewhere (a grid's sub-run, written when its chunk ends) as a wandb run of its own
+    in ``group``: every epoch's row (epochs from 1, as printed), its best and last epochs."""
+    import wandb
+
+    run = wandb.init(project=cfg.project, name=name, group=group, tags=cfg.tags or None,
+                     config=asdict(cfg), dir=str(run_dir))  # fmt: skip
+    for row in history:
+        run.log(row | {"epoch": row["epoch"] + 1}, step=row["epoch"])
+    run.summary["best_spearman"] = best["val_spearman"]
+    run.summary["best_epoch"] = best["epoch"] + 1
+    run.summary["last_spearman"] = history[-1]["val_spearman"]
+    run.finish()
+
+
 def fetch_wandb_checkpoint(run_id: str, epoch: int | None, project: str) -> Path:
     """Download the checkpoint artifact of a wandb run (alias ``epoch-N``, or ``latest``); needs network access."""
     import wandb
