@@ -6,6 +6,7 @@ fine-tuned backbones. Clips are small real videos (``tests/fixtures_video.py``) 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -188,6 +189,8 @@ def test_evaluate_runs_the_fine_tuned_backbones(data_dir, tmp_path):
     result = run_end_to_end(_cfg(data_dir, tmp_path, "-n", "ft", "--epochs", "1", "-s", "--backbone_lr", "0.05"))
     ckpt = load_checkpoint(Path(result["run_dir"]) / "last.pt")
     assert set(ckpt["end_to_end"]) == {"hrnet", "csn"} and "backbones" in ckpt
+    summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())  # the notes a table run records
+    assert summary["random_backbones"] is True and summary["smoke_stores"] == []
     out = run_evaluation(EvalConfig(checkpoint=str(Path(result["run_dir"]) / "last.pt"), device="cpu"))
     assert out["val"]["n"] == 4
     trained = np.loadtxt(Path(result["run_dir"]) / "predictions_val.csv", delimiter=",", skiprows=1, usecols=3)

@@ -46,6 +46,7 @@ from pipeline.run.logger import RunLogger, fetch_wandb_checkpoint
 from pipeline.run.loop import Engine, Track
 from pipeline.run.training import (
     Interrupted,
+    input_notes,
     interrupted_message,
     make_optimizer,
     make_scheduler,
@@ -339,20 +340,23 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
             f"{dist.world}; {trainer.dtype}; backbones {'frozen' if cfg.freeze_backbones else 'fine-tuned'}; "
             f"seed {cfg.seed}"
         )
-        if cfg.standin_backbones or cfg.smoke_random_weights:
-            print("warning: the backbones have RANDOM weights (--standin_backbones / --smoke_random_weights): a "
-                  "pipeline check, its scores measure nothing")  # fmt: skip
+    notes = input_notes(cfg, data.table_sources, records) if dist.rank == 0 else {}
+    if dist.rank == 0 and (cfg.standin_backbones or cfg.smoke_random_weights):
+        print("warning: the backbones have RANDOM weights (--standin_backbones / --smoke_random_weights): a "
+              "pipeline check, its scores measure nothing")  # fmt: skip
+        notes["random_backbones"] = True
     try:
-        return _fit(trainer, cfg, dist)
+        return _fit(trainer, cfg, dist, notes)
     finally:
         dist.close()
 
 
-def _fit(trainer: EndToEndTrainer, cfg: TrainConfig, dist: Dist) -> dict:
+def _fit(trainer: EndToEndTrainer, cfg: TrainConfig, dist: Dist, notes: dict) -> dict:
     """Rank 0 trains and writes the run directory (Ctrl-C / SIGTERM: where to resume from); the others train."""
     if dist.rank:
         return trainer.fit(_Quiet()) | {"run_dir": ""}
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+        logger.notes |= notes
         try:
             result = trainer.fit(logger)
         except KeyboardInterrupt:

@@ -256,6 +256,20 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
         return _train(cfg, ckpt)
 
 
+def input_notes(cfg: TrainConfig, sources: dict, records: list) -> dict:
+    """What a run's summary.json says of its inputs beside the metrics (stores of SMOKE features, where the train/val
+    split came from), printed once as the run starts; every kind of run records them."""
+    smoke = sorted(store for store, src in sources.items() if src.get("smoke"))
+    if smoke:
+        print(f"warning: {', '.join(smoke)} hold SMOKE features (random backbone weights): this run measures nothing")
+    notes: dict = {"smoke_stores": smoke}
+    split = next((r.extras["split_source"] for r in records if "split_source" in r.extras), None)
+    if split:
+        print(f"{cfg.dataset} train/val split: {split}")
+        notes["split"] = split
+    return notes
+
+
 def _train(cfg: TrainConfig, ckpt: dict | None) -> dict:
     device = resolve_device(cfg.device)
     set_threads(cfg)
@@ -266,16 +280,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None) -> dict:
     trainer = Trainer(cfg, table, device, resume=ckpt)
     n = {s: len(d.y) for s, d in table.splits.items()}
     print(f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; seed {cfg.seed}")
-    smoke = sorted(store for store, src in table.sources.items() if src.get("smoke"))
-    if smoke:
-        print(f"warning: {', '.join(smoke)} hold SMOKE features (random backbone weights): this run measures nothing")
-    split_source = next((r.extras["split_source"] for r in records if "split_source" in r.extras), None)
-    if split_source:
-        print(f"{cfg.dataset} train/val split: {split_source}")
+    notes = input_notes(cfg, table.sources, records)
     with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
-        logger.notes["smoke_stores"] = smoke
-        if split_source:
-            logger.notes["split"] = split_source
+        logger.notes |= notes
         if ckpt and cfg.save:
             repair_best(logger.run_dir, ckpt)
         try:
