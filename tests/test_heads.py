@@ -135,6 +135,8 @@ def test_a_fitted_head_is_a_grid_row_with_checkpoints(tmp_path):
     assert ckpt["config"]["head"] == "svr" and isinstance(model_from_checkpoint(ckpt), KernelHead)
     ridge = load_checkpoint(tmp_path / "runs/g/a/ridge-seed2-fold0/last.pt")
     assert isinstance(model_from_checkpoint(ridge), LinearHead)
+    best = load_checkpoint(tmp_path / "runs/g/a/ridge-seed2-fold0/best.pt")  # fitted once: its best is its last
+    assert all(torch.equal(best["model"][k], ridge["model"][k]) for k in ridge["model"]) and best["epoch"] == 0
 
 
 def test_select_takes_the_member_whose_inner_cv_ranks_best_and_predicts_as_it_alone():

@@ -95,7 +95,7 @@ def head_results(
         model, info = fit_head(cfg, name, x_tr.cpu().numpy(), fold.y_train.cpu().numpy(), sub_dims, spec.seed, device)
         row, pred = _row(model, x_tr, fold.y_train, x_val, fold.y_val, time.perf_counter() - t0)
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        results.append(RunResult(spec, [row], dict(row), pred, pred, weights))
+        results.append(RunResult(spec, [row], dict(row), pred, pred, weights, weights))  # fitted once: best = last
         infos[spec] = info
     return results, infos
 
