@@ -111,7 +111,10 @@ class TrainConfig(ModuleConfig):
     compute_raw: bool = opt(False, "end-to-end: compute the raw tier from the decoded clips (implied by augmentation)")
     hidden_channels: list[int] = opt([512, 64], "hidden layer widths of the MLP")
     head: str = opt(
-        "mlp", "the model over the modules (model/heads.py; stack: the blend of configs/recipe.yaml)", tuple(HEADS)
+        "mlp",
+        "the model over the modules (model/heads.py; stack: the blend of configs/recipe.yaml; select: the one of mlp, "
+        "svr, ridge that inner CV on train ranks best)",
+        tuple(HEADS),
     )
     batch_size: int = opt(32, "batch size")
     loss: str = opt("mse", "training loss", tuple(LOSSES))
