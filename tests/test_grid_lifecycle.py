@@ -8,6 +8,7 @@ import json
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 
 from config import TrainConfig, parse, parse_explicit
@@ -248,3 +249,39 @@ def test_with_l_each_sub_run_is_a_wandb_run_of_its_own_in_the_grids_group(two_mo
         assert [r["epoch"] for r in rows] == [1, 2, 3]  # from 1, as printed
         assert [r["val_spearman"] for r in rows] == [json.loads(line)["val_spearman"] for line in history]
         assert list((tmp_path / f"runs/g/a+b/seed{seed}-fold0/wandb").glob("offline-run-*"))
+
+
+def test_with_s_a_killed_chunk_resumes_from_its_last_saved_epoch_exactly(two_modules, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(batched, "CHUNK_SAVE_SECONDS", 0.0)  # save after every epoch
+    argv = [*_argv(two_modules, tmp_path), "--seeds", "1", "2", "-s", "--epochs", "4"]
+    run_experiment(parse(TrainConfig, [*argv, "-n", "whole"]))
+    real_step, epochs, kills = batched._Group.step_epoch, [], [2]
+
+    def killed_at_epoch_2(self, epoch):
+        epochs.append(epoch)
+        if kills and epoch == kills[0]:
+            kills.pop()
+            raise KeyboardInterrupt
+        return real_step(self, epoch)
+
+    monkeypatch.setattr(batched._Group, "step_epoch", killed_at_epoch_2)
+    with pytest.raises(Interrupted, match="0 of 2 runs are finished .* and the chunk in training as of its last save"):
+        run_experiment(parse(TrainConfig, [*argv, "-n", "cut"]))
+    assert [p.name for p in (tmp_path / "runs/cut").glob("chunk-*.pt")]  # epochs 1 and 2 are on disk
+    epochs.clear()
+    run_experiment(parse(TrainConfig, [*argv, "-n", "cut"]))
+    assert epochs == [2, 3] and "2 runs resume from epoch 3, as saved in" in capsys.readouterr().out
+    assert not list((tmp_path / "runs/cut").glob("chunk-*.pt"))  # removed once its runs are written
+    for seed in (1, 2):
+        sub = f"a+b/seed{seed}-fold0"
+        for name in ("metrics.jsonl", "predictions_val.csv"):
+            got, want = ((tmp_path / f"runs/{d}/{sub}/{name}").read_text() for d in ("cut", "whole"))
+            if name == "metrics.jsonl":  # all but the wall times
+                got, want = ([{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in t.splitlines()]
+                             for t in (got, want))  # fmt: skip
+            assert got == want
+        for name in ("best.pt", "last.pt"):
+            got, want = (torch.load(tmp_path / f"runs/{d}/{sub}/{name}", weights_only=True) for d in ("cut", "whole"))
+            assert got["epoch"] == want["epoch"] and all(
+                torch.equal(got["model"][k], want["model"][k]) for k in got["model"]
+            )

@@ -22,17 +22,22 @@ summation order (``tests/test_experiments.py`` measures the difference).
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from config import TrainConfig
+from core.io import ConfigError
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from model.mlp import ModularMLP
 from pipeline.grid.specs import FoldData, RunResult, RunSpec
 from pipeline.run import loop
+from pipeline.run.checkpoint import save_checkpoint
 from pipeline.run.loop import Engine, Track
 from pipeline.run.training import make_optimizer, make_scheduler, seed_everything
 
@@ -204,17 +209,73 @@ class _Group(Engine):
         bundle, local = self.where[run]
         return self.bundles[bundle].state_dict(local)
 
-    def fit(self, on_epoch: EpochCallback | None, keep_best_weights: bool) -> list[RunResult]:
+    def fit(
+        self, on_epoch: EpochCallback | None, keep_best_weights: bool, saved: Path | None = None
+    ) -> list[RunResult]:
+        """Train the group's runs; with ``saved`` (a file), resume from it when it holds these runs, and write it as
+        the epochs go (every ``CHUNK_SAVE_SECONDS``), so that a kill loses at most that much of the chunk."""
+        tracks, start = [Track() for _ in self.runs], 0
+        if saved is not None and saved.is_file():
+            tracks, start = self.restore(_load_chunk(saved))
+            print(f"{len(self.runs)} runs resume from epoch {start + 1}, as saved in {saved}", flush=True)
+        last_save = time.monotonic()
+
         def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> bool:
+            nonlocal last_save
+            if saved is not None and time.monotonic() - last_save >= CHUNK_SAVE_SECONDS:
+                save_checkpoint(self.state(tracks, epoch), saved)
+                last_save = time.monotonic()
             return on_epoch is not None and on_epoch(epoch, rows)
 
-        tracks = loop.fit(self, [Track() for _ in self.runs], self.cfg.epochs, 0, epoch_done,
-                          keep_best_weights=keep_best_weights)  # fmt: skip
+        loop.fit(self, tracks, self.cfg.epochs, start, epoch_done, keep_best_weights=keep_best_weights)
         return [
             RunResult(spec, t.history, t.best, t.best_pred, t.last_pred, self.weights(i), t.best_weights)
             for i, (spec, t) in enumerate(zip(self.runs, tracks, strict=True))
         ]
 
+    # ----------------------------------------------------------------- an unfinished chunk on disk
+    def key(self) -> str:
+        """Which runs this group trains (the grid's directory already pins its configuration)."""
+        return hashlib.sha1(repr([(s.seed, s.fold, s.modules, s.head) for s in self.runs]).encode()).hexdigest()[:16]
+
+    def state(self, tracks: list[Track], epoch: int) -> dict:
+        """Everything the next epoch needs (tensors and plain values: ``weights_only`` loads it)."""
+        arrays = ("best_pred", "last_pred")
+        return {
+            "key": self.key(), "epoch": epoch,
+            "params": [t.detach().cpu().clone() for b in self.bundles for t in b.parameters()],
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "shuffle": [g.get_state() for g in self.gens],
+            "tracks": [{"history": t.history, "best": t.best, "best_weights": t.best_weights}
+                       | {a: torch.from_numpy(getattr(t, a).copy()) for a in arrays} for t in tracks],
+        }  # fmt: skip
+
+    def restore(self, state: dict) -> tuple[list[Track], int]:
+        if state.get("key") != self.key():
+            raise ConfigError("the saved unfinished chunk holds other runs; delete it to train this chunk afresh")
+        with torch.no_grad():
+            for t, saved in zip((t for b in self.bundles for t in b.parameters()), state["params"], strict=True):
+                t.copy_(saved)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        for g, saved in zip(self.gens, state["shuffle"], strict=True):
+            g.set_state(saved)
+        tracks = [Track(t["history"], t["best"], t["best_pred"].numpy(), t["best_weights"], t["last_pred"].numpy())
+                  for t in state["tracks"]]  # fmt: skip
+        return tracks, state["epoch"] + 1
+
+
+def _load_chunk(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # written atomically, so only another program's file or a damaged disk lands here
+        raise ConfigError(
+            f"{path} cannot be read ({type(err).__name__}); delete it to train its chunk afresh"
+        ) from None
+
+
+#: How often a grid trained with -s saves its chunk in training (seconds): a kill loses at most this much of it.
+CHUNK_SAVE_SECONDS = 60.0
 
 #: On a CPU, runs train in chunks of at most this many parameters, one chunk after another: a chunk's weights,
 #: gradients and Adam moments (about 64 MB) stay in cache from step to step, where one lockstep grid of every run
@@ -252,17 +313,23 @@ def train_batched(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
     on_done: DoneCallback | None = None,
+    save_dir: Path | None = None,
 ) -> list[RunResult]:
     """Train every run of ``runs`` together (on a CPU, in cache-sized chunks); results in the order of ``runs``.
-    ``on_done(results)`` is called as each chunk finishes (a grid writes and reports its runs there)."""
+    ``on_done(results)`` is called as each chunk finishes (a grid writes and reports its runs there). With
+    ``save_dir``, the chunk in training is saved there as it goes (``chunk-<key>.pt``) and resumed from it by the next
+    call with the same runs; it is removed once ``on_done`` has kept its runs."""
     budget = CPU_CHUNK_PARAMS if device.type == "cpu" else float("inf")
     out: dict[int, RunResult] = {}
     for size in sorted({len(folds[s.fold].y_train) for s in runs}):
         members = [i for i, s in enumerate(runs) if len(folds[s.fold].y_train) == size]
         for chunk in chunks(members, runs, dims, cfg.hidden_channels, budget):
             group = _Group(cfg, [runs[i] for i in chunk], folds, dims, device)
-            done = group.fit(on_epoch, keep_best_weights=cfg.save)
+            saved = save_dir / f"chunk-{group.key()}.pt" if save_dir is not None else None
+            done = group.fit(on_epoch, keep_best_weights=cfg.save, saved=saved)
             out |= dict(zip(chunk, done, strict=True))
             if on_done is not None:
                 on_done(done)
+            if saved is not None:
+                saved.unlink(missing_ok=True)
     return [out[i] for i in range(len(runs))]

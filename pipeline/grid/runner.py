@@ -131,9 +131,10 @@ def train_grid(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
     on_done: DoneCallback | None = None,
+    save_dir: Path | None = None,
 ) -> list[RunResult]:
     if cfg.batched:
-        return train_batched(cfg, runs, folds, dims, device, on_epoch, on_done)
+        return train_batched(cfg, runs, folds, dims, device, on_epoch, on_done, save_dir)
     return train_sequential(cfg, runs, folds, dims, sources, run_dir, device, on_done)
 
 
@@ -275,10 +276,18 @@ class Grid:
         on_epoch: EpochCallback | None = None,
         runs: list[RunSpec] | None = None,
         on_done: DoneCallback | None = None,
+        save_dir: Path | None = None,
     ) -> list[RunResult]:
+        """``save_dir``: where the batched engine keeps its chunk in training (a grid's directory, with -s)."""
         cfg = cfg or self.cfg
         runs = self.runs if runs is None else runs
-        return train_grid(cfg, runs, self.folds, self.dims, self.sources, self.run_dir, self.device, on_epoch, on_done)
+        return train_grid(
+            cfg, runs, self.folds, self.dims, self.sources, self.run_dir, self.device, on_epoch, on_done, save_dir
+        )
+
+
+def saved_chunks(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("chunk-*.pt"))
 
 
 def run_line(res: RunResult, k: int, n: int, seconds: float) -> str:
@@ -319,8 +328,8 @@ def _run_grid(cfg: TrainConfig) -> dict:
 
     try:
         with sigterm_as_interrupt():
-            if todo and cfg.head == "mlp":
-                grid.train(runs=todo, on_done=finished)
+            if todo and cfg.head == "mlp":  # with -s, the chunk in training is saved as it goes (a kill resumes it)
+                grid.train(runs=todo, on_done=finished, save_dir=grid.run_dir if cfg.save else None)
             elif todo:  # a head fitted in one go, run by run
                 for spec in todo:
                     res, fits = head_results(cfg, cfg.head, [spec], grid.folds, grid.dims, grid.device)
@@ -328,8 +337,9 @@ def _run_grid(cfg: TrainConfig) -> dict:
                     finished(res)
     except KeyboardInterrupt:
         raise Interrupted(
-            f"interrupted: {len(done)} of {len(grid.runs)} runs are finished in {grid.run_dir} and kept; run the same "
-            f"command again to train the other {len(grid.runs) - len(done)}"
+            f"interrupted: {len(done)} of {len(grid.runs)} runs are finished in {grid.run_dir} and kept"
+            + (", and the chunk in training as of its last save" if saved_chunks(grid.run_dir) else "")
+            + f"; run the same command again to train the other {len(grid.runs) - len(done)}"
         ) from None
     seconds = time.perf_counter() - t0
     results = [done[spec] for spec in grid.runs]
