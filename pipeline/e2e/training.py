@@ -124,8 +124,8 @@ class EndToEndTrainer(Engine):
             self._restore(resume)
 
     # ----------------------------------------------------------------- checkpoints
-    def state(self, epoch: int, metrics: dict) -> dict:
-        """The checkpoint of the epoch just recorded (``weights_only`` loadable), with the fine-tuned backbones."""
+    def state(self) -> dict:
+        """The checkpoint of the epoch last recorded (``weights_only`` loadable), with the fine-tuned backbones."""
         cfg, data, t = self.cfg, self.data, self.track
         best_pred = None if t.best_pred is None else torch.from_numpy(t.best_pred.copy())
         resume = {} if cfg.freeze_backbones else {"backbones": self._cpu(self.model.backbones)}
@@ -279,7 +279,7 @@ class EndToEndTrainer(Engine):
         def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> None:
             logger.epoch(rows[0], self.track.last_pred, true)
             if (cfg.save or cfg.log) and self.dist.rank == 0:  # the others would copy the backbones for nothing
-                logger.checkpoint(self.state(epoch, rows[0]), improved[0])
+                logger.checkpoint(self.state(), improved[0])
 
         progress = None if self.dist.rank else cfg.loss
         loop.fit(self, [self.track], cfg.epochs, self.start_epoch, epoch_done, progress)

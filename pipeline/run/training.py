@@ -105,8 +105,8 @@ class Trainer(Engine):
             self._restore(resume)
 
     # ----------------------------------------------------------------- checkpoints
-    def state(self, epoch: int, metrics: dict) -> dict:
-        """The checkpoint of the epoch just recorded (``metrics`` is its row), with what resuming needs."""
+    def state(self) -> dict:
+        """The checkpoint of the epoch last recorded, with what resuming needs."""
         t = self.table
         return build_checkpoint(
             self.cfg, t.modules, t.dims, t.stats, t.sources, t.fitted, self.history, self.model, self.ctx.train_mean,
@@ -180,7 +180,7 @@ class Trainer(Engine):
         def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> None:
             logger.epoch(rows[0], self.track.last_pred, true)
             if cfg.save or cfg.log:
-                logger.checkpoint(self.state(epoch, rows[0]), improved[0])
+                logger.checkpoint(self.state(), improved[0])
 
         loop.fit(self, [self.track], cfg.epochs, self.start_epoch, epoch_done, cfg.loss, keep_best_weights=True)
         last_pred = self.track.last_pred
