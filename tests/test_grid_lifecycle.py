@@ -239,9 +239,18 @@ def test_with_l_each_sub_run_is_a_wandb_run_of_its_own_in_the_grids_group(two_mo
         logged.append((runs[-1][0], dict(data)))
         return real_log(self, data, *args, **kwargs)
 
+    artifacts = []
+    real_art = wandb.sdk.wandb_run.Run.log_artifact
+
+    def log_artifact(self, art, *args, aliases=None, **kwargs):
+        if art.type == "model":  # (the grid's table travels as an artifact of its own)
+            artifacts.append((runs[-1][0], art.metadata["epoch"], sorted(aliases)))
+        return real_art(self, art, *args, aliases=aliases, **kwargs)
+
     monkeypatch.setattr(wandb, "init", init)
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", log)
-    run_experiment(parse(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "g", "--seeds", "1", "2", "-l"]))
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", log_artifact)
+    run_experiment(parse(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "g", "--seeds", "1", "2", "-l", "-s"]))
     assert runs == [("g/a+b/seed1-fold0", "g"), ("g/a+b/seed2-fold0", "g"), ("g", None)]  # sub-runs, then the grid
     for seed in (1, 2):
         rows = [d for name, d in logged if name == f"g/a+b/seed{seed}-fold0"]
@@ -249,6 +258,11 @@ def test_with_l_each_sub_run_is_a_wandb_run_of_its_own_in_the_grids_group(two_mo
         assert [r["epoch"] for r in rows] == [1, 2, 3]  # from 1, as printed
         assert [r["val_spearman"] for r in rows] == [json.loads(line)["val_spearman"] for line in history]
         assert list((tmp_path / f"runs/g/a+b/seed{seed}-fold0/wandb").glob("offline-run-*"))
+        best = json.loads((tmp_path / f"runs/g/a+b/seed{seed}-fold0/summary.json").read_text())["best"]["epoch"]
+        assert [(e, a) for name, e, a in artifacts if name == f"g/a+b/seed{seed}-fold0"] == [
+            (best, sorted(["best", f"epoch-{best}"])),
+            (2, ["epoch-2", "latest"]),
+        ]
 
 
 def test_with_s_a_killed_chunk_resumes_from_its_last_saved_epoch_exactly(two_modules, tmp_path, monkeypatch, capsys):

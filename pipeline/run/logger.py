@@ -134,7 +134,8 @@ class RunLogger:
 
 def log_finished_run(cfg: TrainConfig, run_dir: Path, history: list[dict], best: dict, name: str, group: str) -> None:
     """With ``-l``, a run trained elsewhere (a grid's sub-run, written when its chunk ends) as a wandb run of its own
-    in ``group``: every epoch's row (epochs from 1, as printed), its best and last epochs."""
+    in ``group``: every epoch's row (epochs from 1, as printed), its best and last epochs, and its best.pt / last.pt as
+    versions of the artifact ``model-<run id>`` (aliases ``best`` / ``latest`` and ``epoch-N``) when they exist."""
     import wandb
 
     run = wandb.init(project=cfg.project, name=name, group=group, tags=cfg.tags or None,
@@ -144,6 +145,11 @@ def log_finished_run(cfg: TrainConfig, run_dir: Path, history: list[dict], best:
     run.summary["best_spearman"] = best["val_spearman"]
     run.summary["best_epoch"] = best["epoch"] + 1
     run.summary["last_spearman"] = history[-1]["val_spearman"]
+    for file, epoch, aliases in (("best.pt", best["epoch"], ["best"]), ("last.pt", history[-1]["epoch"], ["latest"])):
+        if (run_dir / file).is_file():  # with -s: the checkpoints, as a single run's artifact versions
+            art = wandb.Artifact(f"model-{run.id}", type="model", metadata={"epoch": epoch})
+            art.add_file(str(run_dir / file), name="checkpoint.pt")
+            run.log_artifact(art, aliases=[f"epoch-{epoch}", *aliases])
     run.finish()
 
 
