@@ -271,6 +271,9 @@ class EndToEndTrainer(Engine):
     def score_val(self) -> list[tuple[dict, np.ndarray]]:
         return [self.evaluate("val")]
 
+    def weights(self, run: int) -> dict[str, torch.Tensor]:
+        return self._cpu(self.model.head)  # the head (best.pt, written each improving epoch, holds the backbones)
+
     def fit(self, logger: RunLogger | _Quiet) -> dict:
         """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each)."""
         cfg, val = self.cfg, self.data.splits["val"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 
-class Engine:
+class Engine(ABC):
     """What ``fit`` drives: ``n_runs`` trainings at once, each with its own val predictions."""
 
     n_runs: int = 1
@@ -30,21 +31,21 @@ class Engine:
         """The learning rates of the epoch about to train, as the row records them."""
         return {"lr": self.opt.param_groups[0]["lr"]}
 
+    @abstractmethod
     def step_epoch(self, epoch: int) -> list[float]:
         """One epoch of steps; the mean train loss of each run."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score_val(self) -> list[tuple[dict, np.ndarray]]:
         """Each run's val metrics and predictions, in the order of the runs."""
-        raise NotImplementedError
 
     def row_extras(self, train_seconds: float) -> dict:
         """What the engine adds to every row after the learning rates (e.g. time spent waiting for data)."""
         return {}
 
+    @abstractmethod
     def weights(self, run: int) -> dict[str, torch.Tensor]:
         """A CPU copy of run ``run``'s weights now (kept when it improves, with ``keep_best_weights``)."""
-        raise NotImplementedError
 
 
 @dataclass
