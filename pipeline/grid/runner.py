@@ -164,7 +164,7 @@ def write_subrun(
         for name, history, weights in (("best.pt", to_best, res.best_weights), ("last.pt", res.history, res.weights)):
             if weights:
                 state = build_checkpoint(sub, modules, dims, fold.stats, sources, fitted or {}, history, weights,
-                                         train_mean, res.best if name == "last.pt" else None)  # fmt: skip
+                                         train_mean, res.best)  # fmt: skip
                 save_checkpoint(state, path / name)
     if cfg.log:  # its own wandb run, in the grid's group (the grid's table is one more run, at the end)
         log_finished_run(sub, path, res.history, res.best, f"{cfg.name}/{res.spec.dir_name}", cfg.group or cfg.name)
