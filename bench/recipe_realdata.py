@@ -51,7 +51,12 @@ CANDIDATES = {
     "svr": ["--head", "svr"],
     "stack": ["--config", "configs/recipe.yaml", "--head", "stack"],
     "select": ["--config", "configs/recipe.yaml", "--head", "select"],
+    "stack_1se": ["--config", "configs/recipe.yaml", "--head", "stack_1se"],
+    "average": ["--config", "configs/recipe.yaml", "--head", "average"],
 }
+#: --stage select: sets whose train videos and features are another set's (the same 588 TRECVid videos and MiniLM
+#: embeddings; only their val videos differ), scored once, under the other's name
+SAME_TRAIN = {"trecvid_as_minilm": "trecvid_text_minilm"}
 
 
 def _videomem_scores(ids: np.ndarray) -> np.ndarray:
@@ -164,6 +169,7 @@ def stage_val(sets: list[str], tmp: Path) -> list[str]:
 
 
 def stage_select(sets: list[str], tmp: Path) -> list[str]:
+    sets = [s for s in sets if SAME_TRAIN.get(s) not in sets]
     scores: dict[str, dict[str, float]] = {c: {} for c in CANDIDATES}
     for name in sets:
         flags = prepare(name, tmp, inner=True)

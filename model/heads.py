@@ -10,7 +10,12 @@
   K-fold split of the train videos (never val); ties go to the more even blend. Then each member is refitted on
   every train video;
 - ``select``: the same out-of-fold predictions choose one member alone (the vertices of that simplex): model
-  selection by inner CV on train, fewer choices than the blend's 15, so less to overfit on small train sets.
+  selection by inner CV on train, fewer choices than the blend's 15, so less to overfit on small train sets;
+- ``stack_1se``: the blend in sixths (28, equal thirds among them) chosen by the one-standard-error rule: of the
+  blends whose out-of-fold Spearman is within one bootstrap standard error of the best one's, the most even (least
+  sum of squared weights). On a few hundred train videos the inner-CV differences between blends are within noise,
+  so it keeps the even blend; on thousands it follows the data;
+- ``average``: the three members with equal weights, no inner CV (the even blend, fitted once).
 
 Adding a head = a torch module with a ``dims`` attribute, a ``fit`` and one ``Head`` line; ``tests/test_heads.py`` is
 parametrised over the registry.
@@ -33,6 +38,9 @@ STACK_STEP = 4  # weights in quarters: the 15 blends of (mlp, svr, ridge) with w
 STACK_WEIGHTS = [(a / STACK_STEP, b / STACK_STEP, (STACK_STEP - a - b) / STACK_STEP)
                  for a in range(STACK_STEP + 1) for b in range(STACK_STEP + 1 - a)]  # fmt: skip
 VERTICES = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]  # one member alone: the MLP, the SVR, Ridge
+SIXTHS = [(a / 6, b / 6, (6 - a - b) / 6) for a in range(7) for b in range(7 - a)]  # stack_1se's 28 blends
+EVEN = (1 / 3, 1 / 3, 1 / 3)
+BOOTSTRAP = 200  # resamples of the out-of-fold rows for the standard error of the best blend's Spearman
 
 
 def _t(a: np.ndarray | float) -> torch.Tensor:
@@ -115,27 +123,46 @@ def _fit_svr(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
     return KernelHead(ctx.dims, fit)
 
 
-def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, grid: list[tuple[float, float, float]]) -> nn.Module:
+def _one_se(inner: dict, oof: np.ndarray, y: np.ndarray, grid: list) -> tuple[float, float, float]:
+    """The most even blend of ``grid`` whose inner Spearman is within one standard error (bootstrap over the
+    out-of-fold rows, seeded) of the best blend's; ties: the higher inner Spearman."""
+    best = max(grid, key=lambda k: inner[k])
+    rows = np.random.default_rng(0).integers(0, len(y), size=(BOOTSTRAP, len(y)))
+    pred = np.dot(best, oof)
+    se = float(np.std([spearman(pred[r], y[r]) for r in rows]))
+    near = [k for k in grid if inner[k] >= inner[best] - se]
+    return min(near, key=lambda k: (round(float(np.dot(k, k)), 9), -inner[k]))
+
+
+def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, grid: list, one_se: bool = False) -> nn.Module:
     """The blend of ``grid`` (weights of (mlp, svr, ridge)) whose out-of-fold predictions on ``STACK_FOLDS`` inner
-    folds of the train videos rank best (ties: the more even blend, then the first), its members refitted on all."""
+    folds of the train videos rank best (ties: the more even blend, then the first), or with ``one_se`` the most even
+    one within a standard error of the best; its members refitted on all. A grid of one blend needs no inner CV."""
     from sklearn.model_selection import KFold
 
-    folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x))
+    folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x)) if len(grid) > 1 else []
     runs = ctx.train_mlps(folds + [(np.arange(len(y)), np.arange(0))], [ctx.seed])
-    oof = np.zeros((3, len(y)))  # out-of-fold predictions of (mlp, svr, ridge)
-    for (tr, te), (pred, _) in zip(folds, runs, strict=False):
-        xt = torch.from_numpy(x[te])
-        oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
-                      LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
-    inner = {w: spearman(np.dot(w, oof), y) for w in set(grid) | set(VERTICES)}
-    w = max(grid, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
+    w, inner_cv = grid[0], {}
+    if folds:
+        oof = np.zeros((3, len(y)))  # out-of-fold predictions of (mlp, svr, ridge)
+        for (tr, te), (pred, _) in zip(folds, runs, strict=False):
+            xt = torch.from_numpy(x[te])
+            oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
+                          LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
+        inner = {k: spearman(np.dot(k, oof), y) for k in set(grid) | set(VERTICES)}
+        if one_se:
+            w = _one_se(inner, oof, y, grid)
+        else:
+            w = max(grid, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
+        inner_cv = {name: round(inner[v], 4) for name, v in zip(("mlp", "svr", "ridge"), VERTICES, strict=True)}
+        inner_cv |= {"best": round(max(inner[k] for k in grid), 4), "chosen": round(inner[w], 4)}
     svr, ridge = fit_svr(x, y), fit_ridge(x, y)
     mlp = ModularMLP(ctx.dims, ctx.hidden)
     mlp.load_state_dict(runs[-1][1][0])
     ctx.info |= {
-        "params": {"weights (mlp, svr, ridge)": list(w), "svr": svr["params"], "ridge": ridge["params"]},
-        "inner_cv": {"mlp": round(inner[VERTICES[0]], 4), "svr": round(inner[VERTICES[1]], 4),
-                     "ridge": round(inner[VERTICES[2]], 4), "chosen": round(inner[w], 4)},
+        "params": {"weights (mlp, svr, ridge)": [round(v, 4) for v in w], "svr": svr["params"],
+                   "ridge": ridge["params"]},
+        "inner_cv": inner_cv,
         "edge": [f"svr {e}" for e in svr["edge"]] + [f"ridge {e}" for e in ridge["edge"]],
         "linalg_warnings": ridge["linalg_warnings"],
     }  # fmt: skip
@@ -174,6 +201,10 @@ HEADS: dict[str, Head] = {
              _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, STACK_WEIGHTS)),
         Head("select", "the one of MLP, SVR and Ridge whose inner CV on train ranks best (model selection)",
              _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, VERTICES)),
+        Head("stack_1se", "MLP, SVR and Ridge blended, the most even blend (in sixths) within one standard error of "
+             "the best by inner CV on train", _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, SIXTHS, True)),
+        Head("average", "MLP, SVR and Ridge with equal weights (no inner CV)", _build_blend,
+             lambda x, y, ctx: _fit_blend(x, y, ctx, [EVEN])),
     )
 }  # fmt: skip
 

@@ -157,3 +157,44 @@ def test_select_takes_the_member_whose_inner_cv_ranks_best_and_predicts_as_it_al
     x_new = torch.from_numpy(rng.normal(size=(20, 30)).astype(np.float32))
     ridge = LinearHead(dims, fit_ridge(x, y))(x_new)
     assert torch.allclose(model(x_new), ridge, atol=1e-6)
+
+
+def test_average_is_the_even_blend_of_its_members_fitted_on_every_train_video():
+    """``average``: no inner CV, weights 1/3 each, and its prediction is the mean of an MLP's, the SVR's and Ridge's
+    fitted on all of (x, y)."""
+    from config import TrainConfig
+    from pipeline.run.heads import fit_head
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(80, 12)).astype(np.float32)
+    y = (0.5 + 0.05 * np.tanh(x[:, 0]) + rng.normal(scale=0.01, size=80)).astype(np.float32)
+    dims = {"a": 12}
+    cfg = TrainConfig(epochs=2, hidden_channels=[8, 4], batch_size=16, device="cpu")
+    model, info = fit_head(cfg, "average", x, y, dims, 0, torch.device("cpu"))
+    assert torch.allclose(model.weights, torch.full((3,), 1 / 3)) and info["inner_cv"] == {}
+    x_new = torch.from_numpy(rng.normal(size=(10, 12)).astype(np.float32))
+    mlp = model.members[0](x_new)
+    svr, ridge = KernelHead(dims, fit_svr(x, y))(x_new), LinearHead(dims, fit_ridge(x, y))(x_new)
+    assert torch.allclose(model(x_new), (mlp + svr + ridge) / 3, atol=1e-6)
+
+
+def test_stack_1se_keeps_the_even_blend_within_noise_and_follows_a_clear_winner():
+    """The one-standard-error rule: on 60 rows, where the best blend leans on the MLP's out-of-fold predictions but
+    the even blend scores within one standard error of it -> the even blend; on 3000 rows where Ridge's are the score
+    and the others noise -> Ridge (almost) alone, as the plain stack would."""
+    from model.heads import EVEN, SIXTHS, VERTICES, _one_se
+
+    rng = np.random.default_rng(6)
+
+    def choose(oof, y):
+        inner = {k: spearman(np.dot(k, oof), y) for k in set(SIXTHS) | set(VERTICES)}
+        return _one_se(inner, oof, y, SIXTHS), max(SIXTHS, key=lambda k: inner[k])
+
+    y = rng.normal(size=60)
+    noisy = np.stack([y + s * rng.normal(size=60) for s in (0.8, 1.5, 1.5)])  # the first member the least noisy
+    chosen, best = choose(noisy, y)
+    assert best != EVEN and chosen == EVEN
+    y = rng.normal(size=3000)
+    clear = np.stack([rng.normal(size=3000), rng.normal(size=3000), y + 0.1 * rng.normal(size=3000)])
+    chosen, best = choose(clear, y)
+    assert chosen[2] >= 5 / 6 and chosen != EVEN and spearman(np.dot(chosen, clear), y) > 0.95
