@@ -142,9 +142,7 @@ class _Group(Engine):
         self.where = [(b, local) for b, bundle in enumerate(self.bundles) for local in range(len(bundle.runs))]
         self.opt = make_optimizer(cfg, [t for b in self.bundles for t in b.parameters()])
         self.sched = make_scheduler(cfg, self.opt)
-        self.gens = [
-            torch.Generator().manual_seed(b.runs[0].seed) for b in self.bundles
-        ]  # each run's, as the Trainer's
+        self.gens = [torch.Generator().manual_seed(b.runs[0].seed) for b in self.bundles]  # as the Trainer's
         # model.losses over (k, B): one loss per run; each bundle's context holds its fold's train mean, (1, 1)
         means = [torch.tensor([[float(self._fold(b).y_train.double().mean())]], device=device) for b in self.bundles]
         self.ctxs = [LossContext(0, cfg.epochs, m, cfg.mse_tails_pow, cfg.mse_tails_mult_fact) for m in means]
@@ -226,8 +224,7 @@ class _Group(Engine):
             "params": [t.detach().cpu().clone() for b in self.bundles for t in b.parameters()],
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "shuffle": [g.get_state() for g in self.gens],
-            "tracks": [{"history": t.history, "best": t.best, "best_weights": t.best_weights}
-                       | {a: torch.from_numpy(getattr(t, a).copy()) for a in arrays} for t in tracks],
+            "tracks": [vars(t) | {a: torch.from_numpy(getattr(t, a).copy()) for a in arrays} for t in tracks],
         }  # fmt: skip
 
     def restore(self, path: Path) -> tuple[list[Track], int]:
@@ -247,8 +244,7 @@ class _Group(Engine):
         self.sched.load_state_dict(state["scheduler"])
         for g, saved in zip(self.gens, state["shuffle"], strict=True):
             g.set_state(saved)
-        tracks = [Track(t["history"], t["best"], t["best_pred"].numpy(), t["best_weights"], t["last_pred"].numpy())
-                  for t in state["tracks"]]  # fmt: skip
+        tracks = [Track(**t | {a: t[a].numpy() for a in ("best_pred", "last_pred")}) for t in state["tracks"]]
         return tracks, state["epoch"] + 1
 
 
