@@ -4,8 +4,8 @@
 once, each fold's table is built once, and every run of the grid trains in one batched model
 (``pipeline.grid.batched``; ``--no-batched`` trains them one by one through the ordinary ``Trainer`` instead). The run
 directory gets one sub-run per (combination, seed, fold), ``<combination>/seed<S>-fold<F>/``, with the files of an
-ordinary run (config.yaml, metrics.jsonl, predictions_val.csv, summary.json; last.pt with ``-s``), and the summary
-of the whole grid (``pipeline.grid.summary``).
+ordinary run (config.yaml, metrics.jsonl, predictions_val.csv, summary.json; best.pt and last.pt with ``-s``), and
+the summary of the whole grid (``pipeline.grid.summary``).
 """
 
 from __future__ import annotations

@@ -5,13 +5,8 @@ the whole search) and scores it by the mean last-epoch val Spearman of its runs 
 is recorded beside it). TPE is seeded (``--search_seed``) and the median pruner stops a trial whose mean val Spearman
 at an epoch falls below the median of earlier trials at that epoch. The study lives in SQLite in the run directory
 (``search.db``) unless ``--search_storage URL`` names another database (PostgreSQL, MySQL: workers on several
-machines share one study), so a killed search resumes: ``--search N`` means N finished trials in the study, and a
-rerun of the same command runs only those still missing; the sampler is seeded with ``--search_seed`` plus the number
-of trials already in the study, so a resumed search draws new values instead of repeating the first ones. One process
-owns a run directory (``core.rundir``), so trials left RUNNING in its own SQLite study by a killed process are marked
-FAIL on resume; with ``--search_storage``, workers (one per machine, each with its own run directory) send heartbeats
-and a dead worker's trial is failed by Optuna once its heartbeat stops. A field that acts only under another setting
-(``scheduler_gamma`` under ``scheduler: step``...) is sampled only where that setting holds (:data:`ACTS_ONLY_WITH`).
+machines, each with its own run directory, share one study), so a killed search resumes: ``--search N`` means N
+finished trials in the study, and a rerun of the same command runs only those still missing.
 
 Search space YAML: ``name: {type: float|int|categorical, low, high, log, step, choices}`` per config field (any
 ``TrainConfig`` field; list values such as ``hidden_channels: [[512, 64], [256, 32]]`` are categorical choices).
