@@ -177,7 +177,7 @@ class Grid:
         out = []
         for spec in runs:
             sub = subrun_config(cfg, spec, self.run_dir)
-            sub.save = sub.log = False  # checkpoints and wandb as for batched runs, when it finishes (write)
+            sub.save = sub.log = False  # checkpoints and wandb as for batched runs, when it finishes (Grid.write)
             trainer = Trainer(sub, self.table(spec), self.device)
             with RunLogger(sub) as logger:
                 trainer.fit(logger)
