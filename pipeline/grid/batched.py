@@ -23,6 +23,7 @@ summation order (``tests/test_experiments.py`` measures the difference).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,88 +136,65 @@ class _Group(Engine):
     driven by ``pipeline.run.loop``)."""
 
     def __init__(self, cfg: TrainConfig, runs: list[RunSpec], folds: list[FoldData], dims: dict, device) -> None:
-        self.cfg, self.runs, self.folds = cfg, runs, folds
-        keys = list(dict.fromkeys((s.fold, s.seed) for s in runs))
-        self.index = [[i for i, s in enumerate(runs) if (s.fold, s.seed) == key] for key in keys]
-        self.bundles = [Bundle([runs[i] for i in idx], dims, cfg.hidden_channels, device) for idx in self.index]
+        self.cfg, self.runs, self.folds, self.device, self.n_runs = cfg, runs, folds, device, len(runs)
+        orders = itertools.groupby(runs, lambda s: (s.fold, s.seed))  # neighbours sharing a batch order, in run order
+        self.bundles = [Bundle(list(rs), dims, cfg.hidden_channels, device) for _, rs in orders]
+        self.where = [(b, local) for b, bundle in enumerate(self.bundles) for local in range(len(bundle.runs))]
         self.opt = make_optimizer(cfg, [t for b in self.bundles for t in b.parameters()])
         self.sched = make_scheduler(cfg, self.opt)
-        self.gens = [torch.Generator().manual_seed(seed) for _, seed in keys]  # each run's order, as the Trainer's
-        means = [[float(folds[fold].y_train.double().mean())] for fold, _ in keys]
-        self.train_mean = torch.tensor(means, device=device)  # (bundles, 1): a bundle's runs share their fold
+        self.gens = [torch.Generator().manual_seed(b.runs[0].seed) for b in self.bundles]  # as the Trainer's
         # model.losses over (k, B): one loss per run; each bundle's context holds its fold's train mean, (1, 1)
-        self.ctxs = [
-            LossContext(0, cfg.epochs, self.train_mean[i : i + 1], cfg.mse_tails_pow, cfg.mse_tails_mult_fact)
-            for i in range(len(keys))
-        ]
+        means = [torch.tensor([[float(self._fold(b).y_train.double().mean())]], device=device) for b in self.bundles]
+        self.ctxs = [LossContext(0, cfg.epochs, m, cfg.mse_tails_pow, cfg.mse_tails_mult_fact) for m in means]
         self.loss = LOSSES[cfg.loss]
         self.n = len(folds[runs[0].fold].y_train)
-        self.where = {i: (b, local) for b, idx in enumerate(self.index) for local, i in enumerate(idx)}
 
     def _fold(self, bundle: Bundle) -> FoldData:
         return self.folds[bundle.runs[0].fold]
 
-    @property
-    def n_runs(self) -> int:
-        return len(self.runs)
-
     def step_epoch(self, epoch: int) -> list[float]:
         for ctx in self.ctxs:
             ctx.epoch = epoch
-        device = self.train_mean.device
-        orders = [torch.randperm(self.n, generator=g).to(device) for g in self.gens]
-        totals = [torch.zeros(len(b.runs), device=device) for b in self.bundles]
+        orders = [torch.randperm(self.n, generator=g).to(self.device) for g in self.gens]
+        totals = [torch.zeros(len(b.runs), device=self.device) for b in self.bundles]
         for start in range(0, self.n, self.cfg.batch_size):
             losses = []
-            for i, (bundle, order) in enumerate(zip(self.bundles, orders, strict=True)):
+            for bundle, order, ctx in zip(self.bundles, orders, self.ctxs, strict=True):
                 fold = self._fold(bundle)
                 idx = order[start : start + self.cfg.batch_size]
                 pred = bundle.forward({m: fold.x_train[m][idx] for m in bundle.members})  # gathered once per order
                 target = fold.y_train[idx].expand(len(bundle.runs), -1)
-                losses.append(self.loss(pred, target, self.ctxs[i]))  # (k,)
+                losses.append(self.loss(pred, target, ctx))  # (k,)
             self.opt.zero_grad(set_to_none=True)
             torch.cat(losses).sum().backward()  # runs share no weights: each run's gradient is its own loss's
             self.opt.step()
             for total, loss in zip(totals, losses, strict=True):
                 total += loss.detach() * len(idx)
         self.sched.step()
-        return self._per_run([(t / self.n).tolist() for t in totals])
-
-    def _per_run(self, per_bundle: list[list]) -> list:
-        out: list = [None] * len(self.runs)
-        for idx, values in zip(self.index, per_bundle, strict=True):
-            for i, v in zip(idx, values, strict=True):
-                out[i] = v
-        return out
+        return [loss for t in totals for loss in (t / self.n).tolist()]  # the bundles hold the runs in order
 
     @torch.inference_mode()
     def score_val(self) -> list[tuple[dict, np.ndarray]]:
         scored = []
-        for i, bundle in enumerate(self.bundles):
+        for bundle, ctx in zip(self.bundles, self.ctxs, strict=True):
             fold = self._fold(bundle)
             pred = bundle.forward({m: fold.x_val[m] for m in bundle.members})  # (k, N_val)
-            losses = self.loss(pred, fold.y_val.expand(len(bundle.runs), -1), self.ctxs[i])
+            losses = self.loss(pred, fold.y_val.expand(len(bundle.runs), -1), ctx)
             true = fold.y_val.cpu().numpy()
-            scored.append(
-                [
-                    (compute_metrics(p, true) | {"loss": loss}, p)
-                    for p, loss in zip(pred.float().cpu().numpy(), losses.tolist(), strict=True)
-                ]
-            )
-        return self._per_run(scored)
+            for p, loss in zip(pred.float().cpu().numpy(), losses.tolist(), strict=True):
+                scored.append((compute_metrics(p, true) | {"loss": loss}, p))
+        return scored
 
     def weights(self, run: int) -> dict[str, torch.Tensor]:
         bundle, local = self.where[run]
         return self.bundles[bundle].state_dict(local)
 
-    def fit(
-        self, on_epoch: EpochCallback | None, keep_best_weights: bool, saved: Path | None = None
-    ) -> list[RunResult]:
+    def fit(self, on_epoch: EpochCallback | None, saved: Path | None = None) -> list[RunResult]:
         """Train the group's runs; with ``saved`` (a file), resume from it when it holds these runs, and write it as
         the epochs go (every ``CHUNK_SAVE_SECONDS``), so that a kill loses at most that much of the chunk."""
         tracks, start = [Track() for _ in self.runs], 0
         if saved is not None and saved.is_file():
-            tracks, start = self.restore(_load_chunk(saved))
+            tracks, start = self.restore(saved)
             print(f"{len(self.runs)} runs resume from epoch {start + 1}, as saved in {saved}", flush=True)
         last_save = time.monotonic()
 
@@ -227,7 +205,7 @@ class _Group(Engine):
                 last_save = time.monotonic()
             return on_epoch is not None and on_epoch(epoch, rows)
 
-        loop.fit(self, tracks, self.cfg.epochs, start, epoch_done, keep_best_weights=keep_best_weights)
+        loop.fit(self, tracks, self.cfg.epochs, start, epoch_done, keep_best_weights=self.cfg.save)
         return [
             RunResult(spec, t.history, t.best, t.best_pred, t.last_pred, self.weights(i), t.best_weights)
             for i, (spec, t) in enumerate(zip(self.runs, tracks, strict=True))
@@ -246,11 +224,17 @@ class _Group(Engine):
             "params": [t.detach().cpu().clone() for b in self.bundles for t in b.parameters()],
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "shuffle": [g.get_state() for g in self.gens],
-            "tracks": [{"history": t.history, "best": t.best, "best_weights": t.best_weights}
-                       | {a: torch.from_numpy(getattr(t, a).copy()) for a in arrays} for t in tracks],
+            "tracks": [vars(t) | {a: torch.from_numpy(getattr(t, a).copy()) for a in arrays} for t in tracks],
         }  # fmt: skip
 
-    def restore(self, state: dict) -> tuple[list[Track], int]:
+    def restore(self, path: Path) -> tuple[list[Track], int]:
+        """Load the chunk saved at ``path`` into this group; its runs' tracks and the epoch to go on from."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # written atomically, so only another program's file or a damaged disk lands here
+            raise ConfigError(
+                f"{path} cannot be read ({type(err).__name__}); delete it to train its chunk afresh"
+            ) from None
         if state.get("key") != self.key():
             raise ConfigError("the saved unfinished chunk holds other runs; delete it to train this chunk afresh")
         with torch.no_grad():
@@ -260,18 +244,8 @@ class _Group(Engine):
         self.sched.load_state_dict(state["scheduler"])
         for g, saved in zip(self.gens, state["shuffle"], strict=True):
             g.set_state(saved)
-        tracks = [Track(t["history"], t["best"], t["best_pred"].numpy(), t["best_weights"], t["last_pred"].numpy())
-                  for t in state["tracks"]]  # fmt: skip
+        tracks = [Track(**t | {a: t[a].numpy() for a in ("best_pred", "last_pred")}) for t in state["tracks"]]
         return tracks, state["epoch"] + 1
-
-
-def _load_chunk(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # written atomically, so only another program's file or a damaged disk lands here
-        raise ConfigError(
-            f"{path} cannot be read ({type(err).__name__}); delete it to train its chunk afresh"
-        ) from None
 
 
 #: How often a grid trained with -s saves its chunk in training (seconds): a kill loses at most this much of it.
@@ -326,7 +300,7 @@ def train_batched(
         for chunk in chunks(members, runs, dims, cfg.hidden_channels, budget):
             group = _Group(cfg, [runs[i] for i in chunk], folds, dims, device)
             saved = save_dir / f"chunk-{group.key()}.pt" if save_dir is not None else None
-            done = group.fit(on_epoch, keep_best_weights=cfg.save, saved=saved)
+            done = group.fit(on_epoch, saved=saved)
             out |= dict(zip(chunk, done, strict=True))
             if on_done is not None:
                 on_done(done)

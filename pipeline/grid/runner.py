@@ -4,8 +4,8 @@
 once, each fold's table is built once, and every run of the grid trains in one batched model
 (``pipeline.grid.batched``; ``--no-batched`` trains them one by one through the ordinary ``Trainer`` instead). The run
 directory gets one sub-run per (combination, seed, fold), ``<combination>/seed<S>-fold<F>/``, with the files of an
-ordinary run (config.yaml, metrics.jsonl, predictions_val.csv, summary.json; last.pt with ``-s``), and the summary
-of the whole grid (``pipeline.grid.summary``).
+ordinary run (config.yaml, metrics.jsonl, predictions_val.csv, summary.json; best.pt and last.pt with ``-s``), and
+the summary of the whole grid (``pipeline.grid.summary``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from core.rundir import free_run_name, owned
 from dataset import load_records
 from pipeline.grid.batched import DoneCallback, EpochCallback, train_batched
 from pipeline.grid.folds import fold_data, load_or_make_folds, make_folds
-from pipeline.grid.specs import FoldData, RunResult, RunSpec
+from pipeline.grid.specs import RunResult, RunSpec
 from pipeline.grid.summary import summarise, write_summary
 from pipeline.run.checkpoint import build_checkpoint, save_checkpoint
 from pipeline.run.heads import BASELINES, head_results
@@ -79,116 +79,6 @@ def subrun_config(cfg: TrainConfig, spec: RunSpec, run_dir: Path) -> TrainConfig
     sub.seed, sub.seeds, sub.ablate, sub.baselines, sub.search = spec.seed, [], False, False, 0
     sub.head, sub.runs_dir, sub.name = spec.head, str(run_dir / spec.combination), spec.run_name  # spec.dir_name
     return sub
-
-
-def fold_table(fold: FoldData, modules: tuple[str, ...], dims: dict[str, int], sources: dict) -> FeatureTable:
-    """One fold as the ordinary ``FeatureTable`` of the runs over ``modules``."""
-
-    def split(ids: list[str], x: dict[str, torch.Tensor], y: torch.Tensor) -> SplitData:
-        return SplitData(ids, torch.cat([x[m] for m in modules], dim=1), y)
-
-    stats = {m: s for m, s in fold.stats.items() if m in modules}
-    splits = {
-        "train": split(fold.train_ids, fold.x_train, fold.y_train),
-        "val": split(fold.val_ids, fold.x_val, fold.y_val),
-    }
-    return FeatureTable(list(modules), {m: dims[m] for m in modules}, splits, stats, sources)
-
-
-def train_sequential(
-    cfg: TrainConfig,
-    runs: list[RunSpec],
-    folds: list[FoldData],
-    dims: dict,
-    sources: dict,
-    run_dir: Path,
-    device,
-    on_done: DoneCallback | None = None,
-) -> list[RunResult]:
-    """Each run through the ordinary ``Trainer`` (and its run directory, plots included), one after another."""
-    out = []
-    for spec in runs:
-        sub = subrun_config(cfg, spec, run_dir)
-        sub.save = sub.log = False  # checkpoints and wandb as for batched runs, when it finishes (write_subrun)
-        table = fold_table(folds[spec.fold], spec.modules, dims, sources)
-        trainer = Trainer(sub, table, device)
-        with RunLogger(sub) as logger:
-            trainer.fit(logger)
-        t = trainer.track
-        out.append(RunResult(spec, t.history, t.best, t.best_pred, t.last_pred, trainer.weights(0), t.best_weights))
-        if on_done is not None:
-            on_done(out[-1:])
-    return out
-
-
-def train_grid(
-    cfg: TrainConfig,
-    runs: list[RunSpec],
-    folds: list[FoldData],
-    dims: dict,
-    sources: dict,
-    run_dir: Path,
-    device: torch.device,
-    on_epoch: EpochCallback | None = None,
-    on_done: DoneCallback | None = None,
-    save_dir: Path | None = None,
-) -> list[RunResult]:
-    if cfg.batched:
-        return train_batched(cfg, runs, folds, dims, device, on_epoch, on_done, save_dir)
-    return train_sequential(cfg, runs, folds, dims, sources, run_dir, device, on_done)
-
-
-def write_subrun(
-    cfg: TrainConfig,
-    res: RunResult,
-    fold: FoldData,
-    dims: dict,
-    sources: dict,
-    run_dir: Path,
-    fitted: dict | None = None,
-) -> Path:
-    """The files of an ordinary run for one run of the grid (the sequential path's RunLogger has written most)."""
-    sub = subrun_config(cfg, res.spec, run_dir)
-    path = Path(sub.runs_dir) / sub.name
-    path.mkdir(parents=True, exist_ok=True)
-    write_config(path, sub)
-    write_text(path / "metrics.jsonl", "".join(f"{json.dumps(r)}\n" for r in res.history))
-    true = fold.y_val.cpu().numpy()
-    write_predictions(
-        path / "predictions_val.csv", fold.val_ids, true, {"pred_best": res.best_pred, "pred_last": res.last_pred}
-    )
-    if cfg.save:  # best.pt and last.pt, as a single run's -s writes them (scoring checkpoints: no optimiser state)
-        train_mean = float(fold.y_train.double().mean())
-        modules = list(res.spec.modules)
-        to_best = [row for row in res.history if row["epoch"] <= res.best["epoch"]]
-        for name, history, weights in (("best.pt", to_best, res.best_weights), ("last.pt", res.history, res.weights)):
-            if weights:
-                state = build_checkpoint(sub, modules, dims, fold.stats, sources, fitted or {}, history, weights,
-                                         train_mean, res.best)  # fmt: skip
-                save_checkpoint(state, path / name)
-    if cfg.log:  # its own wandb run, in the grid's group (the grid's table is one more run, at the end)
-        log_finished_run(sub, path, res.history, res.best, f"{cfg.name}/{res.spec.dir_name}", cfg.group or cfg.name)
-    write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})  # last: it marks the run finished
-    return path
-
-
-def read_subrun(cfg: TrainConfig, spec: RunSpec, fold: FoldData, run_dir: Path) -> RunResult | None:
-    """A sub-run that an earlier, interrupted invocation of this grid finished (its summary.json is written last),
-    as the result training it again would give; None if it is not finished or does not match this fold."""
-    path = run_dir / spec.dir_name
-    if not (path / "summary.json").is_file():
-        return None
-    try:
-        rows = read_csv(path / "predictions_val.csv")
-        history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
-        best = json.loads((path / "summary.json").read_text())["best"]
-    except (OSError, ValueError, KeyError):
-        return None
-    epochs = cfg.epochs if spec.head == "mlp" else 1  # a head fitted in one go has one row
-    if [r["id"] for r in rows] != [escape_bytes(i) for i in fold.val_ids] or len(history) != epochs:
-        return None
-    columns = {k: np.array([float(r[k]) for r in rows]) for k in ("pred_best", "pred_last")}
-    return RunResult(spec, history, best, columns["pred_best"], columns["pred_last"])
 
 
 #: Fields that may change between two invocations of one experiment (how it runs, where it logs, how many trials).
@@ -242,23 +132,22 @@ def experiment_dir(cfg: TrainConfig, kind: str) -> Iterator[Path]:
 
 
 class Grid:
-    """What a grid trains on: the folds' tables, built once, and the runs."""
+    """What a grid trains on: the folds' tables, built once, and the runs; it trains them, and writes and reads back
+    its sub-runs."""
 
     def __init__(self, cfg: TrainConfig, inner_cv: int = 0) -> None:
-        """``inner_cv=K``: the grid runs on K folds of the train videos only (``--search_on inner_cv``)."""
-        cfg.check()
+        """``cfg``: checked, named and its run directory claimed (``experiment_dir``). ``inner_cv=K``: the grid runs
+        on K folds of the train videos only (``--search_on inner_cv``)."""
         self.cfg, self.device = cfg, resolve_device(cfg.device)
         self.runs = plan_runs(cfg, max(cfg.folds, 1))
-        if not cfg.name:
-            cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_grid_{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = Path(cfg.runs_dir) / cfg.name
         records = load_records(cfg.dataset, cfg)
         if inner_cv:
             records = [r for r in records if r.split == "train"]
-            self.fold_ids = make_folds([r.id for r in records if r.score is not None], inner_cv, cfg.fold_seed)
+            fold_ids = make_folds([r.id for r in records if r.score is not None], inner_cv, cfg.fold_seed)
         else:
-            self.fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
-        self.folds, self.dims, self.sources, self.fitted = fold_data(cfg, records, self.fold_ids, self.device)
+            fold_ids = load_or_make_folds(cfg, records) if cfg.folds else None
+        self.folds, self.dims, self.sources, self.fitted = fold_data(cfg, records, fold_ids, self.device)
         self.threads = set_threads(cfg, runs=len(self.runs) if cfg.batched else 1)
 
     def describe(self) -> str:
@@ -278,16 +167,88 @@ class Grid:
         on_done: DoneCallback | None = None,
         save_dir: Path | None = None,
     ) -> list[RunResult]:
-        """``save_dir``: where the batched engine keeps its chunk in training (a grid's directory, with -s)."""
+        """``runs`` (default: all) with ``cfg`` (default: the grid's; a search passes a trial's), batched, or with
+        ``--no-batched`` each through the ordinary ``Trainer`` (and its run directory, plots included), one after
+        another. ``save_dir``: where the batched engine keeps its chunk in training (a grid's directory, with -s)."""
         cfg = cfg or self.cfg
         runs = self.runs if runs is None else runs
-        return train_grid(
-            cfg, runs, self.folds, self.dims, self.sources, self.run_dir, self.device, on_epoch, on_done, save_dir
+        if cfg.batched:
+            return train_batched(cfg, runs, self.folds, self.dims, self.device, on_epoch, on_done, save_dir)
+        out = []
+        for spec in runs:
+            sub = subrun_config(cfg, spec, self.run_dir)
+            sub.save = sub.log = False  # checkpoints and wandb as for batched runs, when it finishes (Grid.write)
+            trainer = Trainer(sub, self.table(spec), self.device)
+            with RunLogger(sub) as logger:
+                trainer.fit(logger)
+            t = trainer.track
+            out.append(RunResult(spec, t.history, t.best, t.best_pred, t.last_pred, trainer.weights(0), t.best_weights))
+            if on_done is not None:
+                on_done(out[-1:])
+        return out
+
+    def table(self, spec: RunSpec) -> FeatureTable:
+        """The fold of ``spec`` as the ordinary ``FeatureTable`` of its modules."""
+        fold, modules = self.folds[spec.fold], spec.modules
+
+        def split(ids: list[str], x: dict[str, torch.Tensor], y: torch.Tensor) -> SplitData:
+            return SplitData(ids, torch.cat([x[m] for m in modules], dim=1), y)
+
+        stats = {m: s for m, s in fold.stats.items() if m in modules}
+        splits = {
+            "train": split(fold.train_ids, fold.x_train, fold.y_train),
+            "val": split(fold.val_ids, fold.x_val, fold.y_val),
+        }
+        return FeatureTable(list(modules), {m: self.dims[m] for m in modules}, splits, stats, self.sources)
+
+    def write(self, res: RunResult) -> Path:
+        """The files of an ordinary run for one run of the grid (the sequential path's RunLogger has written most)."""
+        cfg, fold = self.cfg, self.folds[res.spec.fold]
+        sub = subrun_config(cfg, res.spec, self.run_dir)
+        path = Path(sub.runs_dir) / sub.name
+        path.mkdir(parents=True, exist_ok=True)
+        write_config(path, sub)
+        write_text(path / "metrics.jsonl", "".join(f"{json.dumps(r)}\n" for r in res.history))
+        true = fold.y_val.cpu().numpy()
+        write_predictions(
+            path / "predictions_val.csv", fold.val_ids, true, {"pred_best": res.best_pred, "pred_last": res.last_pred}
         )
+        if cfg.save:  # best.pt and last.pt, as a single run's -s writes them (scoring checkpoints: no optimiser state)
+            train_mean = float(fold.y_train.double().mean())
+            to_best = [row for row in res.history if row["epoch"] <= res.best["epoch"]]
+            for name, history, weights in (
+                ("best.pt", to_best, res.best_weights),
+                ("last.pt", res.history, res.weights),
+            ):
+                state = build_checkpoint(sub, list(res.spec.modules), self.dims, fold.stats, self.sources, self.fitted,
+                                         history, weights, train_mean, res.best)  # fmt: skip
+                save_checkpoint(state, path / name)
+        if cfg.log:  # its own wandb run, in the grid's group (the grid's table is one more run, at the end)
+            log_finished_run(sub, path, res.history, res.best, f"{cfg.name}/{res.spec.dir_name}", cfg.group or cfg.name)
+        write_json(
+            path / "summary.json", {"best": res.best, "last": res.history[-1]}
+        )  # last: it marks the run finished
+        return path
 
-
-def saved_chunks(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("chunk-*.pt"))
+    def read(self, spec: RunSpec) -> RunResult | None:
+        """A sub-run that an earlier, interrupted invocation of this grid finished (its summary.json is written last),
+        as the result training it again would give; None if it is not finished or does not match this fold."""
+        path = self.run_dir / spec.dir_name
+        if not (path / "summary.json").is_file():
+            return None
+        try:
+            rows = read_csv(path / "predictions_val.csv")
+            history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
+            best = json.loads((path / "summary.json").read_text())["best"]
+        except (OSError, ValueError, KeyError):
+            return None
+        epochs = self.cfg.epochs if spec.head == "mlp" else 1  # a head fitted in one go has one row
+        if [r["id"] for r in rows] != [escape_bytes(i) for i in self.folds[spec.fold].val_ids] or len(
+            history
+        ) != epochs:
+            return None
+        columns = {k: np.array([float(r[k]) for r in rows]) for k in ("pred_best", "pred_last")}
+        return RunResult(spec, history, best, columns["pred_best"], columns["pred_last"])
 
 
 def run_line(res: RunResult, k: int, n: int, seconds: float) -> str:
@@ -304,61 +265,57 @@ def run_experiment(cfg: TrainConfig) -> dict:
     """Everything ``train.py`` does for a grid: train it (the runs an interrupted invocation left unfinished), write
     each sub-run as it finishes, then the summary (and the ablation)."""
     with experiment_dir(cfg, "grid"):
-        return _run_grid(cfg)
+        grid = Grid(cfg)
+        print(grid.describe())
+        done = {spec: res for spec in grid.runs if (res := grid.read(spec)) is not None}
+        todo = [spec for spec in grid.runs if spec not in done]
+        if done:
+            print(
+                f"{len(done)} of {len(grid.runs)} runs finished earlier in {grid.run_dir}; "
+                f"training the other {len(todo)}"
+            )
+        t0 = time.perf_counter()
+        infos: dict = {}
 
+        def finished(results: list[RunResult]) -> None:
+            for res in results:
+                grid.write(res)
+                done[res.spec] = res
+                print(run_line(res, len(done), len(grid.runs), time.perf_counter() - t0), flush=True)
 
-def _run_grid(cfg: TrainConfig) -> dict:
-    grid = Grid(cfg)
-    print(grid.describe())
-    found = {spec: read_subrun(cfg, spec, grid.folds[spec.fold], grid.run_dir) for spec in grid.runs}
-    done = {spec: res for spec, res in found.items() if res is not None}
-    todo = [spec for spec in grid.runs if spec not in done]
-    if done:
-        print(
-            f"{len(done)} of {len(grid.runs)} runs finished earlier in {grid.run_dir}; training the other {len(todo)}"
-        )
-    t0 = time.perf_counter()
-    infos: dict = {}
-
-    def finished(results: list[RunResult]) -> None:
-        for res in results:
-            write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir, grid.fitted)
-            done[res.spec] = res
-            print(run_line(res, len(done), len(grid.runs), time.perf_counter() - t0), flush=True)
-
-    try:
-        with sigterm_as_interrupt():
-            if todo and cfg.head == "mlp":  # with -s, the chunk in training is saved as it goes (a kill resumes it)
-                grid.train(runs=todo, on_done=finished, save_dir=grid.run_dir if cfg.save else None)
-            elif todo:  # a head fitted in one go, run by run
-                for spec in todo:
-                    res, fits = head_results(cfg, cfg.head, [spec], grid.folds, grid.dims, grid.device)
-                    infos |= fits
-                    finished(res)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted: {len(done)} of {len(grid.runs)} runs are finished in {grid.run_dir} and kept"
-            + (", and the chunk in training as of its last save" if saved_chunks(grid.run_dir) else "")
-            + f"; run the same command again to train the other {len(grid.runs) - len(done)}"
-        ) from None
-    seconds = time.perf_counter() - t0
-    results = [done[spec] for spec in grid.runs]
-    baselines, t0 = [], time.perf_counter()
-    if cfg.baselines:  # each baseline once per (fold, combination): their fits do not depend on the seed
-        combos = sorted({r.spec.modules for r in results}, key=lambda c: (len(c), c))
-        specs = [RunSpec(grid_seeds(cfg)[0], f, c) for f in range(len(grid.folds)) for c in combos]
-        for name in (b for b in BASELINES if b != cfg.head):
-            res, fits = head_results(cfg, name, specs, grid.folds, grid.dims, grid.device)
-            baselines += res
-            infos |= fits
-    for res in baselines:
-        write_subrun(cfg, res, grid.folds[res.spec.fold], grid.dims, grid.sources, grid.run_dir, grid.fitted)
-    summary = summarise(cfg, results + baselines, grid.folds, seconds, infos, time.perf_counter() - t0)
-    summary["run_dir"] = str(grid.run_dir)
-    paths = write_summary(grid.run_dir, summary, ablation=cfg.ablate)
-    if cfg.log:
-        log_grid(cfg, summary, paths)
-    return summary
+        try:
+            with sigterm_as_interrupt():
+                if cfg.head == "mlp":  # with -s, the chunk in training is saved as it goes (a kill resumes it)
+                    grid.train(runs=todo, on_done=finished, save_dir=grid.run_dir if cfg.save else None)
+                else:  # a head fitted in one go, run by run
+                    for spec in todo:
+                        res, fits = head_results(cfg, cfg.head, [spec], grid.folds, grid.dims, grid.device)
+                        infos |= fits
+                        finished(res)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted: {len(done)} of {len(grid.runs)} runs are finished in {grid.run_dir} and kept"
+                + (", and the chunk in training as of its last save" if any(grid.run_dir.glob("chunk-*.pt")) else "")
+                + f"; run the same command again to train the other {len(grid.runs) - len(done)}"
+            ) from None
+        seconds = time.perf_counter() - t0
+        results = [done[spec] for spec in grid.runs]
+        baselines, t0 = [], time.perf_counter()
+        if cfg.baselines:  # each baseline once per (fold, combination): their fits do not depend on the seed
+            combos = sorted({r.spec.modules for r in results}, key=lambda c: (len(c), c))
+            specs = [RunSpec(grid_seeds(cfg)[0], f, c) for f in range(len(grid.folds)) for c in combos]
+            for name in (b for b in BASELINES if b != cfg.head):
+                res, fits = head_results(cfg, name, specs, grid.folds, grid.dims, grid.device)
+                baselines += res
+                infos |= fits
+        for res in baselines:
+            grid.write(res)
+        summary = summarise(cfg, results + baselines, grid.folds, seconds, infos, time.perf_counter() - t0)
+        summary["run_dir"] = str(grid.run_dir)
+        paths = write_summary(grid.run_dir, summary, ablation=cfg.ablate)
+        if cfg.log:
+            log_grid(cfg, summary, paths)
+        return summary
 
 
 def log_grid(cfg: TrainConfig, summary: dict, paths: list[Path]) -> None:

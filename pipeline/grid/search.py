@@ -5,13 +5,8 @@ the whole search) and scores it by the mean last-epoch val Spearman of its runs 
 is recorded beside it). TPE is seeded (``--search_seed``) and the median pruner stops a trial whose mean val Spearman
 at an epoch falls below the median of earlier trials at that epoch. The study lives in SQLite in the run directory
 (``search.db``) unless ``--search_storage URL`` names another database (PostgreSQL, MySQL: workers on several
-machines share one study), so a killed search resumes: ``--search N`` means N finished trials in the study, and a
-rerun of the same command runs only those still missing; the sampler is seeded with ``--search_seed`` plus the number
-of trials already in the study, so a resumed search draws new values instead of repeating the first ones. One process
-owns a run directory (``core.rundir``), so trials left RUNNING in its own SQLite study by a killed process are marked
-FAIL on resume; with ``--search_storage``, workers (one per machine, each with its own run directory) send heartbeats
-and a dead worker's trial is failed by Optuna once its heartbeat stops. A field that acts only under another setting
-(``scheduler_gamma`` under ``scheduler: step``...) is sampled only where that setting holds (:data:`ACTS_ONLY_WITH`).
+machines, each with its own run directory, share one study), so a killed search resumes: ``--search N`` means N
+finished trials in the study, and a rerun of the same command runs only those still missing.
 
 Search space YAML: ``name: {type: float|int|categorical, low, high, log, step, choices}`` per config field (any
 ``TrainConfig`` field; list values such as ``hidden_channels: [[512, 64], [256, 32]]`` are categorical choices).
@@ -96,17 +91,6 @@ def suggest(trial, space: dict[str, dict], cfg: TrainConfig) -> dict:
     return out
 
 
-def trial_config(cfg: TrainConfig, values: dict) -> TrainConfig:
-    """``cfg`` with a trial's values, validated like flags."""
-    out = from_dict(TrainConfig, asdict(cfg) | values, source="search trial")
-    out.check()
-    return out
-
-
-def storage_url(cfg: TrainConfig, run_dir: Path) -> str:
-    return cfg.search_storage or f"sqlite:///{(run_dir / 'search.db').resolve()}"
-
-
 def _finished(study) -> int:
     import optuna
 
@@ -119,7 +103,8 @@ def _objective(cfg: TrainConfig, grid: Grid, space: dict):
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space, cfg)
-        tcfg = trial_config(cfg, values)
+        tcfg = from_dict(TrainConfig, asdict(cfg) | values, source="search trial")
+        tcfg.check()  # a trial's values are validated like flags
         pruned = []
 
         def on_epoch(epoch: int, rows: list[dict]) -> bool:
@@ -154,20 +139,6 @@ def _log_trial(cfg: TrainConfig, number: int, values: dict, last: float, best: f
     run.finish()
 
 
-def run_search(cfg: TrainConfig) -> dict:
-    """Run the trials still missing from the study, then write ``search.json`` and ``best_config.yaml``."""
-    with experiment_dir(cfg, "search") as run_dir:
-        return _search(cfg, run_dir)
-
-
-def _storage(cfg: TrainConfig, run_dir: Path):
-    import optuna
-
-    if not cfg.search_storage:
-        return storage_url(cfg, run_dir)
-    return optuna.storages.RDBStorage(cfg.search_storage, heartbeat_interval=30, grace_period=120)
-
-
 def fail_orphans(study) -> list[int]:
     """Mark FAIL the trials a killed process left RUNNING in this run directory's own study (this process owns the
     directory, so no live process runs them); their numbers."""
@@ -179,47 +150,51 @@ def fail_orphans(study) -> list[int]:
     return [t.number for t in orphans]
 
 
-def _search(cfg: TrainConfig, run_dir: Path) -> dict:
+def run_search(cfg: TrainConfig) -> dict:
+    """Run the trials still missing from the study, then write ``search.json`` and ``best_config.yaml``."""
     import optuna
 
-    space = load_space(cfg.search_space)
-    idle = idle_fields(space, cfg)
-    base = copy.deepcopy(cfg)
-    base.search = 0  # a trial is a plain grid
-    grid = Grid(base, inner_cv=INNER_FOLDS if cfg.search_on == "inner_cv" else 0)
-    storage = _storage(cfg, run_dir)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial warnings would repeat our lines and tracebacks
-    study = optuna.create_study(
-        study_name=base.name,
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.epochs // 4)),
-    )
-    orphans = [] if cfg.search_storage else fail_orphans(study)
-    # seeded by the trials already there: a resumed search draws new values, the same history the same ones
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.search_seed + len(study.get_trials(deepcopy=False)))
-    done = _finished(study)
-    where = cfg.search_storage or storage
-    print(f"{grid.describe()}\nsearch: {done} of {cfg.search} trials already in {where}")
-    if orphans:
-        print(f"trial(s) {', '.join(map(str, orphans))} were left running by a killed process: marked FAIL")
-    if idle:
-        print(f"not searched: {', '.join(idle)} (they act only under another setting than this config's)")
-    if done < cfg.search:
+    with experiment_dir(cfg, "search") as run_dir:
+        space = load_space(cfg.search_space)
+        idle = idle_fields(space, cfg)
+        base = copy.deepcopy(cfg)
+        base.search = 0  # a trial is a plain grid
+        grid = Grid(base, inner_cv=INNER_FOLDS if cfg.search_on == "inner_cv" else 0)
+        where = storage = cfg.search_storage or f"sqlite:///{(run_dir / 'search.db').resolve()}"
+        if cfg.search_storage:  # workers send heartbeats: a dead worker's trial is failed once they stop
+            storage = optuna.storages.RDBStorage(cfg.search_storage, heartbeat_interval=30, grace_period=120)
+        # Optuna's per-trial warnings would repeat our lines and tracebacks
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = optuna.create_study(
+            study_name=base.name,
+            storage=storage,
+            load_if_exists=True,
+            direction="maximize",
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.epochs // 4)),
+        )
+        orphans = [] if cfg.search_storage else fail_orphans(study)
+        # seeded by the trials already there: a resumed search draws new values, the same history the same ones
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.search_seed + len(study.get_trials(deepcopy=False)))
+        done = _finished(study)
+        print(f"{grid.describe()}\nsearch: {done} of {cfg.search} trials already in {where}")
+        if orphans:
+            print(f"trial(s) {', '.join(map(str, orphans))} were left running by a killed process: marked FAIL")
+        if idle:
+            print(f"not searched: {', '.join(idle)} (they act only under another setting than this config's)")
+        if done < cfg.search:
 
-        def report(study, trial) -> None:
-            print(trial_line(trial_row(trial), len(study.trials), score_label(cfg)), flush=True)
+            def report(study, trial) -> None:
+                print(trial_line(trial_row(trial), len(study.trials), score_label(cfg)), flush=True)
 
-        try:
-            with sigterm_as_interrupt():
-                study.optimize(_objective(base, grid, space), n_trials=cfg.search - done, callbacks=[report])
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted: {_finished(study)} of {cfg.search} trials are finished in {where}; run the same "
-                "command again to run the rest"
-            ) from None
-    return _write_results(cfg, study, run_dir, where)
+            try:
+                with sigterm_as_interrupt():
+                    study.optimize(_objective(base, grid, space), n_trials=cfg.search - done, callbacks=[report])
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted: {_finished(study)} of {cfg.search} trials are finished in {where}; run the same "
+                    "command again to run the rest"
+                ) from None
+        return _write_results(cfg, study, run_dir, where)
 
 
 def _write_results(cfg: TrainConfig, study, run_dir: Path, storage: str) -> dict:
@@ -279,8 +254,7 @@ def trial_line(t: dict, n: int | None = None, metric: str = "last-epoch val Spea
 
 def search_lines(summary: dict) -> list[str]:
     lines = [f"study {summary['study']} ({summary['storage']}): {len(summary['trials'])} trials"]
-    label = summary.get("trial_metric", "last-epoch val Spearman")
-    lines += [trial_line(t, metric=label) for t in summary["trials"]]
+    lines += [trial_line(t, metric=summary["trial_metric"]) for t in summary["trials"]]
     if "best" in summary:
         b = summary["best"]
         lines.append(f"best: trial {b['number']} ({b['value']:.4f}, {summary['metric']}): {b['values']}")

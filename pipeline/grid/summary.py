@@ -10,7 +10,6 @@ it is printed ``± -``, not ``± 0.0000``.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from config import TrainConfig
-from core.io import atomic_write, write_json, write_text
+from core.io import atomic_write, write_csv, write_json, write_text
 from model.heads import HEADS
 from model.metrics import compute_metrics
 from pipeline.grid.specs import FoldData, RunResult
@@ -176,9 +175,8 @@ def plot_ablation(path: Path, summary: dict) -> None:
     handles = swatches + ax.get_legend_handles_labels()[0]
     ax.set_yticks(y, [f"{r['combination']} ({r['model']})" for r in rows], fontsize=8)
     ax.set(xlabel="val Spearman", title=f"{summary['dataset']}: ablation over {summary['runs']} {summary['head']} runs")
-    marks = [r["last"]["mean"] - r["last"]["std"] for r in rows] + [b for _, b in best] + [e for _, e in ens]
-    high = [r["last"]["mean"] + r["last"]["std"] for r in rows] + [b for _, b in best] + [e for _, e in ens]
-    finite = [v for v in marks + high if math.isfinite(v)]
+    bars = [r["last"]["mean"] + sign * r["last"]["std"] for r in rows for sign in (-1, 1)]
+    finite = [v for v in bars + [b for _, b in best] + [e for _, e in ens] if math.isfinite(v)]
     if finite:  # zoom on the differences: the bars start left of the lowest score
         ax.set_xlim(max(-1.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -188,12 +186,12 @@ def plot_ablation(path: Path, summary: dict) -> None:
 
 
 def write_ablation_csv(path: Path, summary: dict) -> None:
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["combination", "model", "n", *(f"{c}_{s}" for c in COLUMNS for s in ("mean", "std"))])
-        for row in summary["rows"]:
-            vals = [row[c][s] if row[c] else "" for c in COLUMNS for s in ("mean", "std")]
-            w.writerow([row["combination"], row["model"], row["last"]["n"], *vals])
+    header = ["combination", "model", "n", *(f"{c}_{s}" for c in COLUMNS for s in ("mean", "std"))]
+    rows = []
+    for row in summary["rows"]:
+        vals = [row[c][s] if row[c] else "" for c in COLUMNS for s in ("mean", "std")]
+        rows.append([row["combination"], row["model"], row["last"]["n"], *vals])
+    write_csv(path, header, rows)
 
 
 def write_summary(run_dir: Path, summary: dict, ablation: bool) -> list[Path]:
