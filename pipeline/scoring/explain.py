@@ -147,17 +147,10 @@ def examples(e: Explanation, k: int = N_EXAMPLES) -> list[tuple[str, int]]:
 
 def write_examples(e: Explanation, out: Path) -> None:
     header = ["kind", "id", "truth", "prediction", "abs_error", *(f"contribution_{m}" for m in e.modules)]
-    rows = (
-        [
-            kind,
-            e.ids[i],
-            f"{e.true[i]:.6f}",
-            f"{e.pred[i]:.6f}",
-            f"{abs(e.pred[i] - e.true[i]):.6f}",
-            *(f"{c:.6f}" for c in e.contributions[i]),
-        ]  # fmt: skip
-        for kind, i in examples(e)
-    )
+    rows = []
+    for kind, i in examples(e):
+        values = (e.true[i], e.pred[i], abs(e.pred[i] - e.true[i]), *e.contributions[i])
+        rows.append([kind, e.ids[i], *(f"{v:.6f}" for v in values)])
     write_csv(out / "examples.csv", header, rows)
 
 
