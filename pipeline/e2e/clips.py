@@ -16,10 +16,8 @@ frames, and the batch order (seeded per epoch, split across ``torchrun`` process
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +27,7 @@ from core.io import M3SError
 from dataset import VideoRecord
 from features.base import Clip, FrameSpec
 from features.hog import HogPCA
-from features.raw import RawExtractor, raw_features
+from features.raw import raw_features
 from features.video import VideoError, read_clip
 
 AUG_SCALE = (0.8, 1.0)  # area of the crop, as a fraction of the frame (the M3-S reference augmentation)
@@ -75,18 +73,6 @@ class ClipSpec:
     deep: FrameSpec | None  # frames the backbones see (None: no deep tier)
     raw: FrameSpec | None  # frames the raw tier is computed on (None: raw read from its store, or not used)
     seed: int
-
-
-def clip_spec(cfg: Any, crop: str, deep: bool, raw_on_the_fly: bool) -> ClipSpec:
-    """``cfg.e2e_frames`` frames: for the backbones ``cfg.e2e_size`` square with the dataset's ``crop``; for the
-    raw tier squashed to its store's size (256: its HOG PCA was fitted there)."""
-    raw = dataclasses.replace(RawExtractor.frame_spec, n_frames=cfg.e2e_frames)
-    size = (cfg.e2e_size, cfg.e2e_size)
-    return ClipSpec(
-        dataclasses.replace(raw, size=size, crop=crop) if deep else None,
-        raw if raw_on_the_fly else None,
-        int(cfg.seed),
-    )
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -138,24 +124,6 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-class EpochBatches(torch.utils.data.Sampler):
-    """The micro-batches of this process for the current epoch, as lists of ``(index, epoch, augment)``.
-
-    ``set_epoch`` fills it; a persistent ``DataLoader`` reads it anew at each iteration."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int, bool]]] = []
-
-    def set(self, batches: list[list[tuple[int, int, bool]]]) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def micro_batches(order: list[int], batch: int, world: int, rank: int, accum: int) -> list[list[int]]:
     """Split ``order`` into global batches of ``batch`` clips and each into ``world * accum`` near-equal parts; this
     rank's ``accum`` parts of every global batch, in order. A trailing batch too small to give every part a clip is
@@ -172,9 +140,11 @@ def micro_batches(order: list[int], batch: int, world: int, rank: int, accum: in
 
 
 def make_loader(
-    dataset: ClipDataset, sampler: EpochBatches, workers: int, prefetch: int, pin: bool
+    dataset: ClipDataset, batches: list[list[tuple[int, int, bool]]], workers: int, prefetch: int, pin: bool
 ) -> torch.utils.data.DataLoader:
-    """A ``DataLoader`` over ``sampler``'s micro-batches; ``workers`` 0 decodes in this process."""
+    """A ``DataLoader`` over ``batches``, the micro-batches of this process for the current epoch as lists of
+    ``(index, epoch, augment)``: filled in place each epoch, a persistent loader reads the list anew at each
+    iteration. ``workers`` 0 decodes in this process."""
     kwargs: dict = {}
     if workers > 0:
         # forkserver, not fork: a worker forked from a parent whose OpenCV/OpenMP threads hold a lock can hang
@@ -185,5 +155,5 @@ def make_loader(
             "persistent_workers": True,
         }
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, pin_memory=pin, **kwargs
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=pin, **kwargs
     )
