@@ -1,17 +1,10 @@
-"""Clips for end-to-end training: decoding in worker processes, the reference augmentation, the raw tier on the same
-frames, and the batch order (seeded per epoch, split across ``torchrun`` processes and accumulation steps).
-
-- Decoding: ``features.video.read_clip`` in ``DataLoader`` workers (forkserver, one thread each, ``--prefetch``
-  batches ahead each, pinned memory when the step runs on CUDA). The deep tiers' frames are ``--e2e_size`` square
-  with the dataset's crop (VideoMem: centre), the raw tier's squash-resized to 256 as the raw store's were; when the
-  two differ the clip is decoded twice and both get the same augmentation.
-- Augmentation (``--data_augmentation``, training clips only): one random resized crop per clip (area scale
-  0.8-1.0 of the frame, square aspect, resized back to the frame size, bilinear) and a horizontal flip with
-  probability 0.5, the same for every frame of the clip. Its parameters come from ``(seed, epoch, clip index)``
-  alone, so they do not depend on the worker that decodes the clip and a resumed run draws the same ones.
-- Raw tier on the fly (``--compute_raw``, implied by augmentation): ``features.raw.raw_features`` on the
-  (augmented) frames with the HOG PCA fitted in the raw store, in the workers; the training process normalises it
-  with the train statistics of the store, as the pre-computed raw tier is.
+"""Clips for end-to-end training: decoded (``features.video.read_clip``) in ``DataLoader`` workers, the reference
+augmentation, the raw tier computed on the same frames in the workers (``features.raw.raw_features``, with the HOG
+PCA of the raw store), and the batch order (seeded per epoch, split across ``torchrun`` processes and accumulation
+steps). The augmentation is one crop and flip for all the frames of a clip; when the backbones' frames and the raw
+tier's differ in size, the clip is decoded twice and both get the same one. Its parameters come from ``(seed,
+epoch, clip index)`` alone, so they do not depend on the worker that decodes the clip and a resumed run draws the
+same ones.
 """
 
 from __future__ import annotations
@@ -82,9 +75,6 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list[VideoRecord], spec: ClipSpec, hog_pca: HogPCA | None) -> None:
         self.records, self.spec, self.hog_pca = records, spec, hog_pca
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def _decode(self, rec: VideoRecord, spec: FrameSpec, crop: Crop | None) -> np.ndarray:
         try:

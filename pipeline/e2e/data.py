@@ -50,12 +50,6 @@ class E2EData(FeatureTable):
         return out
 
 
-def raw_on_the_fly(cfg: TrainConfig) -> bool:
-    """The raw tier is computed from the decoded clips with --compute_raw, and always under augmentation (augmented
-    frames have their own low-level features)."""
-    return bool(cfg.use_raw and (cfg.compute_raw or cfg.data_augmentation))
-
-
 def _bare_splits(records: list[VideoRecord], splits: tuple[str, ...], scored_only: bool, device) -> dict:
     """Splits without pre-computed modules: ids and scores only (x has no columns)."""
     out = {}
@@ -96,7 +90,9 @@ def build_data(
         table = FeatureTable.build(pre_cfg, records, device, stats=stats, splits=splits, scored_only=scored_only)
     else:
         table = FeatureTable([], {}, _bare_splits(records, splits, scored_only, device), {}, {})
-    on_the_fly = raw_on_the_fly(cfg)
+    # the raw tier is computed from the decoded clips with --compute_raw, and always under augmentation (augmented
+    # frames have their own low-level features)
+    on_the_fly = bool(cfg.use_raw and (cfg.compute_raw or cfg.data_augmentation))
     # the backbones' frames cfg.e2e_size square with the dataset's crop; the raw tier's squashed to its store's size
     # (256: its HOG PCA was fitted there)
     raw = dataclasses.replace(RawExtractor.frame_spec, n_frames=cfg.e2e_frames)

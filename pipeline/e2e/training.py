@@ -73,9 +73,7 @@ class EndToEndTrainer(Engine):
     ) -> None:
         """``train_mean`` (for the losses) defaults to the mean score of the train split (needed when it is absent)."""
         self.cfg, self.data, self.device, self.dist = cfg, data, device, dist
-        if cfg.seed is None:
-            cfg.seed = int.from_bytes(os.urandom(4), "little")
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed)  # set: build_data has drawn the augmentation seed from it
         backbones = build_backbones(cfg)
         dims = {m: backbones[m].out_channels if m in backbones else data.dims[m] for m in cfg.modules()}
         model = EndToEndModel(
