@@ -10,9 +10,9 @@ in both training modes.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from config import TrainConfig
@@ -22,7 +22,7 @@ from features.hog import HogPCA
 from features.raw import RawExtractor
 from features.store import FeatureStore
 from pipeline.e2e.clips import ClipDataset, ClipSpec
-from pipeline.run.table import FeatureTable, SplitData, Stats
+from pipeline.run.table import FeatureTable, Stats, to_splits
 from tiers import TIERS
 
 DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e/training.py)
@@ -48,17 +48,6 @@ class E2EData(FeatureTable):
                 v = (v - self.stats["raw"]["mean"].to(device)) / self.stats["raw"]["std"].to(device)
             out["raw"] = v.float()
         return out
-
-
-def _bare_splits(records: list[VideoRecord], splits: tuple[str, ...], scored_only: bool, device) -> dict:
-    """Splits without pre-computed modules: ids and scores only (x has no columns)."""
-    out = {}
-    for split in splits:
-        recs = [r for r in records if r.split == split and (r.score is not None or not scored_only)]
-        if recs:
-            y = torch.tensor([math.nan if r.score is None else r.score for r in recs], dtype=torch.float32)
-            out[split] = SplitData([r.id for r in recs], torch.zeros(len(recs), 0, device=device), y.to(device))
-    return out
 
 
 def hog_pca(cfg: TrainConfig) -> HogPCA:
@@ -88,8 +77,10 @@ def build_data(
     pre_cfg = dataclasses.replace(cfg, **{f"use_{m}": False for m in DEEP_MODULES})
     if pre_cfg.modules():
         table = FeatureTable.build(pre_cfg, records, device, stats=stats, splits=splits, scored_only=scored_only)
-    else:
-        table = FeatureTable([], {}, _bare_splits(records, splits, scored_only, device), {}, {})
+    else:  # deep modules only: the splits' ids and scores, x without columns
+        rows = [r for r in records if r.split in splits and (r.score is not None or not scored_only)]
+        no_columns = {"": np.zeros((len(rows), 0), np.float32)}
+        table = FeatureTable([], {}, to_splits(no_columns, rows, splits, device), {}, {})
     # the raw tier is computed from the decoded clips with --compute_raw, and always under augmentation (augmented
     # frames have their own low-level features)
     on_the_fly = bool(cfg.use_raw and (cfg.compute_raw or cfg.data_augmentation))
