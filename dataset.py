@@ -335,10 +335,10 @@ class Folder(Dataset):
                 out.setdefault(video_id(row["id"].strip()), []).append(row["caption"] or "")
         return out
 
-    def index(self, root: Path) -> list[VideoRecord]:
+    def index(self, root: Path, suffixes: tuple[str, ...] = CLIP_SUFFIXES) -> list[VideoRecord]:
         if not root.is_dir():
             raise _missing(root, "Pass --data_dir pointing at a folder of videos.")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in CLIP_SUFFIXES and p.is_file())
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
         # the id is the path below the folder without its suffix, so a/clip.mp4 and b/clip.mp4 stay two videos;
         # a features/ folder inside it (the default feature store location) holds no videos
         rel = [p.relative_to(root) for p in files]

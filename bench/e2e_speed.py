@@ -47,7 +47,7 @@ def measure(argv: list[str], device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    n = sum(len(b) for b in trainer.samplers["train"].batches)  # the clips of the timed epoch
+    n = sum(len(b) for b in trainer.samplers["train"])  # the clips of the timed epoch
     out = {
         "clips": n,
         "seconds": round(seconds, 3),

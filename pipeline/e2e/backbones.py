@@ -31,14 +31,10 @@ def deep_backbones(cfg: TrainConfig) -> dict[str, str]:
 
 def build_backbones(cfg: TrainConfig) -> dict[str, nn.Module]:
     """``{module: backbone}`` of the deep modules ``cfg`` selects: official weights, random (smoke) or stand-ins."""
-    out = {}
-    for module, name in deep_backbones(cfg).items():
-        out[module] = (
-            build_standin(name)
-            if cfg.standin_backbones
-            else load_backbone(name, cfg.weights_dir, cfg.smoke_random_weights)
-        )
-    return out
+    deep = deep_backbones(cfg)
+    if cfg.standin_backbones:
+        return {m: build_standin(name) for m, name in deep.items()}
+    return {m: load_backbone(name, cfg.weights_dir, cfg.smoke_random_weights) for m, name in deep.items()}
 
 
 @torch.no_grad()

@@ -1,25 +1,16 @@
-"""Clips for end-to-end training: decoding in worker processes, the reference augmentation, the raw tier on the same
-frames, and the batch order (seeded per epoch, split across ``torchrun`` processes and accumulation steps).
-
-- Decoding: ``features.video.read_clip`` in ``DataLoader`` workers (forkserver, one thread each, ``--prefetch``
-  batches ahead each, pinned memory when the step runs on CUDA). The deep tiers' frames are ``--e2e_size`` square
-  with the dataset's crop (VideoMem: centre), the raw tier's squash-resized to 256 as the raw store's were; when the
-  two differ the clip is decoded twice and both get the same augmentation.
-- Augmentation (``--data_augmentation``, training clips only): one random resized crop per clip (area scale
-  0.8-1.0 of the frame, square aspect, resized back to the frame size, bilinear) and a horizontal flip with
-  probability 0.5, the same for every frame of the clip. Its parameters come from ``(seed, epoch, clip index)``
-  alone, so they do not depend on the worker that decodes the clip and a resumed run draws the same ones.
-- Raw tier on the fly (``--compute_raw``, implied by augmentation): ``features.raw.raw_features`` on the
-  (augmented) frames with the HOG PCA fitted in the raw store, in the workers; the training process normalises it
-  with the train statistics of the store, as the pre-computed raw tier is.
+"""Clips for end-to-end training: decoded (``features.video.read_clip``) in ``DataLoader`` workers, the reference
+augmentation, the raw tier computed on the same frames in the workers (``features.raw.raw_features``, with the HOG
+PCA of the raw store), and the batch order (seeded per epoch, split across ``torchrun`` processes and accumulation
+steps). The augmentation is one crop and flip for all the frames of a clip; when the backbones' frames and the raw
+tier's differ in size, the clip is decoded twice and both get the same one. Its parameters come from ``(seed,
+epoch, clip index)`` alone, so they do not depend on the worker that decodes the clip and a resumed run draws the
+same ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +20,7 @@ from core.io import M3SError
 from dataset import VideoRecord
 from features.base import Clip, FrameSpec
 from features.hog import HogPCA
-from features.raw import RawExtractor, raw_features
+from features.raw import raw_features
 from features.video import VideoError, read_clip
 
 AUG_SCALE = (0.8, 1.0)  # area of the crop, as a fraction of the frame (the M3-S reference augmentation)
@@ -77,18 +68,6 @@ class ClipSpec:
     seed: int
 
 
-def clip_spec(cfg: Any, crop: str, deep: bool, raw_on_the_fly: bool) -> ClipSpec:
-    """``cfg.e2e_frames`` frames: for the backbones ``cfg.e2e_size`` square with the dataset's ``crop``; for the
-    raw tier squashed to its store's size (256: its HOG PCA was fitted there)."""
-    raw = dataclasses.replace(RawExtractor.frame_spec, n_frames=cfg.e2e_frames)
-    size = (cfg.e2e_size, cfg.e2e_size)
-    return ClipSpec(
-        dataclasses.replace(raw, size=size, crop=crop) if deep else None,
-        raw if raw_on_the_fly else None,
-        int(cfg.seed),
-    )
-
-
 class ClipDataset(torch.utils.data.Dataset):
     """Item ``(index, epoch, augment)`` -> ``{"index", "frames" (T, H, W, 3) uint8, "raw": {name: vector}}``.
 
@@ -96,9 +75,6 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list[VideoRecord], spec: ClipSpec, hog_pca: HogPCA | None) -> None:
         self.records, self.spec, self.hog_pca = records, spec, hog_pca
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def _decode(self, rec: VideoRecord, spec: FrameSpec, crop: Crop | None) -> np.ndarray:
         try:
@@ -138,24 +114,6 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-class EpochBatches(torch.utils.data.Sampler):
-    """The micro-batches of this process for the current epoch, as lists of ``(index, epoch, augment)``.
-
-    ``set_epoch`` fills it; a persistent ``DataLoader`` reads it anew at each iteration."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int, bool]]] = []
-
-    def set(self, batches: list[list[tuple[int, int, bool]]]) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def micro_batches(order: list[int], batch: int, world: int, rank: int, accum: int) -> list[list[int]]:
     """Split ``order`` into global batches of ``batch`` clips and each into ``world * accum`` near-equal parts; this
     rank's ``accum`` parts of every global batch, in order. A trailing batch too small to give every part a clip is
@@ -172,9 +130,11 @@ def micro_batches(order: list[int], batch: int, world: int, rank: int, accum: in
 
 
 def make_loader(
-    dataset: ClipDataset, sampler: EpochBatches, workers: int, prefetch: int, pin: bool
+    dataset: ClipDataset, batches: list[list[tuple[int, int, bool]]], workers: int, prefetch: int, pin: bool
 ) -> torch.utils.data.DataLoader:
-    """A ``DataLoader`` over ``sampler``'s micro-batches; ``workers`` 0 decodes in this process."""
+    """A ``DataLoader`` over ``batches``, the micro-batches of this process for the current epoch as lists of
+    ``(index, epoch, augment)``: filled in place each epoch, a persistent loader reads the list anew at each
+    iteration. ``workers`` 0 decodes in this process."""
     kwargs: dict = {}
     if workers > 0:
         # forkserver, not fork: a worker forked from a parent whose OpenCV/OpenMP threads hold a lock can hang
@@ -185,5 +145,5 @@ def make_loader(
             "persistent_workers": True,
         }
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, pin_memory=pin, **kwargs
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=pin, **kwargs
     )

@@ -10,9 +10,9 @@ in both training modes.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from config import TrainConfig
@@ -21,23 +21,19 @@ from dataset import DATASETS, VideoRecord
 from features.hog import HogPCA
 from features.raw import RawExtractor
 from features.store import FeatureStore
-from pipeline.e2e.clips import ClipDataset, clip_spec
-from pipeline.run.fitted import Fitted
-from pipeline.run.table import FeatureTable, SplitData, Stats
+from pipeline.e2e.clips import ClipDataset, ClipSpec
+from pipeline.run.table import FeatureTable, Stats, to_splits
 from tiers import TIERS
 
 DEEP_MODULES = ("hrnet", "csn")  # computed inside the step by their backbones (pipeline/e2e/training.py)
 
 
-@dataclass
-class E2EData:
-    splits: dict[str, SplitData]  # ids, the pre-computed block x (N, sum of dims), scores y
+@dataclass(kw_only=True)
+class E2EData(FeatureTable):
+    """The pre-computed modules' table (x: N rows of their concatenated features), and the clips of the same rows."""
+
     datasets: dict[str, ClipDataset]  # one per split, rows in the order of ``splits``
-    dims: dict[str, int]  # the pre-computed modules' widths, in input order
-    stats: Stats
-    table_sources: dict  # provenance of the stores read (FeatureTable.sources)
     raw_features: list[str]  # the raw tier's stored features in input order, when it is computed on the fly
-    fitted: Fitted = field(default_factory=dict)  # the stores' fitted transforms (evaluate.py --videos applies them)
 
     def inputs(
         self, split: str, idx: torch.Tensor, raw: dict[str, torch.Tensor] | None, device: torch.device
@@ -45,33 +41,13 @@ class E2EData:
         """``{module: (B, D)}`` of the pre-computed modules for rows ``idx``, the raw tier from ``raw`` when given."""
         x = self.splits[split].x
         x = x[idx.to(x.device)].to(device, non_blocking=True)
-        out, col = {}, 0
-        for module, dim in self.dims.items():
-            out[module] = x[:, col : col + dim]
-            col += dim
+        out = dict(zip(self.dims, x.split(list(self.dims.values()), dim=1), strict=True))
         if raw is not None:
             v = torch.cat([raw[f].reshape(len(idx), -1) for f in self.raw_features], dim=1).to(device)
             if "raw" in self.stats:
                 v = (v - self.stats["raw"]["mean"].to(device)) / self.stats["raw"]["std"].to(device)
             out["raw"] = v.float()
         return out
-
-
-def raw_on_the_fly(cfg: TrainConfig) -> bool:
-    """The raw tier is computed from the decoded clips with --compute_raw, and always under augmentation (augmented
-    frames have their own low-level features)."""
-    return bool(cfg.use_raw and (cfg.compute_raw or cfg.data_augmentation))
-
-
-def _bare_splits(records: list[VideoRecord], splits: tuple[str, ...], scored_only: bool, device) -> dict:
-    """Splits without pre-computed modules: ids and scores only (x has no columns)."""
-    out = {}
-    for split in splits:
-        recs = [r for r in records if r.split == split and (r.score is not None or not scored_only)]
-        if recs:
-            y = torch.tensor([math.nan if r.score is None else r.score for r in recs], dtype=torch.float32)
-            out[split] = SplitData([r.id for r in recs], torch.zeros(len(recs), 0, device=device), y.to(device))
-    return out
 
 
 def hog_pca(cfg: TrainConfig) -> HogPCA:
@@ -101,14 +77,21 @@ def build_data(
     pre_cfg = dataclasses.replace(cfg, **{f"use_{m}": False for m in DEEP_MODULES})
     if pre_cfg.modules():
         table = FeatureTable.build(pre_cfg, records, device, stats=stats, splits=splits, scored_only=scored_only)
-        split_data, dims, stats, sources, fitted = table.splits, table.dims, table.stats, table.sources, table.fitted
-    else:
-        split_data, dims, stats, sources, fitted = _bare_splits(records, splits, scored_only, device), {}, {}, {}, {}
-    on_the_fly = raw_on_the_fly(cfg)
-    deep = any(m in DEEP_MODULES for m in cfg.modules())
-    spec = clip_spec(cfg, DATASETS[cfg.dataset].crop, deep, on_the_fly)
+    else:  # deep modules only: the splits' ids and scores, x without columns
+        rows = [r for r in records if r.split in splits and (r.score is not None or not scored_only)]
+        no_columns = {"": np.zeros((len(rows), 0), np.float32)}
+        table = FeatureTable([], {}, to_splits(no_columns, rows, splits, device), {}, {})
+    # the raw tier is computed from the decoded clips with --compute_raw, and always under augmentation (augmented
+    # frames have their own low-level features)
+    on_the_fly = bool(cfg.use_raw and (cfg.compute_raw or cfg.data_augmentation))
+    # the backbones' frames cfg.e2e_size square with the dataset's crop; the raw tier's squashed to its store's size
+    # (256: its HOG PCA was fitted there)
+    raw = dataclasses.replace(RawExtractor.frame_spec, n_frames=cfg.e2e_frames)
+    deep = dataclasses.replace(raw, size=(cfg.e2e_size, cfg.e2e_size), crop=DATASETS[cfg.dataset].crop)
+    has_deep = any(m in DEEP_MODULES for m in cfg.modules())
+    spec = ClipSpec(deep if has_deep else None, raw if on_the_fly else None, int(cfg.seed))
     pca = hog_pca(cfg) if on_the_fly else None
     by_id = {r.id: r for r in records}
-    datasets = {s: ClipDataset([by_id[i] for i in d.ids], spec, pca) for s, d in split_data.items()}
-    raw_features = list(sources["raw"]["features"]) if on_the_fly else []
-    return E2EData(split_data, datasets, dims, stats, sources, raw_features, fitted)
+    datasets = {s: ClipDataset([by_id[i] for i in d.ids], spec, pca) for s, d in table.splits.items()}
+    raw_features = list(table.sources["raw"]["features"]) if on_the_fly else []
+    return E2EData(**vars(table), datasets=datasets, raw_features=raw_features)

@@ -38,7 +38,7 @@ from model.e2e import EndToEndModel
 from model.losses import LOSSES, LossContext
 from model.metrics import compute_metrics
 from pipeline.e2e.backbones import MIN_COSINE, autocast_dtype, build_backbones, deep_backbones, precision_agrees
-from pipeline.e2e.clips import EpochBatches, make_loader, micro_batches
+from pipeline.e2e.clips import make_loader, micro_batches
 from pipeline.e2e.data import E2EData, build_data
 from pipeline.run import loop
 from pipeline.run.checkpoint import build_checkpoint, check_sources, load_weights, stats_from_checkpoint
@@ -58,14 +58,6 @@ from tiers import module_tiers
 BACKBONE_LR_FRACTION = 0.01  # default --backbone_lr = --lr / 100: pretrained weights move slowly, the new head fast
 
 
-class _Quiet:
-    """The logger of the processes other than rank 0: they train, rank 0 writes."""
-
-    def epoch(self, *args: object) -> None: ...
-    def checkpoint(self, *args: object) -> None: ...
-    def finish(self, *args: object) -> None: ...
-
-
 class EndToEndTrainer(Engine):
     """Trains an ``EndToEndModel`` over decoded clips (the step engine of an end-to-end run, driven by
     ``pipeline.run.loop``); see the module docstring."""
@@ -81,9 +73,7 @@ class EndToEndTrainer(Engine):
     ) -> None:
         """``train_mean`` (for the losses) defaults to the mean score of the train split (needed when it is absent)."""
         self.cfg, self.data, self.device, self.dist = cfg, data, device, dist
-        if cfg.seed is None:
-            cfg.seed = int.from_bytes(os.urandom(4), "little")
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed)  # set: build_data has drawn the augmentation seed from it
         backbones = build_backbones(cfg)
         dims = {m: backbones[m].out_channels if m in backbones else data.dims[m] for m in cfg.modules()}
         model = EndToEndModel(
@@ -112,7 +102,7 @@ class EndToEndTrainer(Engine):
             train_mean = float(data.splits["train"].y.double().mean())
         self.ctx = LossContext(0, cfg.epochs, train_mean, cfg.mse_tails_pow, cfg.mse_tails_mult_fact)
         workers = cfg.workers if cfg.workers >= 0 else max(1, available_cores() // max(dist.local_world, 1))
-        self.samplers = {s: EpochBatches() for s in data.splits}
+        self.samplers: dict[str, list] = {s: [] for s in data.splits}  # each loader's batches, set in place
         self.loaders = {
             s: make_loader(ds, self.samplers[s], workers, cfg.prefetch, device.type == "cuda")
             for s, ds in data.datasets.items()
@@ -130,7 +120,7 @@ class EndToEndTrainer(Engine):
         best_pred = None if t.best_pred is None else torch.from_numpy(t.best_pred.copy())
         resume = {} if cfg.freeze_backbones else {"backbones": self._cpu(self.model.backbones)}
         return build_checkpoint(
-            cfg, cfg.modules(), self.model.dims, data.stats, data.table_sources, data.fitted, t.history,
+            cfg, cfg.modules(), self.model.dims, data.stats, data.sources, data.fitted, t.history,
             self._cpu(self.model.head), self.ctx.train_mean, t.best, best_pred=best_pred,
             end_to_end=deep_backbones(cfg), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
             scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
@@ -177,7 +167,7 @@ class EndToEndTrainer(Engine):
         if self.dtype == torch.float32 or not self.model.backbones:
             return
         split = "val" if "val" in self.data.splits else next(iter(self.data.splits))
-        self.samplers[split].set([[(i, 0, False) for i in range(min(2, len(self.data.splits[split].y)))]])
+        self.samplers[split][:] = [[(i, 0, False) for i in range(min(2, len(self.data.splits[split].y)))]]
         clips, _, _ = self._inputs(split, next(iter(self.loaders[split])))
         self.model.eval()
         cos = precision_agrees(self.model, clips, self.dtype)
@@ -202,7 +192,7 @@ class EndToEndTrainer(Engine):
         self.model.train()
         self.ctx.epoch = epoch
         batches, sizes = self._order(epoch)
-        self.samplers["train"].set(batches)
+        self.samplers["train"][:] = batches
         accum, world = self.cfg.grad_accumulation, self.dist.world
         total = torch.zeros(2, dtype=torch.float64)
         self.wait_s, t = 0.0, time.perf_counter()
@@ -236,7 +226,7 @@ class EndToEndTrainer(Engine):
         n = len(self.data.splits[split].y)
         mine = list(range(n))[self.dist.rank :: self.dist.world]
         per = max(1, self.cfg.batch_size // (self.cfg.grad_accumulation * self.dist.world))
-        self.samplers[split].set([[(i, 0, False) for i in mine[s : s + per]] for s in range(0, len(mine), per)])
+        self.samplers[split][:] = [[(i, 0, False) for i in mine[s : s + per]] for s in range(0, len(mine), per)]
         out = np.zeros(n, dtype=np.float32)
         got: list[tuple[list[int], list[float]]] = []
         for batch in self.loaders[split]:
@@ -248,14 +238,6 @@ class EndToEndTrainer(Engine):
             for idx, pred in part:
                 out[idx] = pred
         return out
-
-    def evaluate(self, split: str) -> tuple[dict, np.ndarray]:
-        pred = self.predict(split)
-        y = self.data.splits[split].y.cpu()
-        metrics = compute_metrics(pred, y.numpy())
-        with torch.no_grad():
-            metrics["loss"] = float(self.loss_fn(torch.from_numpy(pred), y, self.ctx))
-        return metrics, pred
 
     # ----------------------------------------------------------------- the engine of pipeline.run.loop
     def lrs(self) -> dict[str, float]:
@@ -269,28 +251,35 @@ class EndToEndTrainer(Engine):
         return {"train_seconds": train_seconds, "data_wait_seconds": self.wait_s}
 
     def score_val(self) -> list[tuple[dict, np.ndarray]]:
-        return [self.evaluate("val")]
+        pred = self.predict("val")
+        y = self.data.splits["val"].y.cpu()
+        metrics = compute_metrics(pred, y.numpy())
+        with torch.no_grad():
+            metrics["loss"] = float(self.loss_fn(torch.from_numpy(pred), y, self.ctx))
+        return [(metrics, pred)]
 
     def weights(self, run: int) -> dict[str, torch.Tensor]:
         return self._cpu(self.model.head)  # the head (best.pt, written each improving epoch, holds the backbones)
 
-    def fit(self, logger: RunLogger | _Quiet) -> dict:
-        """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each)."""
+    def fit(self, logger: RunLogger | None) -> dict:
+        """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each).
+        ``logger`` is None in the processes other than rank 0: they train, rank 0 writes."""
         cfg, val = self.cfg, self.data.splits["val"]
         true = val.y.cpu().numpy()
 
         def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> None:
             logger.epoch(rows[0], self.track.last_pred, true)
-            if (cfg.save or cfg.log) and self.dist.rank == 0:  # the others would copy the backbones for nothing
+            if cfg.save or cfg.log:
                 logger.checkpoint(self.state(), improved[0])
 
-        progress = None if self.dist.rank else cfg.loss
-        loop.fit(self, [self.track], cfg.epochs, self.start_epoch, epoch_done, progress)
+        hook, progress = (epoch_done, cfg.loss) if logger is not None else (None, None)
+        loop.fit(self, [self.track], cfg.epochs, self.start_epoch, hook, progress)
         last_pred = self.track.last_pred
-        if last_pred is None:  # resumed at or past the last epoch
-            last_pred = self.evaluate("val")[1]
-        best_pred = self.track.best_pred if self.track.best_pred is not None else last_pred
-        logger.finish(self.track.history, self.track.best, val, best_pred, last_pred)
+        if last_pred is None:  # resumed at or past the last epoch (every process scores: predict gathers)
+            last_pred = self.score_val()[0][1]
+        if logger is not None:
+            best_pred = self.track.best_pred if self.track.best_pred is not None else last_pred
+            logger.finish(self.track.history, self.track.best, val, best_pred, last_pred)
         return {"best": self.track.best, "last": self.track.history[-1]}
 
 
@@ -328,7 +317,7 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     records = load_records(cfg.dataset, cfg)
     data = build_data(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
     if ckpt:
-        check_sources(ckpt["sources"], data.table_sources)
+        check_sources(ckpt["sources"], data.sources)
     if not cfg.name:
         cfg.name = f"{cfg.dataset}_{'+'.join(cfg.modules())}_e2e_{time.strftime('%Y%m%d-%H%M%S')}"
     if not ckpt:  # rank 0 picks a free run directory for everyone
@@ -343,42 +332,35 @@ def run_end_to_end(cfg: TrainConfig, explicit: dict | None = None) -> dict:
             f"{dist.world}; {trainer.dtype}; backbones {'frozen' if cfg.freeze_backbones else 'fine-tuned'}; "
             f"seed {cfg.seed}"
         )
-    notes = input_notes(cfg, data.table_sources, records) if dist.rank == 0 else {}
+    notes = input_notes(cfg, data.sources, records) if dist.rank == 0 else {}
     if dist.rank == 0 and (cfg.standin_backbones or cfg.smoke_random_weights):
         print("warning: the backbones have RANDOM weights (--standin_backbones / --smoke_random_weights): a "
               "pipeline check, its scores measure nothing")  # fmt: skip
         notes["random_backbones"] = True
     try:
-        return _fit(trainer, cfg, dist, notes)
+        if dist.rank:  # the others train; rank 0 writes the run directory (Ctrl-C / SIGTERM: where to resume from)
+            return trainer.fit(None) | {"run_dir": ""}
+        with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+            logger.notes |= notes
+            try:
+                result = trainer.fit(logger)
+            except KeyboardInterrupt:
+                raise Interrupted(interrupted_message(logger.run_dir)) from None
+        return result | {"run_dir": str(logger.run_dir)}
     finally:
         dist.close()
 
 
-def _fit(trainer: EndToEndTrainer, cfg: TrainConfig, dist: Dist, notes: dict) -> dict:
-    """Rank 0 trains and writes the run directory (Ctrl-C / SIGTERM: where to resume from); the others train."""
-    if dist.rank:
-        return trainer.fit(_Quiet()) | {"run_dir": ""}
-    with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
-        logger.notes |= notes
-        try:
-            result = trainer.fit(logger)
-        except KeyboardInterrupt:
-            raise Interrupted(interrupted_message(logger.run_dir)) from None
-    return result | {"run_dir": str(logger.run_dir)}
-
-
 def evaluate_end_to_end(
-    ckpt: dict, train_cfg: TrainConfig, splits: tuple[str, ...], device_name: str, records: list | None = None
+    ckpt: dict, train_cfg: TrainConfig, splits: tuple[str, ...], device_name: str, records: list
 ) -> dict:
-    """``{split: (ids, true scores with NaN where unknown, predictions)}`` of an end-to-end checkpoint: its head
-    and fine-tuned backbones (frozen ones from the official files) over the decoded clips, one process.
-    ``records``: the videos to score (default: the dataset of ``train_cfg``)."""
+    """``{split: (ids, true scores with NaN where unknown, predictions)}`` of ``records`` by an end-to-end checkpoint:
+    its head and fine-tuned backbones (frozen ones from the official files) over the decoded clips, one process."""
     dist = Dist()
     device = device_for(device_name, dist)
     torch.set_num_threads(available_cores())
-    records = load_records(train_cfg.dataset, train_cfg) if records is None else records
     data = build_data(train_cfg, records, device, stats_from_checkpoint(ckpt), splits, scored_only=False)
-    check_sources(ckpt["sources"], data.table_sources)
+    check_sources(ckpt["sources"], data.sources)
     if not data.splits:
         raise ConfigError(f"{train_cfg.dataset} has no videos in split(s) {', '.join(splits)}")
     trainer = EndToEndTrainer(train_cfg, data, device, dist, train_mean=ckpt["train_mean"])

@@ -32,6 +32,7 @@ from dataset import VideoRecord, load_records
 from features.base import FrameSpec
 from features.video import VideoError, read_clip
 from model.mlp import ModularMLP
+from pipeline.run.checkpoint import model_from_checkpoint
 from pipeline.run.table import SplitData
 from pipeline.run.training import predict
 from pipeline.scoring.loader import Scorer
@@ -147,17 +148,10 @@ def examples(e: Explanation, k: int = N_EXAMPLES) -> list[tuple[str, int]]:
 
 def write_examples(e: Explanation, out: Path) -> None:
     header = ["kind", "id", "truth", "prediction", "abs_error", *(f"contribution_{m}" for m in e.modules)]
-    rows = (
-        [
-            kind,
-            e.ids[i],
-            f"{e.true[i]:.6f}",
-            f"{e.pred[i]:.6f}",
-            f"{abs(e.pred[i] - e.true[i]):.6f}",
-            *(f"{c:.6f}" for c in e.contributions[i]),
-        ]  # fmt: skip
-        for kind, i in examples(e)
-    )
+    rows = []
+    for kind, i in examples(e):
+        values = (e.true[i], e.pred[i], abs(e.pred[i] - e.true[i]), *e.contributions[i])
+        rows.append([kind, e.ids[i], *(f"{v:.6f}" for v in values)])
     write_csv(out / "examples.csv", header, rows)
 
 
@@ -243,7 +237,7 @@ def run_explain(cfg: EvalConfig) -> dict:
     if "train" not in table.splits:
         raise ConfigError(f"--explain needs the train split of {train_cfg.dataset} for the modules' train means")
     train_mean = table.splits["train"].x.mean(dim=0)  # (in_dim,)
-    model = scorer.model(device)
+    model = model_from_checkpoint(ckpt).to(device)
     e = explain(model, data, train_mean, cfg.explain_repeats, cfg.explain_seed)
     ckpt_path = Path(cfg.checkpoint)
     parent = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.resolve().parent

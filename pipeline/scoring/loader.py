@@ -22,7 +22,6 @@ from pipeline.run.training import predict
 @dataclass
 class Scorer:
     ckpt: dict
-    path: str
     cfg: TrainConfig  # the training config, pointed at the data to score
 
     @classmethod
@@ -31,7 +30,7 @@ class Scorer:
         values keep the checkpoint's)."""
         ckpt = load_checkpoint(path) if ckpt is None else ckpt
         values = dict(ckpt["config"]) | {k: v for k, v in where.items() if v}
-        return cls(ckpt, str(path), from_dict(TrainConfig, values, source=f"checkpoint {path}"))
+        return cls(ckpt, from_dict(TrainConfig, values, source=f"checkpoint {path}"))
 
     @property
     def end_to_end(self) -> bool:
@@ -46,9 +45,6 @@ class Scorer:
         check_sources(self.ckpt["sources"], table.sources)
         return table
 
-    def model(self, device: torch.device) -> torch.nn.Module:
-        return model_from_checkpoint(self.ckpt).to(device)
-
     def predict(
         self, records: list[VideoRecord], splits: tuple[str, ...], device: torch.device
     ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
@@ -58,5 +54,5 @@ class Scorer:
         table = self.table(records, device, splits, scored_only=False)
         if not table.splits:
             raise ConfigError(f"{self.cfg.dataset} has no videos in split(s) {', '.join(splits)}")
-        model = self.model(device)
+        model = model_from_checkpoint(self.ckpt).to(device)
         return {s: (d.ids, d.y.cpu().numpy(), predict(model, d.x)) for s, d in table.splits.items()}

@@ -33,16 +33,17 @@ FITTED_DATASET = "checkpoint"  # pseudo-dataset holding the checkpoint's fitted 
 NEW_DATASET = "folder"  # the new videos' stores (a dataset name configs accept: unscored, split test)
 
 
-def video_records(videos: str | Path) -> list[VideoRecord]:
-    """A folder of videos (searched recursively; ids are the paths below it without suffix), or a text file listing
-    one video path per line (relative paths are relative to the list file's folder; ids are the file names without
-    suffix, or the listed paths where names repeat). A listed path that does not exist is kept: it fails later with
-    its reason, like an unreadable video."""
+def video_records(videos: str | Path, suffixes: tuple[str, ...] = CLIP_SUFFIXES) -> list[VideoRecord]:
+    """A folder of videos (or of any ``suffixes`` files; searched recursively; ids are the paths below it without
+    suffix), or a text file listing one path per line (relative paths are relative to the list file's folder; ids
+    are the file names without suffix, or the listed paths where names repeat). A listed path that does not exist is
+    kept: it fails later with its reason, like an unreadable video."""
     path = Path(videos)
     if path.is_dir():
-        records = DATASETS["folder"].index(path)
+        records = DATASETS["folder"].index(path, suffixes)
         if not records:
-            raise ConfigError(f"--videos {path}: no video files ({', '.join(CLIP_SUFFIXES)}) in that folder")
+            kind = "video" if suffixes == CLIP_SUFFIXES else "video or image"
+            raise ConfigError(f"--videos {path}: no {kind} files ({', '.join(suffixes)}) in that folder")
         return records
     if not path.is_file():
         raise FileNotFoundError(f"--videos {path}: no such folder or list file")
@@ -154,11 +155,14 @@ def _check_similarity_sources(gen: GenConfig, ckpt: dict) -> None:
             )
 
 
-def default_out(cfg: EvalConfig) -> Path:
-    """``scores_<videos>_<checkpoint>.csv`` beside the checkpoint (or in ``--out_dir``): one file per pair."""
+def scores_path(cfg: EvalConfig) -> Path:
+    """``--out``, else ``scores_<videos>_<checkpoint or pretrained model>.csv`` (one file per pair) in ``--out_dir``,
+    by default beside the checkpoint (zero-shot: the current folder)."""
+    if cfg.out:
+        return Path(cfg.out)
     ckpt = Path(cfg.checkpoint)
-    folder = Path(cfg.out_dir) if cfg.out_dir else ckpt.resolve().parent
-    return folder / f"scores_{Path(cfg.videos).resolve().stem}_{ckpt.stem}.csv"
+    folder = Path(cfg.out_dir) if cfg.out_dir else ckpt.resolve().parent if cfg.checkpoint else Path(".")
+    return folder / f"scores_{Path(cfg.videos).resolve().stem}_{cfg.pretrained or ckpt.stem}.csv"
 
 
 def score_videos(cfg: EvalConfig) -> dict:
@@ -170,34 +174,36 @@ def score_videos(cfg: EvalConfig) -> dict:
             "the videos' features with gen_features.py --dataset folder --data_dir DIR --fit_on <training dataset>"
         )
     records = video_records(cfg.videos)
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    out = scores_path(cfg)
     device = resolve_device(cfg.device)
     with tempfile.TemporaryDirectory(prefix="m3s-videos-") as tmp:
         features_dir = Path(tmp)
         write_fitted(features_dir, unpack(ckpt["fitted"]))
         failed = compute_stores(gen_config(cfg, ckpt, features_dir), ckpt, records)
         ok = [r for r in records if r.id not in failed]
-        preds = _predict(ckpt, ok, features_dir, device) if ok else {}
+        preds = {}
+        if ok:
+            scorer = Scorer.load(ckpt["path"], ckpt, dataset=NEW_DATASET, features_dir=str(features_dir))
+            scorer.cfg.data_dir = ""  # new videos: the records carry their paths
+            ids, _, pred = scorer.predict(ok, ("test",), device)["test"]
+            preds = {vid: [f"{p:.6f}"] for vid, p in zip(ids, pred, strict=True)}
     write_scores(out, records, preds, failed)
     return {"n": len(records), "n_scored": len(preds), "failed": failed, "out": str(out), "checkpoint": cfg.checkpoint}
 
 
-def _predict(ckpt: dict, records: list[VideoRecord], features_dir: Path, device) -> dict[str, float]:
-    where = {"dataset": NEW_DATASET, "features_dir": str(features_dir)}
-    scorer = Scorer.load(ckpt["path"], ckpt, **where)
-    scorer.cfg.data_dir = ""  # new videos: the records carry their paths
-    ids, _, pred = scorer.predict(records, ("test",), device)["test"]
-    return dict(zip(ids, (float(p) for p in pred), strict=True))
-
-
-def write_scores(path: Path, records: list[VideoRecord], preds: dict[str, float], failed: dict[str, str]) -> None:
-    """CSV ``id, prediction, error, path`` in input order: a prediction, or empty with why the video failed."""
+def write_scores(
+    path: Path, records: list[VideoRecord], scores: dict[str, list], failed: dict[str, str], columns=("prediction",)
+) -> None:
+    """CSV ``id, <columns>, error, path`` in input order: a video's ``scores`` (one per column), or empty ones with
+    why it failed."""
     rows = []
     for r in records:
-        p = preds.get(r.id)
-        reason = "" if p is not None else failed.get(r.id, "no features were computed")
-        rows.append([r.id, "" if p is None else f"{p:.6f}", reason, str(r.path)])
-    write_csv(path, ["id", "prediction", "error", "path"], rows)
+        values = scores.get(r.id)
+        if values is None:
+            rows.append([r.id, *[""] * len(columns), failed.get(r.id, "no score was computed"), str(r.path)])
+        else:
+            rows.append([r.id, *values, "", str(r.path)])
+    write_csv(path, ["id", *columns, "error", "path"], rows)
 
 
 def read_scores(path: Path) -> dict[str, float]:
