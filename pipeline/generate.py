@@ -31,7 +31,13 @@ def run(cfg: GenConfig) -> list[Summary]:
         # new videos are framed like the training dataset's (VideoMem: centre crop)
         crop = DATASETS[cfg.fit_on or cfg.dataset].crop
         if dist.rank == 0 and not cfg.fit_on and not any(r.split == "train" for r in records):
-            print(_own_corpus_note(cfg, len(records)), flush=True)
+            print(
+                f"{cfg.dataset} has no train split: its fitted transforms (raw's HOG PCA, similarity) are fitted on "
+                f"its own {len(records)} videos, a basis no checkpoint was trained in; to score these videos with a "
+                "model, extract them with what its training dataset fitted (--fit_on DATASET, or evaluate.py --videos "
+                "DIR --checkpoint CKPT)",
+                flush=True,
+            )
         summaries = []
         for tier in (t for t in chosen if t.extractor is not None):
             ext = with_crop(tier.extractor(cfg, device), crop)
@@ -45,14 +51,6 @@ def run(cfg: GenConfig) -> list[Summary]:
         return summaries
     finally:
         dist.close()
-
-
-def _own_corpus_note(cfg: GenConfig, n: int) -> str:
-    return (
-        f"{cfg.dataset} has no train split: its fitted transforms (raw's HOG PCA, similarity) are fitted on its own "
-        f"{n} videos, a basis no checkpoint was trained in; to score these videos with a model, extract them with "
-        "what its training dataset fitted (--fit_on DATASET, or evaluate.py --videos DIR --checkpoint CKPT)"
-    )
 
 
 def run_import(cfg: GenConfig) -> StoredFeatures:

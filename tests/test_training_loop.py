@@ -249,13 +249,13 @@ def test_fit_keeps_the_best_epoch_on_val_and_reports_the_last():
     log = Recorder()
     lrs = [g["lr"] for g in trainer.opt.param_groups]
     result = trainer.fit(log)
-    history = trainer.history
+    history = trainer.track.history
     assert [r["epoch"] for r in history] == list(range(6)) and history[0]["lr"] == lrs[0]
     assert set(history[0]) >= {"epoch", "lr", "train_loss", "seconds", "val_spearman", "val_loss", "val_mse"}
     assert result["best"] == history[4] and result["last"] == history[5]
     assert [improved for _, improved in log.checkpoints] == [True, True, False, False, True, False]
     assert [state["epoch"] for state, _ in log.checkpoints] == list(range(6))
-    for k, v in trainer.best_model.items():
+    for k, v in trainer.track.best_weights.items():
         torch.testing.assert_close(v, weights[4][k])
     assert [row for row, _, _ in log.rows] == history
     np.testing.assert_array_equal(log.rows[0][2], table.splits["val"].y.numpy())
@@ -274,8 +274,8 @@ def test_without_a_terminal_each_epoch_is_one_line_and_without_save_or_log_no_ch
     _scripted(trainer, [0.5, 0.25])
     trainer.fit(log)
     assert log.checkpoints == [] and len(log.rows) == 2
-    assert 0 <= trainer.history[0]["seconds"] < 60
-    loss = [f"{r['train_loss']:.4f}" for r in trainer.history]
+    assert 0 <= trainer.track.history[0]["seconds"] < 60
+    loss = [f"{r['train_loss']:.4f}" for r in trainer.track.history]
     assert capsys.readouterr().out == (  # no terminal under pytest
         f"epoch 1/2: train mse {loss[0]}, val Spearman 0.5000 (best so far)\n"
         f"epoch 2/2: train mse {loss[1]}, val Spearman 0.2500\n"
@@ -302,7 +302,7 @@ def test_on_a_terminal_the_bar_shows_the_epochs_loss_and_val_spearman(monkeypatc
     trainer = Trainer(make_cfg(epochs=2), make_table(), "cpu")
     _scripted(trainer, [0.5, 0.25])
     trainer.fit(Recorder())
-    loss = [f"{r['train_loss']:.4f}" for r in trainer.history]
+    loss = [f"{r['train_loss']:.4f}" for r in trainer.track.history]
     assert shown == [
         {"desc": "epochs", "unit": "ep", "disable": None},
         {"loss": loss[0], "val_spearman": "0.5000"},
@@ -321,14 +321,16 @@ def test_a_checkpoint_holds_the_whole_run_and_resumes_it_exactly(tmp_path):
     assert state["train_mean"] == first.ctx.train_mean and state["fitted"] == {} and state["epoch"] == 1
     assert state["config"]["epochs"] == 2 and state["sources"] is table.sources
     assert state["stats"].keys() == table.stats.keys() and all(state["stats"][m] is table.stats[m] for m in table.stats)
-    assert state["best"] == first.best and len(state["history"]) == 2 and state["metrics"] == first.history[-1]
+    assert (
+        state["best"] == first.track.best and len(state["history"]) == 2 and state["metrics"] == first.track.history[-1]
+    )
     save_checkpoint(state, tmp_path / "last.pt")
     resumed = Trainer(make_cfg(epochs=4, save=True), table, "cpu", resume=torch.load(tmp_path / "last.pt"))
     assert resumed.start_epoch == 2
     resumed.fit(Recorder())
     for k, v in whole.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v)
-    assert [r["val_spearman"] for r in resumed.history] == [r["val_spearman"] for r in whole.history]
+    assert [r["val_spearman"] for r in resumed.track.history] == [r["val_spearman"] for r in whole.track.history]
 
 
 def test_a_run_resumed_past_its_last_epoch_still_finishes():
@@ -337,7 +339,7 @@ def test_a_run_resumed_past_its_last_epoch_still_finishes():
     again = Trainer(make_cfg(epochs=2), table, "cpu", resume=state)
     done = Recorder()
     result = again.fit(done)
-    assert done.rows == [] and result["last"] == first.history[-1]
+    assert done.rows == [] and result["last"] == first.track.history[-1]
     np.testing.assert_allclose(done.finished[4], predict(first.model, table.splits["val"].x), rtol=1e-6)
 
 

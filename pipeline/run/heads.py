@@ -25,7 +25,7 @@ from pipeline.grid.specs import FoldData, RunResult, RunSpec
 from pipeline.run.checkpoint import build_checkpoint
 from pipeline.run.logger import RunLogger
 from pipeline.run.table import FeatureTable
-from pipeline.run.training import predict, set_threads
+from pipeline.run.training import predict, set_threads, val_scores
 
 BASELINES = ("ridge", "svr")  # what --baselines adds beside the grid's head
 
@@ -73,10 +73,9 @@ def _row(model: torch.nn.Module, x_tr, y_tr, x_val, y_val, seconds: float) -> tu
     pred = predict(model, x_val)
     train_mse = float(np.mean((predict(model, x_tr) - y_tr.cpu().numpy()) ** 2))
     metrics = compute_metrics(pred, y_val.cpu().numpy())
-    row = {"epoch": 0, "lr": None, "train_loss": train_mse, "seconds": seconds} | {
-        f"val_{k}": v for k, v in metrics.items()
-    }
-    return row | {"val_loss": metrics["mse"]}, pred
+    metrics["loss"] = metrics["mse"]
+    row = {"epoch": 0, "lr": None, "train_loss": train_mse, "seconds": seconds}
+    return row | {f"val_{k}": v for k, v in metrics.items()}, pred
 
 
 def head_results(
@@ -122,8 +121,7 @@ def run_fitted(cfg: TrainConfig) -> dict:
         logger.notes["head"] = info
         logger.epoch(row, pred, val.y.cpu().numpy())
         if cfg.save or cfg.log:
-            t = table
-            mean = float(tr.y.double().mean())
+            t, mean = table, float(tr.y.double().mean())
             state = build_checkpoint(cfg, t.modules, t.dims, t.stats, t.sources, t.fitted, [row], model, mean)
             logger.checkpoint(state, True)
         logger.finish([row], row, val, pred, pred)
@@ -132,9 +130,7 @@ def run_fitted(cfg: TrainConfig) -> dict:
 
 def fitted_lines(result: dict) -> list[str]:
     """What train.py prints for a fitted head."""
-    row = result["last"]
-    scores = ", ".join(f"{k} {row[f'val_{k}']:.4f}" for k in ("spearman", "kendall", "mse", "mae"))
     return [
-        f"head {result['head']}, fitted on train ({result['fit'].get('params')}): val {scores}",
+        f"head {result['head']}, fitted on train ({result['fit'].get('params')}): val {val_scores(result['last'])}",
         f"run directory: {result['run_dir']}",
     ]

@@ -41,46 +41,34 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
     write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg) | resolved, sort_keys=False))
 
 
+def _wandb_run(cfg: TrainConfig, name: str, group: str | None, run_dir: Path):
+    import wandb  # deliberately lazy here and below: half a second of start-up, needed only with -l
+
+    return wandb.init(project=cfg.project, name=name, group=group, tags=cfg.tags or None,
+                      config=asdict(cfg), dir=str(run_dir))  # fmt: skip
+
+
 class RunLogger:
     """Writes ``runs/<name>/`` and, with ``cfg.log``, mirrors it to wandb. Use as a context manager."""
 
     def __init__(self, cfg: TrainConfig, resume_epoch: int = 0) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.runs_dir) / cfg.name
-        self._owned = ExitStack()  # one process writes a run directory: a second one stops here, with one line
-        self._owned.enter_context(owned(self.run_dir))
-        try:
-            self._start(resume_epoch)
-        except BaseException:
-            self._owned.close()
-            raise
-
-    def _start(self, resume_epoch: int) -> None:
-        cfg = self.cfg
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
         self.notes: dict = {}  # what summary.json must say beside the metrics (e.g. smoke stores)
-        write_config(self.run_dir, cfg)
-        remove_stale_temps(self.run_dir)  # what a kill inside torch.save left
-        # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
-        kept = []
-        if resume_epoch and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if _epoch(line) < resume_epoch]
-        write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
-        if cfg.log:
-            self._init_wandb()
-
-    def _init_wandb(self) -> None:
-        import wandb  # deliberately lazy here and below: half a second of start-up, needed only with -l
-
-        self.wandb = wandb.init(
-            project=self.cfg.project,
-            name=self.cfg.name,
-            group=self.cfg.group or None,
-            tags=self.cfg.tags or None,
-            config=asdict(self.cfg),
-            dir=str(self.run_dir),
-        )
+        with ExitStack() as stack:  # one process writes a run directory: a second one stops here, with one line
+            stack.enter_context(owned(self.run_dir))
+            write_config(self.run_dir, cfg)
+            remove_stale_temps(self.run_dir)  # what a kill inside torch.save left
+            # A resumed run drops the lines of epochs after its checkpoint, so metrics.jsonl stays one line an epoch.
+            kept = []
+            if resume_epoch and self.metrics_path.exists():
+                kept = [line for line in self.metrics_path.read_text().splitlines() if _epoch(line) < resume_epoch]
+            write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
+            if cfg.log:
+                self.wandb = _wandb_run(cfg, cfg.name, cfg.group or None, self.run_dir)
+            self._owned = stack.pop_all()  # held until __exit__ (released at once if anything above fails)
 
     def __enter__(self) -> RunLogger:
         return self
@@ -138,8 +126,7 @@ def log_finished_run(cfg: TrainConfig, run_dir: Path, history: list[dict], best:
     versions of the artifact ``model-<run id>`` (aliases ``best`` / ``latest`` and ``epoch-N``) when they exist."""
     import wandb
 
-    run = wandb.init(project=cfg.project, name=name, group=group, tags=cfg.tags or None,
-                     config=asdict(cfg), dir=str(run_dir))  # fmt: skip
+    run = _wandb_run(cfg, name, group, run_dir)
     for row in history:
         run.log(row | {"epoch": row["epoch"] + 1}, step=row["epoch"])
     run.summary["best_spearman"] = best["val_spearman"]

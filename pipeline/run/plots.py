@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
@@ -60,10 +59,6 @@ def histograms(path: Path, true: np.ndarray, pred: np.ndarray, name: str, split:
     fig.savefig(path, dpi=110)
 
 
-def _mark_best(ax: Axes, best_epoch: int, label: str) -> None:
-    ax.axvline(best_epoch, color="tab:red", ls=":", lw=1.2, label=label)
-
-
 def learning_curves(path: Path, history: list[dict], loss: str, best_epoch: int, title: str) -> None:
     """Loss (named, log scale when the first epochs dwarf the rest) and val rank correlations, best epoch marked."""
     epochs = [h["epoch"] + 1 for h in history]
@@ -82,8 +77,8 @@ def learning_curves(path: Path, history: list[dict], loss: str, best_epoch: int,
     a2.plot(epochs, [h["val_kendall"] for h in history], marker=".", label="val Kendall")
     a2.set(xlabel="epoch", ylabel="rank correlation", title="val rank correlation")
     if best is not None:
-        _mark_best(a1, best_epoch, f"best epoch {best_epoch}")
-        _mark_best(a2, best_epoch, f"best epoch {best_epoch} (Spearman {best['val_spearman']:.3f})")
+        for ax, label in ((a1, ""), (a2, f" (Spearman {best['val_spearman']:.3f})")):
+            ax.axvline(best_epoch, color="tab:red", ls=":", lw=1.2, label=f"best epoch {best_epoch}{label}")
     for ax in (a1, a2):
         ax.legend()
         if len(epochs) <= 20:

@@ -95,10 +95,8 @@ class Trainer(Engine):
         self.sched = make_scheduler(cfg, self.opt)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.loss_fn = LOSSES[cfg.loss]
-        train_y = table.splits["train"].y
-        self.ctx = LossContext(
-            0, cfg.epochs, float(train_y.double().mean()), cfg.mse_tails_pow, cfg.mse_tails_mult_fact
-        )
+        train_mean = float(table.splits["train"].y.double().mean())
+        self.ctx = LossContext(0, cfg.epochs, train_mean, cfg.mse_tails_pow, cfg.mse_tails_mult_fact)
         self.track = Track()  # history, the best epoch's row, predictions and weights (best.pt, resume)
         self.start_epoch = 0
         if resume is not None:
@@ -107,10 +105,11 @@ class Trainer(Engine):
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         """The checkpoint of the epoch last recorded, with what resuming needs."""
-        t = self.table
+        t, track = self.table, self.track
         return build_checkpoint(
-            self.cfg, t.modules, t.dims, t.stats, t.sources, t.fitted, self.history, self.model, self.ctx.train_mean,
-            self.best, best_model=self.best_model, optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+            self.cfg, t.modules, t.dims, t.stats, t.sources, t.fitted, track.history, self.model, self.ctx.train_mean,
+            track.best, best_model=track.best_weights, optimizer=self.opt.state_dict(),
+            scheduler=self.sched.state_dict(),
             rng={"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
         )  # fmt: skip
 
@@ -124,18 +123,6 @@ class Trainer(Engine):
         self.shuffle.set_state(ckpt["rng"]["shuffle"])
         self.track = Track(list(ckpt["history"]), ckpt["best"], best_weights=ckpt["best_model"])
         self.start_epoch = ckpt["epoch"] + 1
-
-    @property
-    def history(self) -> list[dict]:
-        return self.track.history
-
-    @property
-    def best(self) -> dict | None:
-        return self.track.best
-
-    @property
-    def best_model(self) -> dict[str, torch.Tensor]:
-        return self.track.best_weights or {}
 
     # ----------------------------------------------------------------- loop
     def train_epoch(self, epoch: int) -> float:
@@ -174,47 +161,36 @@ class Trainer(Engine):
 
     def fit(self, logger: RunLogger) -> dict:
         """Train to ``cfg.epochs``; returns ``{"best": ..., "last": ...}`` (epoch and val metrics of each)."""
-        cfg, val = self.cfg, self.table.splits["val"]
+        cfg, val, track = self.cfg, self.table.splits["val"], self.track
         true = val.y.cpu().numpy()
 
         def epoch_done(epoch: int, rows: list[dict], improved: list[bool]) -> None:
-            logger.epoch(rows[0], self.track.last_pred, true)
+            logger.epoch(rows[0], track.last_pred, true)
             if cfg.save or cfg.log:
                 logger.checkpoint(self.state(), improved[0])
 
-        loop.fit(self, [self.track], cfg.epochs, self.start_epoch, epoch_done, cfg.loss, keep_best_weights=True)
-        last_pred = self.track.last_pred
+        loop.fit(self, [track], cfg.epochs, self.start_epoch, epoch_done, cfg.loss, keep_best_weights=True)
+        last_pred = track.last_pred
         if last_pred is None:  # resumed at or past the last epoch: nothing left to train
             last_pred = self.evaluate(val)[1]
-        best_pred = self.track.best_pred
+        best_pred = track.best_pred
         if best_pred is None:  # its best epoch was trained before the resume: predict with its kept weights
             best_net = ModularMLP(self.table.dims, cfg.hidden_channels).to(self.device)
-            best_net.load_state_dict(self.best_model)
+            best_net.load_state_dict(track.best_weights)
             best_pred = predict(best_net, val.x)
-        logger.finish(self.history, self.best, val, best_pred, last_pred)
-        return {"best": self.best, "last": self.history[-1]}
+        logger.finish(track.history, track.best, val, best_pred, last_pred)
+        return {"best": track.best, "last": track.history[-1]}
 
 
 # A resumed run keeps its model and its inputs: these options (every module option, and the network's widths)
 # cannot change under it. Nor can how it is trained: the restored optimiser and schedule states carry their own
 # learning rate (a new --lr would never apply), and config.yaml must describe the epochs already trained. The paths
 # may change (the same stores can move), and so may --epochs, --save, --log...
-_TRAINING = ("lr", "optimizer", "momentum", "weight_decay", "scheduler", "scheduler_gamma", "scheduler_step_size",
-             "loss", "mse_tails_pow", "mse_tails_mult_fact", "batch_size", "seed")  # fmt: skip
-_FIXED_ON_RESUME = {f.name for f in dataclasses.fields(ModuleConfig)} - {"data_dir", "features_dir"} | {
-    "hidden_channels",
-    *_TRAINING,
-}
-
-
-def _refuse_model_changes(path: str | Path, saved: dict, explicit: dict) -> None:
-    changed = [k for k in sorted(_FIXED_ON_RESUME & set(explicit)) if k in saved and explicit[k] != saved[k]]
-    if changed:
-        diffs = "; ".join(f"--{k} {explicit[k]!r} differs from the checkpoint's {saved[k]!r}" for k in changed)
-        raise ConfigError(
-            f"{diffs}. A resumed run keeps the model, inputs and training settings of {path}; start a new run "
-            "(another -n NAME) instead"
-        )
+_WIDTHS_AND_TRAINING = ("hidden_channels", "lr", "optimizer", "momentum", "weight_decay", "scheduler",
+                        "scheduler_gamma", "scheduler_step_size", "loss", "mse_tails_pow", "mse_tails_mult_fact",
+                        "batch_size", "seed")  # fmt: skip
+_MODULE_OPTIONS = {f.name for f in dataclasses.fields(ModuleConfig)} - {"data_dir", "features_dir"}
+_FIXED_ON_RESUME = _MODULE_OPTIONS | set(_WIDTHS_AND_TRAINING)
 
 
 def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict | None]:
@@ -226,13 +202,19 @@ def resolve_resume(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict 
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt:
         raise ConfigError(f"{path} holds no optimiser state (a best.pt rebuilt after a kill); resume from last.pt")
-    _refuse_model_changes(path, ckpt["config"], explicit)
-    values = dict(ckpt["config"]) | explicit
-    values |= {"checkpoint_local": str(path), "checkpoint_run_id": cfg.checkpoint_run_id}
-    resumed = from_dict(TrainConfig, values, source=f"checkpoint {path}")
-    if resumed.scheduler == "cosine" and resumed.epochs != ckpt["config"]["epochs"]:
+    saved = ckpt["config"]
+    changed = [k for k in sorted(_FIXED_ON_RESUME & set(explicit)) if k in saved and explicit[k] != saved[k]]
+    if changed:
+        diffs = "; ".join(f"--{k} {explicit[k]!r} differs from the checkpoint's {saved[k]!r}" for k in changed)
         raise ConfigError(
-            f"{path} follows a cosine schedule over {ckpt['config']['epochs']} epochs; it cannot be stretched to "
+            f"{diffs}. A resumed run keeps the model, inputs and training settings of {path}; start a new run "
+            "(another -n NAME) instead"
+        )
+    values = dict(saved) | explicit | {"checkpoint_local": str(path), "checkpoint_run_id": cfg.checkpoint_run_id}
+    resumed = from_dict(TrainConfig, values, source=f"checkpoint {path}")
+    if resumed.scheduler == "cosine" and resumed.epochs != saved["epochs"]:
+        raise ConfigError(
+            f"{path} follows a cosine schedule over {saved['epochs']} epochs; it cannot be stretched to "
             f"{resumed.epochs} after the fact (its learning rate would jump back up). Resume with the same --epochs, "
             "or start a new run (a step or constant schedule can be extended)"
         )
@@ -253,7 +235,28 @@ def run_training(cfg: TrainConfig, explicit: dict | None = None) -> dict:
     if not ckpt:
         cfg.name = free_run_name(Path(cfg.runs_dir), cfg.name)
     with owned(Path(cfg.runs_dir) / cfg.name):  # before the data loads: a second process stops at once
-        return _train(cfg, ckpt)
+        device = resolve_device(cfg.device)
+        set_threads(cfg)
+        records = load_records(cfg.dataset, cfg)
+        table = FeatureTable.build(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
+        if ckpt:
+            check_sources(ckpt["sources"], table.sources)
+        trainer = Trainer(cfg, table, device, resume=ckpt)
+        n = {s: len(d.y) for s, d in table.splits.items()}
+        print(
+            f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; "
+            f"seed {cfg.seed}"
+        )
+        notes = input_notes(cfg, table.sources, records)
+        with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
+            logger.notes |= notes
+            if ckpt and cfg.save:
+                repair_best(logger.run_dir, ckpt)
+            try:
+                result = trainer.fit(logger)
+            except KeyboardInterrupt:
+                raise Interrupted(interrupted_message(logger.run_dir)) from None
+        return result | {"run_dir": str(logger.run_dir)}
 
 
 def input_notes(cfg: TrainConfig, sources: dict, records: list) -> dict:
@@ -270,52 +273,27 @@ def input_notes(cfg: TrainConfig, sources: dict, records: list) -> dict:
     return notes
 
 
-def _train(cfg: TrainConfig, ckpt: dict | None) -> dict:
-    device = resolve_device(cfg.device)
-    set_threads(cfg)
-    records = load_records(cfg.dataset, cfg)
-    table = FeatureTable.build(cfg, records, device, stats=stats_from_checkpoint(ckpt) if ckpt else None)
-    if ckpt:
-        check_sources(ckpt["sources"], table.sources)
-    trainer = Trainer(cfg, table, device, resume=ckpt)
-    n = {s: len(d.y) for s, d in table.splits.items()}
-    print(f"{cfg.dataset}: {n} videos; modules {table.dims} -> in_dim {table.in_dim}; device {device}; seed {cfg.seed}")
-    notes = input_notes(cfg, table.sources, records)
-    with RunLogger(cfg, resume_epoch=trainer.start_epoch) as logger:
-        logger.notes |= notes
-        if ckpt and cfg.save:
-            repair_best(logger.run_dir, ckpt)
-        try:
-            result = trainer.fit(logger)
-        except KeyboardInterrupt:
-            raise Interrupted(interrupted_message(logger.run_dir)) from None
-        result["run_dir"] = str(logger.run_dir)
-    return result
-
-
-RESUME = ".venv/bin/python train.py --checkpoint_local"
-
-
 def interrupted_message(run_dir: Path) -> str:
     last = Path(run_dir) / "last.pt"
     if last.is_file():
         epoch = load_checkpoint(last)["epoch"] + 1
-        return f"interrupted; the last checkpoint is {last} (epoch {epoch}). Resume with: {RESUME} {last}"
+        resume = f".venv/bin/python train.py --checkpoint_local {last}"
+        return f"interrupted; the last checkpoint is {last} (epoch {epoch}). Resume with: {resume}"
     return (
         f"interrupted before any checkpoint was written (train with -s to be able to resume); the epochs done are "
         f"in {Path(run_dir) / 'metrics.jsonl'}"
     )
 
 
+def val_scores(row: dict) -> str:
+    return ", ".join(f"{k} {row[f'val_{k}']:.4f}" for k in ("spearman", "kendall", "mse", "mae"))
+
+
 def run_lines(result: dict) -> list[str]:
     best, last = result["best"], result["last"]
-
-    def fmt(row: dict) -> str:
-        return ", ".join(f"{k} {row[f'val_{k}']:.4f}" for k in ("spearman", "kendall", "mse", "mae"))
-
     lines = [
-        f"best epoch {best['epoch'] + 1} (selected on val, so optimistic): {fmt(best)}",
-        f"last epoch {last['epoch'] + 1}: {fmt(last)}",
+        f"best epoch {best['epoch'] + 1} (selected on val, so optimistic): {val_scores(best)}",
+        f"last epoch {last['epoch'] + 1}: {val_scores(last)}",
         f"run directory: {result['run_dir']} (plots: scatter_val.png, histograms_val.png, learning_curves.png)",
     ]
     if math.isnan(best["val_spearman"]):
