@@ -244,7 +244,7 @@ class _Group(Engine):
         self.sched.load_state_dict(state["scheduler"])
         for g, saved in zip(self.gens, state["shuffle"], strict=True):
             g.set_state(saved)
-        tracks = [Track(**t | {a: t[a].numpy() for a in ("best_pred", "last_pred")}) for t in state["tracks"]]
+        tracks = [Track(**(t | {a: t[a].numpy() for a in ("best_pred", "last_pred")})) for t in state["tracks"]]
         return tracks, state["epoch"] + 1
 
 

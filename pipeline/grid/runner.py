@@ -225,9 +225,8 @@ class Grid:
                 save_checkpoint(state, path / name)
         if cfg.log:  # its own wandb run, in the grid's group (the grid's table is one more run, at the end)
             log_finished_run(sub, path, res.history, res.best, f"{cfg.name}/{res.spec.dir_name}", cfg.group or cfg.name)
-        write_json(
-            path / "summary.json", {"best": res.best, "last": res.history[-1]}
-        )  # last: it marks the run finished
+        # written last: it marks the run finished
+        write_json(path / "summary.json", {"best": res.best, "last": res.history[-1]})
         return path
 
     def read(self, spec: RunSpec) -> RunResult | None:
@@ -243,9 +242,8 @@ class Grid:
         except (OSError, ValueError, KeyError):
             return None
         epochs = self.cfg.epochs if spec.head == "mlp" else 1  # a head fitted in one go has one row
-        if [r["id"] for r in rows] != [escape_bytes(i) for i in self.folds[spec.fold].val_ids] or len(
-            history
-        ) != epochs:
+        same_videos = [r["id"] for r in rows] == [escape_bytes(i) for i in self.folds[spec.fold].val_ids]
+        if not same_videos or len(history) != epochs:
             return None
         columns = {k: np.array([float(r[k]) for r in rows]) for k in ("pred_best", "pred_last")}
         return RunResult(spec, history, best, columns["pred_best"], columns["pred_last"])

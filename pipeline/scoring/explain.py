@@ -32,7 +32,6 @@ from dataset import VideoRecord, load_records
 from features.base import FrameSpec
 from features.video import VideoError, read_clip
 from model.mlp import ModularMLP
-from pipeline.run.checkpoint import model_from_checkpoint
 from pipeline.run.table import SplitData
 from pipeline.run.training import predict
 from pipeline.scoring.loader import Scorer
@@ -237,7 +236,7 @@ def run_explain(cfg: EvalConfig) -> dict:
     if "train" not in table.splits:
         raise ConfigError(f"--explain needs the train split of {train_cfg.dataset} for the modules' train means")
     train_mean = table.splits["train"].x.mean(dim=0)  # (in_dim,)
-    model = model_from_checkpoint(ckpt).to(device)
+    model = scorer.model(device)
     e = explain(model, data, train_mean, cfg.explain_repeats, cfg.explain_seed)
     ckpt_path = Path(cfg.checkpoint)
     parent = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.resolve().parent

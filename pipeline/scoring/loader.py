@@ -45,6 +45,9 @@ class Scorer:
         check_sources(self.ckpt["sources"], table.sources)
         return table
 
+    def model(self, device: torch.device) -> torch.nn.Module:
+        return model_from_checkpoint(self.ckpt).to(device)
+
     def predict(
         self, records: list[VideoRecord], splits: tuple[str, ...], device: torch.device
     ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
@@ -54,5 +57,5 @@ class Scorer:
         table = self.table(records, device, splits, scored_only=False)
         if not table.splits:
             raise ConfigError(f"{self.cfg.dataset} has no videos in split(s) {', '.join(splits)}")
-        model = model_from_checkpoint(self.ckpt).to(device)
+        model = self.model(device)
         return {s: (d.ids, d.y.cpu().numpy(), predict(model, d.x)) for s, d in table.splits.items()}

@@ -160,9 +160,12 @@ def scores_path(cfg: EvalConfig) -> Path:
     by default beside the checkpoint (zero-shot: the current folder)."""
     if cfg.out:
         return Path(cfg.out)
-    ckpt = Path(cfg.checkpoint)
-    folder = Path(cfg.out_dir) if cfg.out_dir else ckpt.resolve().parent if cfg.checkpoint else Path(".")
-    return folder / f"scores_{Path(cfg.videos).resolve().stem}_{cfg.pretrained or ckpt.stem}.csv"
+    if cfg.pretrained:
+        folder, model = Path(cfg.out_dir or "."), cfg.pretrained
+    else:
+        ckpt = Path(cfg.checkpoint)
+        folder, model = (Path(cfg.out_dir) if cfg.out_dir else ckpt.resolve().parent), ckpt.stem
+    return folder / f"scores_{Path(cfg.videos).resolve().stem}_{model}.csv"
 
 
 def score_videos(cfg: EvalConfig) -> dict:
