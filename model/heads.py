@@ -7,15 +7,15 @@
   (gradient x input included) run them like the MLP;
 - ``stack``: a convex blend of the MLP, the SVR and Ridge, ``w_mlp * mlp + w_svr * svr + w_ridge * ridge``, the
   weights chosen on the simplex grid of step ``STACK_STEP`` by the Spearman of out-of-fold predictions on an inner
-  K-fold split of the train videos (never val); ties go to the more even blend. Then each member is refitted on
-  every train video;
+  K-fold split of the train videos (never val), each member's predictions standardised first (``BlendHead``); ties go
+  to the more even blend. Then each member is refitted on every train video;
 - ``select``: the same out-of-fold predictions choose one member alone (the vertices of that simplex): model
   selection by inner CV on train, fewer choices than the blend's 15, so less to overfit on small train sets;
 - ``stack_1se``: the blend in sixths (28, equal thirds among them) chosen by the one-standard-error rule: of the
   blends whose out-of-fold Spearman is within one bootstrap standard error of the best one's, the most even (least
   sum of squared weights). On a few hundred train videos the inner-CV differences between blends are within noise,
   so it keeps the even blend; on thousands it follows the data;
-- ``average``: the three members with equal weights, no inner CV (the even blend, fitted once).
+- ``average``: the three standardised members with equal weights (the inner CV only measures their spread).
 
 Adding a head = a torch module with a ``dims`` attribute, a ``fit`` and one ``Head`` line; ``tests/test_heads.py`` is
 parametrised over the registry.
@@ -83,16 +83,39 @@ class KernelHead(nn.Module):
 
 
 class BlendHead(nn.Module):
-    """``sum_k weight_k * member_k(x)``: the ``stack`` head (its MLP, SVR and Ridge)."""
+    """``offset + sum_k weight_k * scale_k * (member_k(x) - center_k)``: the blend heads (MLP, SVR, Ridge). Each member
+    enters standardised (``center``, and in ``scale`` one over the spread of its out-of-fold predictions, times the
+    slope that maps the blend onto the train scores), so a weight means a share of the ranking whatever the member's
+    output range: an SVR or a Ridge fitted to noisy scores predicts within a narrow band, an MLP's outputs spread
+    wider, and a raw sum is ranked by the widest member.
+    Checkpoints written before the standardisation load with the identity (center 0, scale 1, offset 0)."""
 
-    def __init__(self, dims: dict[str, int], members: list[nn.Module], weights: list[float]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        dims: dict[str, int],
+        members: list[nn.Module],
+        weights: list[float],
+        center: list[float] | None = None,
+        scale: list[float] | None = None,
+        offset: float = 0.0,
+    ) -> None:
+        super().__init__()  # fmt: skip
         self.dims = dict(dims)
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+        self.register_buffer("center", torch.tensor(center or [0.0] * len(members), dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale or [1.0] * len(members), dtype=torch.float32))
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(w * m(x) for w, m in zip(self.weights, self.members, strict=True))
+        parts = zip(self.weights, self.scale, self.center, self.members, strict=True)
+        return self.offset + sum(w * s * (m(x) - c) for w, s, c, m in parts)
+
+    def _load_from_state_dict(self, state: dict, prefix: str, *args) -> None:
+        for name in ("center", "scale", "offset"):  # a blend saved before its members were standardised
+            state.setdefault(prefix + name, torch.zeros_like(getattr(self, name)) if name != "scale"
+                             else torch.ones_like(self.scale))  # fmt: skip
+        super()._load_from_state_dict(state, prefix, *args)
 
 
 #: ``train_mlps(parts, seeds)`` trains the MLP of the run's config on the rows ``train`` of each part, one run per
@@ -135,38 +158,45 @@ def _one_se(inner: dict, oof: np.ndarray, y: np.ndarray, grid: list) -> tuple[fl
 
 
 def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, grid: list, one_se: bool = False) -> nn.Module:
-    """The blend of ``grid`` (weights of (mlp, svr, ridge)) whose out-of-fold predictions on ``STACK_FOLDS`` inner
-    folds of the train videos rank best (ties: the more even blend, then the first), or with ``one_se`` the most even
-    one within a standard error of the best; its members refitted on all. A grid of one blend needs no inner CV."""
+    """The blend of ``grid`` (weights of (mlp, svr, ridge)) whose standardised out-of-fold predictions on
+    ``STACK_FOLDS`` inner folds of the train videos rank best (ties: the more even blend, then the first), or with
+    ``one_se`` the most even one within a standard error of the best; its members refitted on all, each standardised
+    by the mean and spread of its out-of-fold predictions (a constant member gets no say), the blend mapped onto the
+    scores by a least-squares line through its out-of-fold predictions."""
     from sklearn.model_selection import KFold
 
-    folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x)) if len(grid) > 1 else []
+    folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x))
     runs = ctx.train_mlps(folds + [(np.arange(len(y)), np.arange(0))], [ctx.seed])
-    w, inner_cv = grid[0], {}
-    if folds:
-        oof = np.zeros((3, len(y)))  # out-of-fold predictions of (mlp, svr, ridge)
-        for (tr, te), (pred, _) in zip(folds, runs, strict=False):
-            xt = torch.from_numpy(x[te])
-            oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
-                          LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
-        inner = {k: spearman(np.dot(k, oof), y) for k in set(grid) | set(VERTICES)}
-        if one_se:
-            w = _one_se(inner, oof, y, grid)
-        else:
-            w = max(grid, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
-        inner_cv = {name: round(inner[v], 4) for name, v in zip(("mlp", "svr", "ridge"), VERTICES, strict=True)}
-        inner_cv |= {"best": round(max(inner[k] for k in grid), 4), "chosen": round(inner[w], 4)}
+    oof = np.zeros((3, len(y)))  # out-of-fold predictions of (mlp, svr, ridge)
+    for (tr, te), (pred, _) in zip(folds, runs, strict=False):
+        xt = torch.from_numpy(x[te])
+        oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
+                      LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
+    center, spread = oof.mean(1), oof.std(1)
+    scale = np.where(spread > 1e-6 * (y.std() + 1e-12), y.std() / np.maximum(spread, 1e-30), 0.0)
+    z = (oof - center[:, None]) * scale[:, None]
+    inner = {k: spearman(np.dot(k, z), y) for k in set(grid) | set(VERTICES)}
+    if one_se:
+        w = _one_se(inner, z, y, grid)
+    else:
+        w = max(grid, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
+    inner_cv = {name: round(inner[v], 4) for name, v in zip(("mlp", "svr", "ridge"), VERTICES, strict=True)}
+    inner_cv |= {"best": round(max(inner[k] for k in grid), 4), "chosen": round(inner[w], 4)}
+    blend = np.dot(w, z)  # mapped onto the scores by least squares on the out-of-fold rows (it shrinks as they do)
+    slope = float(np.cov(blend, y)[0, 1] / blend.var(ddof=1)) if blend.var() > 0 else 0.0
+    scale *= slope if slope > 0 else 1.0  # a blend ranking train videos backwards out of fold: left unshrunk
     svr, ridge = fit_svr(x, y), fit_ridge(x, y)
     mlp = ModularMLP(ctx.dims, ctx.hidden)
     mlp.load_state_dict(runs[-1][1][0])
     ctx.info |= {
         "params": {"weights (mlp, svr, ridge)": [round(v, 4) for v in w], "svr": svr["params"],
-                   "ridge": ridge["params"]},
+                   "ridge": ridge["params"], "scale (mlp, svr, ridge)": [round(float(v), 4) for v in scale]},
         "inner_cv": inner_cv,
         "edge": [f"svr {e}" for e in svr["edge"]] + [f"ridge {e}" for e in ridge["edge"]],
         "linalg_warnings": ridge["linalg_warnings"],
     }  # fmt: skip
-    return BlendHead(ctx.dims, [mlp, KernelHead(ctx.dims, svr), LinearHead(ctx.dims, ridge)], list(w))
+    members = [mlp, KernelHead(ctx.dims, svr), LinearHead(ctx.dims, ridge)]
+    return BlendHead(ctx.dims, members, list(w), center.tolist(), scale.tolist(), float(y.mean()))
 
 
 @dataclass(frozen=True)
@@ -203,7 +233,7 @@ HEADS: dict[str, Head] = {
              _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, VERTICES)),
         Head("stack_1se", "MLP, SVR and Ridge blended, the most even blend (in sixths) within one standard error of "
              "the best by inner CV on train", _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, SIXTHS, True)),
-        Head("average", "MLP, SVR and Ridge with equal weights (no inner CV)", _build_blend,
+        Head("average", "MLP, SVR and Ridge, standardised, with equal weights", _build_blend,
              lambda x, y, ctx: _fit_blend(x, y, ctx, [EVEN])),
     )
 }  # fmt: skip
