@@ -52,6 +52,7 @@ CANDIDATES = {
     "stack": ["--config", "configs/recipe.yaml", "--head", "stack"],
     "select": ["--config", "configs/recipe.yaml", "--head", "select"],
     "stack_1se": ["--config", "configs/recipe.yaml", "--head", "stack_1se"],
+    "stack_ls": ["--config", "configs/recipe.yaml", "--head", "stack_ls"],
     "average": ["--config", "configs/recipe.yaml", "--head", "average"],
 }
 #: --stage select: sets whose train videos and features are another set's (the same 588 TRECVid videos and MiniLM

@@ -15,6 +15,8 @@
   blends whose out-of-fold Spearman is within one bootstrap standard error of the best one's, the most even (least
   sum of squared weights). On a few hundred train videos the inner-CV differences between blends are within noise,
   so it keeps the even blend; on thousands it follows the data;
+- ``stack_ls``: stacked regression (Breiman, 1996): non-negative least-squares weights on the standardised
+  out-of-fold predictions, a smooth fit where picking among blends by rank follows the noise of small train sets;
 - ``average``: the three standardised members with equal weights (the inner CV only measures their spread).
 
 Adding a head = a torch module with a ``dims`` attribute, a ``fit`` and one ``Head`` line; ``tests/test_heads.py`` is
@@ -146,23 +148,43 @@ def _fit_svr(x: np.ndarray, y: np.ndarray, ctx: FitContext) -> nn.Module:
     return KernelHead(ctx.dims, fit)
 
 
-def _one_se(inner: dict, oof: np.ndarray, y: np.ndarray, grid: list) -> tuple[float, float, float]:
+#: how a blend head picks its weights of (mlp, svr, ridge) from the members' standardised out-of-fold predictions
+#: ``z`` (3, n) of the train videos and their scores ``y``
+Choice = Callable[[np.ndarray, np.ndarray], tuple[float, float, float]]
+
+
+def best_of(grid: list[tuple[float, float, float]]) -> Choice:
+    """The blend of ``grid`` whose out-of-fold predictions rank best (ties: the more even blend, then the first)."""
+    return lambda z, y: max(grid, key=lambda k: (round(spearman(np.dot(k, z), y), 6), -max(k)))
+
+
+def one_se(z: np.ndarray, y: np.ndarray, grid: list = SIXTHS) -> tuple[float, float, float]:
     """The most even blend of ``grid`` whose inner Spearman is within one standard error (bootstrap over the
     out-of-fold rows, seeded) of the best blend's; ties: the higher inner Spearman."""
+    inner = {k: spearman(np.dot(k, z), y) for k in grid}
     best = max(grid, key=lambda k: inner[k])
     rows = np.random.default_rng(0).integers(0, len(y), size=(BOOTSTRAP, len(y)))
-    pred = np.dot(best, oof)
+    pred = np.dot(best, z)
     se = float(np.std([spearman(pred[r], y[r]) for r in rows]))
     near = [k for k in grid if inner[k] >= inner[best] - se]
     return min(near, key=lambda k: (round(float(np.dot(k, k)), 9), -inner[k]))
 
 
-def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, grid: list, one_se: bool = False) -> nn.Module:
-    """The blend of ``grid`` (weights of (mlp, svr, ridge)) whose standardised out-of-fold predictions on
-    ``STACK_FOLDS`` inner folds of the train videos rank best (ties: the more even blend, then the first), or with
-    ``one_se`` the most even one within a standard error of the best; its members refitted on all, each standardised
-    by the mean and spread of its out-of-fold predictions (a constant member gets no say), the blend mapped onto the
-    scores by a least-squares line through its out-of-fold predictions."""
+def least_squares(z: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Stacked regression (Breiman, 1996): the non-negative least-squares weights of the out-of-fold predictions
+    for the centred scores, as shares (the even blend where no member has a positive weight). A smooth fit of all
+    rows, where picking the best-ranking of many blends follows the noise of a few hundred videos."""
+    from scipy.optimize import nnls
+
+    beta = nnls(z.T, y - y.mean())[0]
+    return tuple(float(b) for b in beta / beta.sum()) if beta.sum() > 0 else EVEN
+
+
+def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, choose: Choice) -> nn.Module:
+    """The blend whose weights ``choose`` takes from the members' out-of-fold predictions on ``STACK_FOLDS`` inner
+    folds of the train videos, each member standardised by the mean and spread of those predictions (a constant
+    member gets no say), the blend mapped onto the scores by a least-squares line through its out-of-fold
+    predictions; its members refitted on every train video."""
     from sklearn.model_selection import KFold
 
     folds = list(KFold(STACK_FOLDS, shuffle=True, random_state=0).split(x))
@@ -175,14 +197,10 @@ def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, grid: list, one_se
     center, spread = oof.mean(1), oof.std(1)
     scale = np.where(spread > 1e-6 * (y.std() + 1e-12), y.std() / np.maximum(spread, 1e-30), 0.0)
     z = (oof - center[:, None]) * scale[:, None]
-    inner = {k: spearman(np.dot(k, z), y) for k in set(grid) | set(VERTICES)}
-    if one_se:
-        w = _one_se(inner, z, y, grid)
-    else:
-        w = max(grid, key=lambda k: (round(inner[k], 6), -max(k)))  # ties: the more even blend
-    inner_cv = {name: round(inner[v], 4) for name, v in zip(("mlp", "svr", "ridge"), VERTICES, strict=True)}
-    inner_cv |= {"best": round(max(inner[k] for k in grid), 4), "chosen": round(inner[w], 4)}
+    w = choose(z, y)
+    inner_cv = {name: round(spearman(z[i], y), 4) for i, name in enumerate(("mlp", "svr", "ridge"))}
     blend = np.dot(w, z)  # mapped onto the scores by least squares on the out-of-fold rows (it shrinks as they do)
+    inner_cv["chosen"] = round(spearman(blend, y), 4)
     slope = float(np.cov(blend, y)[0, 1] / blend.var(ddof=1)) if blend.var() > 0 else 0.0
     scale *= slope if slope > 0 else 1.0  # a blend ranking train videos backwards out of fold: left unshrunk
     svr, ridge = fit_svr(x, y), fit_ridge(x, y)
@@ -228,13 +246,16 @@ HEADS: dict[str, Head] = {
         Head("svr", "RBF-SVR on standardised inputs (C, gamma, epsilon by 3-fold CV on train)",
              lambda d, c, s: KernelHead(d, n_support=_n_support(s)), _fit_svr),
         Head("stack", "MLP, SVR and Ridge blended, the weights (in quarters) chosen by inner CV on train",
-             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, STACK_WEIGHTS)),
+             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(STACK_WEIGHTS))),
         Head("select", "the one of MLP, SVR and Ridge whose inner CV on train ranks best (model selection)",
-             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, VERTICES)),
+             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(VERTICES))),
         Head("stack_1se", "MLP, SVR and Ridge blended, the most even blend (in sixths) within one standard error of "
-             "the best by inner CV on train", _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, SIXTHS, True)),
+             "the best by inner CV on train", _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, one_se)),
+        Head("stack_ls", "MLP, SVR and Ridge blended, non-negative least-squares weights on their inner-CV "
+             "predictions on train (stacked regression)", _build_blend,
+             lambda x, y, ctx: _fit_blend(x, y, ctx, least_squares)),
         Head("average", "MLP, SVR and Ridge, standardised, with equal weights", _build_blend,
-             lambda x, y, ctx: _fit_blend(x, y, ctx, [EVEN])),
+             lambda x, y, ctx: _fit_blend(x, y, ctx, lambda z, y: EVEN)),
     )
 }  # fmt: skip
 

@@ -219,13 +219,12 @@ def test_stack_1se_keeps_the_even_blend_within_noise_and_follows_a_clear_winner(
     """The one-standard-error rule: on 60 rows, where the best blend leans on the MLP's out-of-fold predictions but
     the even blend scores within one standard error of it -> the even blend; on 3000 rows where Ridge's are the score
     and the others noise -> Ridge (almost) alone, as the plain stack would."""
-    from model.heads import EVEN, SIXTHS, VERTICES, _one_se
+    from model.heads import EVEN, SIXTHS, one_se
 
     rng = np.random.default_rng(6)
 
     def choose(oof, y):
-        inner = {k: spearman(np.dot(k, oof), y) for k in set(SIXTHS) | set(VERTICES)}
-        return _one_se(inner, oof, y, SIXTHS), max(SIXTHS, key=lambda k: inner[k])
+        return one_se(oof, y), max(SIXTHS, key=lambda k: spearman(np.dot(k, oof), y))
 
     y = rng.normal(size=60)
     noisy = np.stack([y + s * rng.normal(size=60) for s in (0.8, 1.5, 1.5)])  # the first member the least noisy
@@ -235,3 +234,17 @@ def test_stack_1se_keeps_the_even_blend_within_noise_and_follows_a_clear_winner(
     clear = np.stack([rng.normal(size=3000), rng.normal(size=3000), y + 0.1 * rng.normal(size=3000)])
     chosen, best = choose(clear, y)
     assert chosen[2] >= 5 / 6 and chosen != EVEN and spearman(np.dot(chosen, clear), y) > 0.95
+
+
+def test_stack_ls_weights_members_by_what_they_add_out_of_fold():
+    """Stacked regression: two members carrying independent halves of the score share the weight evenly and the
+    noise member gets none; a member that merely repeats another's signal with more noise gets little."""
+    from model.heads import least_squares
+
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(2, 2000))
+    y = a + b
+    w = least_squares(np.stack([a, b, rng.normal(size=2000)]), y)
+    assert abs(w[0] - 0.5) < 0.03 and abs(w[1] - 0.5) < 0.03 and w[2] < 0.02 and abs(sum(w) - 1) < 1e-9
+    w = least_squares(np.stack([y + 0.3 * rng.normal(size=2000), y + 2.0 * rng.normal(size=2000), -y]), y)
+    assert w[0] > 0.85 and w[2] == 0.0
