@@ -192,6 +192,11 @@ def test_ablation_and_baselines_write_their_files(two_modules, tmp_path, capsys)
     mlp = next(r for r in summary["rows"] if r["model"] == "mlp" and r["combination"] == "a+b")
     assert [r["seed"] for r in mlp["runs"]] == [1, 2] and mlp["best"]["mean"] >= mlp["last"]["mean"] - 1e-12
     assert "| combination | model |" in out.stdout and "seed ensemble" in out.stdout
+    svr = next(r for r in summary["rows"] if r["model"] == "svr" and r["combination"] == "a+b")
+    paired = svr["head_minus_this"]  # the head's seed ensemble minus the baseline's, on the same val videos
+    assert paired["diff"] == pytest.approx(mlp["ensemble"]["mean"] - svr["ensemble"]["mean"], abs=1e-9)
+    assert paired["ci95"][0] <= paired["diff"] <= paired["ci95"][1] and "head_minus_this" not in mlp
+    assert "mlp minus this, 95 % CI (paired bootstrap)" in out.stdout
     again = parse(TrainConfig, ["--config", str(run / "a+b/seed1-fold0/config.yaml")])  # reruns that one run
     assert (again.seed, again.extra_features, again.grid()) == (1, ["a", "b"], False)
     ckpt = torch.load(run / "a+b/seed1-fold0/last.pt", weights_only=True)

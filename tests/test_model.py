@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.losses import LOSSES, LossContext
-from model.metrics import compute_metrics, histogram, js_divergence, kl_divergence
+from model.metrics import compute_metrics, histogram, js_divergence, kl_divergence, paired_difference
 from model.mlp import ModularMLP
 
 
@@ -130,3 +130,24 @@ def test_divergences_of_histograms():
     assert kl_divergence(a, b) == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1), rel=1e-6)
     assert js_divergence(np.array([1.0, 0]), np.array([0, 1.0])) == pytest.approx(math.log(2), rel=1e-6)
     assert compute_metrics(np.full(5, 0.5), np.linspace(0, 1, 5))["spearman"] == 0.0  # constant: undefined -> 0
+
+
+def test_paired_difference_of_two_models_on_the_same_videos():
+    """The head-minus-baseline difference is the plain difference of Spearmans (mean over folds); its paired interval
+    excludes 0 for a clearly better model, holds 0 for two equally noisy ones, is [0, 0] for identical predictions,
+    and mirrors when the models swap (the same resamples)."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=400)
+    good, bad, also_bad = y + 0.5 * rng.normal(size=400), y + 3 * rng.normal(size=400), y + 3 * rng.normal(size=400)
+    d = paired_difference([good], [bad], [y])
+    assert d["diff"] == pytest.approx(spearmanr(good, y)[0] - spearmanr(bad, y)[0], abs=1e-12)
+    assert 0 < d["ci95"][0] < d["diff"] < d["ci95"][1]
+    swapped = paired_difference([bad], [good], [y])
+    assert swapped["diff"] == -d["diff"] and swapped["ci95"] == pytest.approx([-d["ci95"][1], -d["ci95"][0]], abs=1e-12)
+    tie = paired_difference([bad], [also_bad], [y])
+    assert tie["ci95"][0] < 0 < tie["ci95"][1]
+    assert paired_difference([good], [good], [y]) == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    two = paired_difference([good, bad], [bad, bad], [y, y])  # folds: the mean of the per-fold differences
+    assert two["diff"] == pytest.approx(d["diff"] / 2, abs=1e-12)

@@ -5,7 +5,8 @@ Three numbers per row, all val Spearman: the **seed ensemble** (per fold, the me
 predictions: the headline), the **last** epoch (mean over runs), and the **best** epoch (chosen on val, so optimistic;
 only heads trained over epochs have one). A fitted head (ridge, svr, stack) has one 'epoch': its val score fills the
 last-epoch and ensemble columns. Rows are sorted by the seed ensemble. A mean over a single value has no spread:
-it is printed ``± -``, not ``± 0.0000``.
+it is printed ``± -``, not ``± 0.0000``. A baseline's row (``--baselines``) also carries ``head_minus_this``: the
+head's seed ensemble minus the baseline's on the same val videos, with a paired-bootstrap 95 % interval.
 """
 
 from __future__ import annotations
@@ -20,20 +21,32 @@ from matplotlib.patches import Patch
 from config import TrainConfig
 from core.io import atomic_write, write_csv, write_json, write_text
 from model.heads import HEADS
-from model.metrics import compute_metrics
+from model.metrics import compute_metrics, paired_difference
 from pipeline.grid.specs import FoldData, RunResult
 
 COLUMNS = ("ensemble", "last", "best")
 
 
+def ensembles(results: list[RunResult], folds: list[FoldData]) -> dict[int, np.ndarray]:
+    """Per fold the runs trained on, the mean of their last-epoch val predictions (the seed ensemble)."""
+    per_fold = {f: [r.last_pred for r in results if r.spec.fold == f] for f in range(len(folds))}
+    return {f: np.mean(preds, axis=0) for f, preds in per_fold.items() if preds}
+
+
 def ensemble_spearman(results: list[RunResult], folds: list[FoldData]) -> list[float]:
-    """Per fold, the val Spearman of the mean of the runs' last-epoch predictions (the seed ensemble)."""
-    out = []
-    for f, fold in enumerate(folds):
-        preds = [r.last_pred for r in results if r.spec.fold == f]
-        if preds:
-            out.append(compute_metrics(np.mean(preds, axis=0), fold.y_val.cpu().numpy())["spearman"])
-    return out
+    """Per fold, the val Spearman of the seed ensemble."""
+    return [compute_metrics(p, folds[f].y_val.cpu().numpy())["spearman"] for f, p in ensembles(results, folds).items()]
+
+
+def versus(head: list[RunResult], other: list[RunResult], folds: list[FoldData]) -> dict | None:
+    """The head's seed ensemble minus another model's on the same combination, with its paired 95 % interval
+    (``model.metrics.paired_difference``) over the folds both were trained on; None where they share none."""
+    a, b = ensembles(head, folds), ensembles(other, folds)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    return paired_difference([a[f] for f in shared], [b[f] for f in shared],
+                             [folds[f].y_val.cpu().numpy() for f in shared])  # fmt: skip
 
 
 def mean_std(values: list[float]) -> dict:
@@ -77,10 +90,12 @@ def _notes(rows: list[dict], head: str) -> list[str]:
     notes = []
     main = {r["combination"]: r for r in rows if r["model"] == head}
     for r in rows:
-        m = main.get(r["combination"])
+        m, d = main.get(r["combination"]), r.get("head_minus_this")
         if r["model"] != head and m and r["ensemble"]["mean"] > m["ensemble"]["mean"]:
+            ci = f"; {head} minus {r['model']} {d['diff']:+.4f}, 95 % CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+            told = " (the interval holds 0: not told apart)" if d and d["ci95"][0] <= 0 <= d["ci95"][1] else ""
             notes.append(f"{r['model']} beats {head} on {r['combination']}: {r['ensemble']['mean']:.4f} vs "
-                         f"{m['ensemble']['mean']:.4f} (seed ensemble)")  # fmt: skip
+                         f"{m['ensemble']['mean']:.4f} (seed ensemble{ci if d else ''}){told}")  # fmt: skip
     fits = [(r, run["fit"]) for r in rows for run in r["runs"] if "fit" in run]
     edges = sorted({f"{r['model']} {p}" for r, f in fits for p in f.get("edge", [])})
     if edges:
@@ -104,8 +119,11 @@ def summarise(
 ) -> dict:
     """The grid's summary: ``results`` holds every head's runs (``spec.head``); ``infos``, what each fit chose."""
     groups = sorted({(r.spec.modules, r.spec.head) for r in results}, key=lambda g: (len(g[0]), g[0], g[1]))
-    rows = [_row(c, h, [r for r in results if (r.spec.modules, r.spec.head) == (c, h)], folds, infos or {})
-            for c, h in groups]  # fmt: skip
+    runs = {g: [r for r in results if (r.spec.modules, r.spec.head) == g] for g in groups}
+    rows = [_row(c, h, runs[c, h], folds, infos or {}) for c, h in groups]
+    for (c, h), row in zip(groups, rows, strict=True):  # a baseline beside the grid's head: the paired difference
+        if h != cfg.head and (c, cfg.head) in runs:
+            row["head_minus_this"] = versus(runs[c, cfg.head], runs[c, h], folds)
     rows.sort(key=lambda row: -row["ensemble"]["mean"] if not math.isnan(row["ensemble"]["mean"]) else math.inf)
     return {
         "dataset": cfg.dataset,
@@ -135,14 +153,19 @@ def _cell(stat: dict | None) -> str:
 
 def table_lines(summary: dict) -> list[str]:
     """The summary as a Markdown table, best seed ensemble first."""
+    paired = any(r.get("head_minus_this") for r in summary["rows"])  # baselines beside the head: a column more
     lines = [
-        "| combination | model | runs | seed ensemble (headline) | last epoch | best epoch (val-selected) |",
-        "|---|---|---|---|---|---|",
+        "| combination | model | runs | seed ensemble (headline) | last epoch | best epoch (val-selected) |"
+        + (f" {summary['head']} minus this, 95 % CI (paired bootstrap) |" if paired else ""),
+        "|---|---|---|---|---|---|" + ("---|" if paired else ""),
     ]
     for row in summary["rows"]:
         n = row["last"]["n"]
         n = str(n) if HEADS[row["model"]].epochs else f"{n} fit{'s' if n > 1 else ''}"
         cells = [row["combination"], row["model"], n, *(_cell(row[c]) for c in COLUMNS)]
+        if paired:
+            d = row.get("head_minus_this")
+            cells.append(f"{d['diff']:+.4f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
