@@ -113,6 +113,13 @@ def test_summary_table_says_single_values_have_no_spread_and_when_a_baseline_win
     assert notes[0] == "svr beats mlp on a: 0.5500 vs 0.5200 (seed ensemble)"
     assert not any("ridge beats" in n for n in notes)
     assert any("edge" in n and "svr C" in n for n in notes) and any(n.startswith("22 scikit-learn") for n in notes)
+    svr["head_minus_this"] = {"diff": -0.03, "ci95": [-0.08, 0.02]}  # a grid with --baselines: the paired interval
+    assert _notes(rows, "mlp")[0] == ("svr beats mlp on a: 0.5500 vs 0.5200 (seed ensemble; mlp minus svr -0.0300, "
+                                      "95 % CI [-0.080, +0.020], holds 0: not told apart)")  # fmt: skip
+    paired = table_lines({"rows": rows, "head": "mlp"})
+    assert paired[0].endswith("| mlp minus this, 95 % CI (paired bootstrap) |") and paired[1].count("---") == 7
+    assert paired[2].endswith("| -0.0300 [-0.080, +0.020] |") and paired[3].endswith("| - |")
+    del svr["head_minus_this"]
     import matplotlib.figure
 
     seen = {}

@@ -92,10 +92,13 @@ def _notes(rows: list[dict], head: str) -> list[str]:
     for r in rows:
         m, d = main.get(r["combination"]), r.get("head_minus_this")
         if r["model"] != head and m and r["ensemble"]["mean"] > m["ensemble"]["mean"]:
-            ci = f"; {head} minus {r['model']} {d['diff']:+.4f}, 95 % CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-            told = " (the interval holds 0: not told apart)" if d and d["ci95"][0] <= 0 <= d["ci95"][1] else ""
+            paired = ""
+            if d:
+                lo, hi = d["ci95"]
+                paired = f"; {head} minus {r['model']} {d['diff']:+.4f}, 95 % CI [{lo:+.3f}, {hi:+.3f}]"
+                paired += ", holds 0: not told apart" if lo <= 0 <= hi else ""
             notes.append(f"{r['model']} beats {head} on {r['combination']}: {r['ensemble']['mean']:.4f} vs "
-                         f"{m['ensemble']['mean']:.4f} (seed ensemble{ci if d else ''}){told}")  # fmt: skip
+                         f"{m['ensemble']['mean']:.4f} (seed ensemble{paired})")  # fmt: skip
     fits = [(r, run["fit"]) for r in rows for run in r["runs"] if "fit" in run]
     edges = sorted({f"{r['model']} {p}" for r, f in fits for p in f.get("edge", [])})
     if edges:
