@@ -101,7 +101,7 @@ class BlendHead(nn.Module):
         scale: list[float] | None = None,
         offset: float = 0.0,
     ) -> None:
-        super().__init__()  # fmt: skip
+        super().__init__()
         self.dims = dict(dims)
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
@@ -114,9 +114,10 @@ class BlendHead(nn.Module):
         return self.offset + sum(w * s * (m(x) - c) for w, s, c, m in parts)
 
     def _load_from_state_dict(self, state: dict, prefix: str, *args) -> None:
-        for name in ("center", "scale", "offset"):  # a blend saved before its members were standardised
-            state.setdefault(prefix + name, torch.zeros_like(getattr(self, name)) if name != "scale"
-                             else torch.ones_like(self.scale))  # fmt: skip
+        identity = {"center": torch.zeros_like(self.center), "scale": torch.ones_like(self.scale),
+                    "offset": torch.zeros_like(self.offset)}  # fmt: skip
+        for name, value in identity.items():  # a blend saved before its members were standardised
+            state.setdefault(prefix + name, value)
         super()._load_from_state_dict(state, prefix, *args)
 
 
