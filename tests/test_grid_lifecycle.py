@@ -250,8 +250,19 @@ def test_with_l_each_sub_run_is_a_wandb_run_of_its_own_in_the_grids_group(two_mo
     monkeypatch.setattr(wandb, "init", init)
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", log)
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", log_artifact)
-    run_experiment(parse(TrainConfig, [*_argv(two_modules, tmp_path), "-n", "g", "--seeds", "1", "2", "-l", "-s"]))
-    assert runs == [("g/a+b/seed1-fold0", "g"), ("g/a+b/seed2-fold0", "g"), ("g", None)]  # sub-runs, then the grid
+    argv = [*_argv(two_modules, tmp_path), "-n", "g", "--seeds", "1", "2", "-l", "-s", "--baselines"]
+    summary = run_experiment(parse(TrainConfig, argv))
+    subs = ["seed1-fold0", "seed2-fold0", "ridge-seed1-fold0", "svr-seed1-fold0"]  # the baselines are runs too
+    assert runs == [(f"g/a+b/{s}", "g") for s in subs] + [("g", None)]  # sub-runs, then the grid
+    table = next(d["summary"] for name, d in logged if name == "g" and "summary" in d)  # the grid's own run
+    svr = next(r for r in summary["rows"] if r["model"] == "svr")
+    cells = {row[1]: dict(zip(table.columns, row, strict=True)) for row in table.data}
+    assert (cells["svr"]["head_minus_this"], cells["svr"]["ci95_low"]) == (
+        svr["head_minus_this"]["diff"],
+        svr["head_minus_this"]["ci95"][0],
+    )
+    mlp = next(r for r in summary["rows"] if r["model"] == "mlp")
+    assert cells["mlp"]["head_minus_this"] is None and cells["mlp"]["ensemble_mean"] == mlp["ensemble"]["mean"]
     for seed in (1, 2):
         rows = [d for name, d in logged if name == f"g/a+b/seed{seed}-fold0"]
         history = (tmp_path / f"runs/g/a+b/seed{seed}-fold0/metrics.jsonl").read_text().splitlines()

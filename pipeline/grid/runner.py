@@ -324,13 +324,15 @@ def log_grid(cfg: TrainConfig, summary: dict, paths: list[Path]) -> None:
         project=cfg.project, name=cfg.name, group=cfg.group or None, tags=cfg.tags or None, config=asdict(cfg),
         dir=str(paths[0].parent),
     )  # fmt: skip
-    columns = ["combination", "model", "n", "best_mean", "best_std", "last_mean", "last_std", "ensemble_mean"]
+    columns = ["combination", "model", "n", "best_mean", "best_std", "last_mean", "last_std", "ensemble_mean",
+               "head_minus_this", "ci95_low", "ci95_high"]  # fmt: skip
     table = wandb.Table(columns=columns)
     for row in summary["rows"]:
         best = row["best"] or {"mean": None, "std": None}
         last, ens = row["last"], row["ensemble"]
+        paired = row.get("head_minus_this") or {"diff": None, "ci95": [None, None]}  # beside --baselines
         table.add_data(row["combination"], row["model"], last["n"], best["mean"], best["std"], last["mean"],
-                       last["std"], ens["mean"])  # fmt: skip
+                       last["std"], ens["mean"], paired["diff"], *paired["ci95"])  # fmt: skip
     images = {p.stem: wandb.Image(str(p)) for p in paths if p.suffix == ".png"}  # ablation.png with --ablate
     run.log({"summary": table} | images)
     top = summary["rows"][0]
