@@ -89,8 +89,7 @@ class BlendHead(nn.Module):
     enters standardised (``center``, and in ``scale`` one over the spread of its out-of-fold predictions, times the
     slope that maps the blend onto the train scores), so a weight means a share of the ranking whatever the member's
     output range: an SVR or a Ridge fitted to noisy scores predicts within a narrow band, an MLP's outputs spread
-    wider, and a raw sum is ranked by the widest member.
-    Checkpoints written before the standardisation load with the identity (center 0, scale 1, offset 0)."""
+    wider, and a raw sum is ranked by the widest member. (Checkpoints written before: ``_unstandardised``.)"""
 
     def __init__(
         self,
@@ -112,13 +111,6 @@ class BlendHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = zip(self.weights, self.scale, self.center, self.members, strict=True)
         return self.offset + sum(w * s * (m(x) - c) for w, s, c, m in parts)
-
-    def _load_from_state_dict(self, state: dict, prefix: str, *args) -> None:
-        identity = {"center": torch.zeros_like(self.center), "scale": torch.ones_like(self.scale),
-                    "offset": torch.zeros_like(self.offset)}  # fmt: skip
-        for name, value in identity.items():  # a blend saved before its members were standardised
-            state.setdefault(prefix + name, value)
-        super()._load_from_state_dict(state, prefix, *args)
 
 
 #: ``train_mlps(parts, seeds)`` trains the MLP of the run's config on the rows ``train`` of each part, one run per
@@ -225,10 +217,18 @@ class Head:
     build: Callable[[dict[str, int], dict, dict], nn.Module]  # (dims, config, state dict) -> an empty module
     fit: Callable[[np.ndarray, np.ndarray, FitContext], nn.Module] | None  # None: trained epoch by epoch (mlp)
     epochs: bool = False  # trained over epochs (best / last epoch exist), or fitted once
+    upgrade: Callable[[dict], dict] = lambda state: state  # a state dict an earlier m3s wrote, in today's keys
 
 
 def _n_support(state: dict, prefix: str = "") -> int:
     return state[f"{prefix}support"].shape[0]
+
+
+def _unstandardised(state: dict) -> dict:
+    """A blend saved before its members were standardised loads with the identity (center 0, scale 1, offset 0):
+    it predicts the raw weighted sum it was written with."""
+    n = len(state["weights"])
+    return {"center": torch.zeros(n), "scale": torch.ones(n), "offset": torch.tensor(0.0)} | state
 
 
 def _build_blend(dims: dict[str, int], config: dict, state: dict) -> BlendHead:
@@ -247,22 +247,16 @@ HEADS: dict[str, Head] = {
         Head("svr", "RBF-SVR on standardised inputs (C, gamma, epsilon by 3-fold CV on train)",
              lambda d, c, s: KernelHead(d, n_support=_n_support(s)), _fit_svr),
         Head("stack", "MLP, SVR and Ridge blended, the weights (in quarters) chosen by inner CV on train",
-             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(STACK_WEIGHTS))),
+             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(STACK_WEIGHTS)), upgrade=_unstandardised),
         Head("select", "the one of MLP, SVR and Ridge whose inner CV on train ranks best (model selection)",
-             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(VERTICES))),
+             _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(VERTICES)), upgrade=_unstandardised),
         Head("stack_1se", "MLP, SVR and Ridge blended, the most even blend (in sixths) within one standard error of "
-             "the best by inner CV on train", _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, one_se)),
+             "the best by inner CV on train", _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, one_se),
+             upgrade=_unstandardised),
         Head("stack_ls", "MLP, SVR and Ridge blended, non-negative least-squares weights on their inner-CV "
              "predictions on train (stacked regression)", _build_blend,
-             lambda x, y, ctx: _fit_blend(x, y, ctx, least_squares)),
+             lambda x, y, ctx: _fit_blend(x, y, ctx, least_squares), upgrade=_unstandardised),
         Head("average", "MLP, SVR and Ridge, standardised, with equal weights", _build_blend,
-             lambda x, y, ctx: _fit_blend(x, y, ctx, lambda z, y: EVEN)),
+             lambda x, y, ctx: _fit_blend(x, y, ctx, lambda z, y: EVEN), upgrade=_unstandardised),
     )
 }  # fmt: skip
-
-
-def build_head(name: str, dims: dict[str, int], config: dict, state: dict) -> nn.Module:
-    """The head ``name`` holding the weights ``state`` (a checkpoint's ``model``)."""
-    model = HEADS[name].build(dims, config, state)
-    model.load_state_dict(state)
-    return model

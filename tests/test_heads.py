@@ -196,9 +196,11 @@ def test_average_is_the_even_blend_of_its_members_standardised_by_their_out_of_f
 
 
 def test_a_blend_saved_before_standardisation_loads_as_the_raw_weighted_sum():
-    """A stack checkpoint of the same format without ``center`` / ``scale`` / ``offset`` predicts what it predicted
-    when written: ``sum_k w_k member_k(x)``."""
-    from model.heads import build_head
+    """A stack checkpoint of the same format without ``center`` / ``scale`` / ``offset`` loads through the one scoring
+    loader and predicts what it predicted when written: ``sum_k w_k member_k(x)``; one missing a member's key is still
+    refused."""
+    from core.io import ConfigError
+    from pipeline.run.checkpoint import model_from_checkpoint
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(40, 6)).astype(np.float32)
@@ -209,10 +211,13 @@ def test_a_blend_saved_before_standardisation_loads_as_the_raw_weighted_sum():
         dims, [ModularMLP(dims, [8, 4]), KernelHead(dims, svr), LinearHead(dims, ridge)], [0.5, 0.25, 0.25]
     )
     old = {k: v for k, v in blend.state_dict().items() if k not in ("center", "scale", "offset")}
-    loaded = build_head("stack", dims, {"hidden_channels": [8, 4]}, old)
+    loaded = model_from_checkpoint({"config": {"head": "stack", "hidden_channels": [8, 4]}, "dims": dims, "model": old})
     xt = torch.from_numpy(x)
     raw = sum(w * m(xt) for w, m in zip((0.5, 0.25, 0.25), blend.members, strict=True))
     assert torch.allclose(loaded(xt), raw, atol=1e-6) and float(loaded.scale.sum()) == 3.0
+    broken = {k: v for k, v in old.items() if k != "members.2.coef"}
+    with pytest.raises(ConfigError, match="members.2.coef missing"):
+        model_from_checkpoint({"config": {"head": "stack", "hidden_channels": [8, 4]}, "dims": dims, "model": broken})
 
 
 def test_stack_1se_keeps_the_even_blend_within_noise_and_follows_a_clear_winner():

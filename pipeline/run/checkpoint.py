@@ -107,8 +107,9 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     name = ckpt["config"].get("head", "mlp")
     if name not in HEADS:
         raise ConfigError(f"the checkpoint's head {name!r} is not one of this m3s's heads ({', '.join(HEADS)})")
-    model = HEADS[name].build(ckpt["dims"], ckpt["config"], ckpt["model"])
-    load_weights(model, ckpt["model"])
+    weights = HEADS[name].upgrade(ckpt["model"])
+    model = HEADS[name].build(ckpt["dims"], ckpt["config"], weights)
+    load_weights(model, weights)
     return model
 
 
