@@ -65,6 +65,8 @@ def paired_difference(a: list[np.ndarray], b: list[np.ndarray], true: list[np.nd
         pa, pb, y = (np.asarray(v, dtype=np.float64) for v in (pa, pb, y))
         diff += (_spearman_rows(pa[None], y[None]) - _spearman_rows(pb[None], y[None]))[0] / len(a)
         rows = rng.integers(0, len(y), size=(BOOTSTRAP, len(y)))
-        boot += (_spearman_rows(pa[rows], y[rows]) - _spearman_rows(pb[rows], y[rows])) / len(a)
+        for i in range(0, BOOTSTRAP, 100):  # 100 resamples at a time: memory stays small for large val splits
+            r = rows[i : i + 100]
+            boot[i : i + 100] += (_spearman_rows(pa[r], y[r]) - _spearman_rows(pb[r], y[r])) / len(a)
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"diff": float(diff), "ci95": [float(lo), float(hi)]}
