@@ -188,7 +188,7 @@ def _fit_blend(x: np.ndarray, y: np.ndarray, ctx: FitContext, choose: Choice) ->
         oof[:, te] = [pred[0], KernelHead(ctx.dims, fit_svr(x[tr], y[tr]))(xt).detach().numpy(),
                       LinearHead(ctx.dims, fit_ridge(x[tr], y[tr]))(xt).detach().numpy()]  # fmt: skip
     center, spread = oof.mean(1), oof.std(1)
-    scale = np.where(spread > 1e-6 * (y.std() + 1e-12), y.std() / np.maximum(spread, 1e-30), 0.0)
+    scale = np.divide(y.std(), spread, out=np.zeros(3), where=spread > 1e-6 * y.std())  # constant member: 0
     z = (oof - center[:, None]) * scale[:, None]
     w = choose(z, y)
     inner_cv = {name: round(spearman(z[i], y), 4) for i, name in enumerate(("mlp", "svr", "ridge"))}

@@ -17,7 +17,8 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.linalg import LinAlgWarning
-from scipy.stats import rankdata
+
+from model.metrics import spearman_rows
 
 # scikit-learn and joblib are imported where they are used: config.py imports the head registry, and every script's
 # start-up should not pay for them
@@ -32,10 +33,7 @@ WIDEN = 2  # grid extensions past an edge choice, one factor-of-10 step each (C,
 
 def spearman(pred: np.ndarray, true: np.ndarray) -> float:
     """Spearman's rho as the Pearson correlation of average ranks (0 for constant input)."""
-    a, b = rankdata(pred), rankdata(true)
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
+    return float(spearman_rows(np.asarray(pred)[None], np.asarray(true)[None])[0])
 
 
 def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -43,11 +43,12 @@ def compute_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     }
 
 
-BOOTSTRAP = 1000  # resamples of the val videos for a paired difference's confidence interval
+PAIRED_RESAMPLES = 1000  # resamples of the val videos for a paired difference's confidence interval
 
 
-def _spearman_rows(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Spearman of each row of ``pred`` against the same row of ``true`` (both (R, n)); 0 where either is constant."""
+def spearman_rows(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row of ``pred`` against the same row of ``true`` (both (R, n)), as the Pearson
+    correlation of average ranks; 0 where either is constant."""
     a, b = stats.rankdata(pred, axis=1), stats.rankdata(true, axis=1)
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
@@ -60,13 +61,13 @@ def paired_difference(a: list[np.ndarray], b: list[np.ndarray], true: list[np.nd
     every fold with replacement and scores both models on the same draw. An interval that holds 0 says the two cannot
     be told apart on these videos."""
     rng = np.random.default_rng(seed)
-    diff, boot = 0.0, np.zeros(BOOTSTRAP)
+    diff, boot = 0.0, np.zeros(PAIRED_RESAMPLES)
     for pa, pb, y in zip(a, b, true, strict=True):
         pa, pb, y = (np.asarray(v, dtype=np.float64) for v in (pa, pb, y))
-        diff += (_spearman_rows(pa[None], y[None]) - _spearman_rows(pb[None], y[None]))[0] / len(a)
-        rows = rng.integers(0, len(y), size=(BOOTSTRAP, len(y)))
-        for i in range(0, BOOTSTRAP, 100):  # 100 resamples at a time: memory stays small for large val splits
+        diff += (spearman_rows(pa[None], y[None]) - spearman_rows(pb[None], y[None]))[0] / len(a)
+        rows = rng.integers(0, len(y), size=(PAIRED_RESAMPLES, len(y)))
+        for i in range(0, PAIRED_RESAMPLES, 100):  # 100 resamples at a time: memory stays small for large val splits
             r = rows[i : i + 100]
-            boot[i : i + 100] += (_spearman_rows(pa[r], y[r]) - _spearman_rows(pb[r], y[r])) / len(a)
+            boot[i : i + 100] += (spearman_rows(pa[r], y[r]) - spearman_rows(pb[r], y[r])) / len(a)
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"diff": float(diff), "ci95": [float(lo), float(hi)]}
