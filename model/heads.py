@@ -244,7 +244,7 @@ HEADS: dict[str, Head] = {
              None, epochs=True),
         Head("ridge", "Ridge on standardised inputs (alpha by leave-one-out on train)",
              lambda d, c, s: LinearHead(d), _fit_ridge),
-        Head("svr", "RBF-SVR on standardised inputs (C, gamma, epsilon by 3-fold CV on train)",
+        Head("svr", "RBF-SVR on standardised inputs and scores (C, gamma, epsilon: least 3-fold CV error on train)",
              lambda d, c, s: KernelHead(d, n_support=_n_support(s)), _fit_svr),
         Head("stack", "MLP, SVR and Ridge blended, the weights (in quarters) chosen by inner CV on train",
              _build_blend, lambda x, y, ctx: _fit_blend(x, y, ctx, best_of(STACK_WEIGHTS)), upgrade=_unstandardised),

@@ -93,13 +93,53 @@ def test_exported_svr_and_ridge_compute_what_scikit_learn_computes():
     dims = {"a": 4, "b": 3}
     fit = fit_svr(x, y)
     c, e = fit["params"]["C"], fit["params"]["epsilon"]
-    want = make_pipeline(StandardScaler(), SVR(C=c, epsilon=e, gamma=fit["gamma"])).fit(x, y).predict(x_new)
+    u = (y - y.mean(dtype=np.float64)) / y.std(dtype=np.float64)
+    svr = make_pipeline(StandardScaler(), SVR(C=c, epsilon=e, gamma=fit["gamma"])).fit(x, u)
+    want = y.mean(dtype=np.float64) + y.std(dtype=np.float64) * svr.predict(x_new)
     got = KernelHead(dims, fit)(torch.from_numpy(x_new)).numpy()
     assert np.abs(got - want).max() < 1e-5
     fit = fit_ridge(x, y)
     want = make_pipeline(StandardScaler(), Ridge(alpha=fit["params"]["alpha"])).fit(x, y).predict(x_new)
     got = LinearHead(dims, fit)(torch.from_numpy(x_new)).numpy()
     assert np.abs(got - want).max() < 1e-5
+
+
+def test_the_svr_minimises_the_cv_squared_error_and_follows_the_scores_scale():
+    """The SVR's (C, gamma, epsilon) are the grid cell of least mean squared error over its 3 CV folds, recomputed
+    here with scikit-learn's own RBF-SVR (on noisy scores the cell of best CV Spearman is another one); and scores
+    multiplied by 100 give the same SVR, predictions x 100 (it fits standardised scores)."""
+    from sklearn.model_selection import KFold
+    from sklearn.svm import SVR
+
+    from model import kernels
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 5))
+    y = 0.8 + 0.1 * np.tanh(x[:, 0] - 0.5 * x[:, 1] ** 2 + rng.normal(scale=1.5, size=90))
+    fit = fit_svr(x, y)
+    rows = np.random.default_rng(0).permutation(90)  # the CV's row order (seed 0)
+    z, yr = ((x - x.mean(0)) / x.std(0))[rows], ((y - y.mean()) / y.std())[rows]
+    cells = {}
+    for c in kernels.SVR_C:
+        for g in kernels.SVR_GAMMA:
+            for e in kernels.SVR_EPSILON:
+                mse, rho = [], []
+                for tr, te in KFold(kernels.SVR_FOLDS, shuffle=True, random_state=0).split(z):
+                    p = SVR(C=c, epsilon=e, gamma=g / 5).fit(z[tr], yr[tr]).predict(z[te])
+                    mse.append(np.mean((p - yr[te]) ** 2))
+                    rho.append(spearman(p, yr[te]))
+                cells[(c, f"{g:g}/d", e)] = np.mean(mse), np.mean(rho)
+    chosen = (fit["params"]["C"], fit["params"]["gamma"], fit["params"]["epsilon"])
+    assert fit["widened"] == [] and chosen == min(cells, key=lambda k: cells[k][0])
+    assert chosen != max(cells, key=lambda k: cells[k][1])
+    assert abs(fit["params"]["cv_mse"] - cells[chosen][0] * y.var()) < 1e-3 * cells[chosen][0] * y.var()
+    scaled = fit_svr(x, 100 * y)
+    same = ("C", "gamma", "epsilon", "cv_spearman")
+    assert {k: scaled["params"][k] for k in same} == {k: fit["params"][k] for k in same}
+    x_new = torch.from_numpy(rng.normal(size=(20, 5)).astype(np.float32))
+    dims = {"a": 5}
+    big, small = KernelHead(dims, scaled)(x_new), 100 * KernelHead(dims, fit)(x_new)
+    assert torch.allclose(big, small, rtol=1e-5)
 
 
 def test_fast_spearman_equals_scipy_with_ties():
