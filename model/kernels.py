@@ -1,12 +1,12 @@
 """The kernel and linear heads' fitting: RBF-SVR and Ridge on standardised inputs, hyper-parameters chosen by
-cross-validation on the train videos only (never on val), scored by Spearman.
+cross-validation on the train videos only (never on val).
 
 Cheap by construction: the SVR's CV computes each fold's RBF kernel once per gamma and fits every (C, epsilon) on it
 (``kernel="precomputed"``: libsvm evaluates no kernel itself), the (fold, gamma) cells run in parallel on the cores
 this process may use. The SVR's (C, gamma, epsilon) minimise the mean CV squared error, as Ridge's leave-one-out does:
-Spearman, the metric we report, is too noisy a criterion on folds of a few hundred videos (on the TRECVid dev sets'
-588 train videos it picked C = 1e-4 on one fold and 1.0 on the next, and the SVR it chose scored 0.03-0.04 lower on
-held-out train folds than the one squared error chose); its CV Spearman is reported beside. Ridge's alpha comes from
+Spearman, the metric we report, is a noisy criterion on folds of a few hundred videos (on the TRECVid dev sets' 588
+train videos its choice of C jumped from 0.001 to 3 between folds); ``bench/svr_selection.py`` measures the two rules
+on held-out train folds (README, Baselines). The CV Spearman of the choice is reported beside. Ridge's alpha comes from
 its efficient leave-one-out error (one SVD for every alpha). A choice on the edge of its grid widens the grid in that
 direction (at most ``WIDEN`` times) and the row says so; fits of the same data are remembered (``fit_svr`` is called
 for ``--baselines`` and for the ``stack`` head's member on the same table).
