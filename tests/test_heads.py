@@ -141,6 +141,7 @@ def test_the_svr_minimises_the_cv_squared_error_and_follows_the_scores_scale():
     dims = {"a": 5}
     big, small = KernelHead(dims, scaled)(x_new), 100 * KernelHead(dims, fit)(x_new)
     assert torch.allclose(big, small, rtol=1e-5)
+    assert fit_svr(x, y) is fit and kernels._DATA == {}  # a remembered fit keeps no copy of its data
 
 
 def test_fast_spearman_equals_scipy_with_ties():
