@@ -26,6 +26,7 @@ from recipe_realdata import REAL, SETS, _videomem_scores  # noqa: E402
 from model.heads import KernelHead, LinearHead  # noqa: E402
 from model.kernels import CRITERIA, SVR_MAX_CV, fit_ridge, fit_svr, spearman  # noqa: E402
 
+#: the real sets with distinct train rows (trecvid_as_minilm's train videos and features are trecvid_text_minilm's)
 REAL_SETS = [name for name, (npz, _) in SETS.items() if npz is not None and name != "trecvid_as_minilm"]
 
 
