@@ -12,9 +12,10 @@ default, and Ridge and the SVR on the same videos: the grid's paired bootstrap o
 the default's own grid reuses its members' fits); val Spearman of the seed ensemble and the mean last
 epoch. ``--stage select``: how the default was chosen, without val: the val rows are dropped and each candidate
 runs ``--folds 3`` over the train videos only (an inner 3-fold CV), and candidates are ranked per set by their
-inner-CV seed ensemble; the mean rank over the sets picks the default.
+inner-CV seed ensemble (the mean over the fold partitions ``--fold_seeds``); the mean rank over the sets picks the
+default.
 
-    python bench/recipe_realdata.py [--sets trecvid_text ...] [--stage val|select] [--keep DIR]
+    python bench/recipe_realdata.py [--sets trecvid_text ...] [--stage val|select] [--fold_seeds 0 1] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -174,15 +175,22 @@ def stage_val(sets: list[str], tmp: Path) -> list[str]:
     return lines
 
 
-def stage_select(sets: list[str], tmp: Path) -> list[str]:
+def stage_select(sets: list[str], tmp: Path, fold_seeds: list[int]) -> list[str]:
+    """Each candidate's inner-CV seed ensemble per set, the mean over the fold partitions ``fold_seeds`` (repeated
+    CV: one partition's draw moves the blends by about their differences); ranked per set, by mean rank."""
     sets = [s for s in sets if SAME_TRAIN.get(s) not in sets]
     scores: dict[str, dict[str, float]] = {c: {} for c in CANDIDATES}
     for name in sets:
         flags = prepare(name, tmp, inner=True)
         for cand, extra in CANDIDATES.items():
-            tag = f"{name}_inner_{list(CANDIDATES).index(cand)}"
-            summary, _ = train([*extra, *flags, "--folds", "3", "--seeds", "3"], tmp / "runs", tag)
-            scores[cand][name] = summary["rows"][0]["ensemble"]["mean"]
+            per_seed = []
+            for fs in fold_seeds:
+                tag = f"{name}_inner_{list(CANDIDATES).index(cand)}_f{fs}"
+                summary, _ = train([*extra, *flags, "--folds", "3", "--fold_seed", str(fs), "--seeds", "3"],
+                                   tmp / "runs", tag)  # fmt: skip
+                per_seed.append(summary["rows"][0]["ensemble"]["mean"])
+            scores[cand][name] = float(np.mean(per_seed))
+            print(f"  {name} {cand}: {' '.join(f'{v:.4f}' for v in per_seed)}", flush=True)
         print(name, {c: round(s[name], 4) for c, s in scores.items()}, flush=True)
     ranks = {c: [] for c in CANDIDATES}
     for name in sets:
@@ -201,13 +209,18 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--stage", choices=("val", "select"), default="val")
     ap.add_argument("--keep", default="", help="work in this folder (kept) instead of a temporary one")
+    ap.add_argument("--fold_seeds", nargs="+", type=int, default=[0],
+                    help="--stage select: the fold partitions of the inner CV, scores averaged over them")  # fmt: skip
     args = ap.parse_args()
     if not REAL.is_dir():
         raise SystemExit(f"{REAL} is absent: the dev sets live there (../shared/realdata)")
     with tempfile.TemporaryDirectory(prefix="m3s-recipe-") as t:
         tmp = Path(args.keep or t)
         t0 = time.perf_counter()
-        lines = (stage_val if args.stage == "val" else stage_select)(args.sets, tmp)
+        if args.stage == "val":
+            lines = stage_val(args.sets, tmp)
+        else:
+            lines = stage_select(args.sets, tmp, args.fold_seeds)
         print("\n".join(lines))
         print(f"total {time.perf_counter() - t0:.0f} s")
 
