@@ -183,14 +183,14 @@ def stage_select(sets: list[str], tmp: Path, fold_seeds: list[int]) -> list[str]
     for name in sets:
         flags = prepare(name, tmp, inner=True)
         for cand, extra in CANDIDATES.items():
-            per_seed = []
+            per_partition = []
             for fs in fold_seeds:
                 tag = f"{name}_inner_{list(CANDIDATES).index(cand)}_f{fs}"
                 summary, _ = train([*extra, *flags, "--folds", "3", "--fold_seed", str(fs), "--seeds", "3"],
                                    tmp / "runs", tag)  # fmt: skip
-                per_seed.append(summary["rows"][0]["ensemble"]["mean"])
-            scores[cand][name] = float(np.mean(per_seed))
-            print(f"  {name} {cand}: {' '.join(f'{v:.4f}' for v in per_seed)}", flush=True)
+                per_partition.append(summary["rows"][0]["ensemble"]["mean"])
+            scores[cand][name] = float(np.mean(per_partition))
+            print(f"  {name} {cand}: {' '.join(f'{v:.4f}' for v in per_partition)}", flush=True)
         print(name, {c: round(s[name], 4) for c, s in scores.items()}, flush=True)
     ranks = {c: [] for c in CANDIDATES}
     for name in sets:
